@@ -1,0 +1,46 @@
+# sparsebert: `make demo` and `make test` work on a fresh machine from nothing.
+#   make install  create .venv, install the pinned dependencies, build the extension
+#   make demo     install, then run the main job on a real model and print the speedup table
+#   make test     install, then the whole test suite (what CI runs)
+#   make bench    install, then the kernel benchmarks (run on a quiet machine)
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+
+# Caches inside the ignored build dir: nothing is written to the home directory.
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/cache/torch_extensions
+export TRITON_CACHE_DIR := $(CURDIR)/build/cache/triton
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/build/cache/inductor
+# Nothing loads from a model hub at run time.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py pyproject.toml
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.built
+
+$(VENV)/.deps: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install $$(grep -E '^torch==' requirements.txt)
+	$(PIP) install --no-deps -r requirements.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PIP) install --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: install
+	$(PY) benchmarks/bench_model.py
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/bench_linear.py
+
+clean:
+	rm -rf build $(VENV) sparsebert/_C*.so *.egg-info

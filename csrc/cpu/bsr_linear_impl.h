@@ -1,0 +1,202 @@
+// The bsr_linear micro-kernel and its driver, written once over a "vector traits" type T and
+// instantiated by each ISA translation unit (scalar, AVX2, AVX-512, AVX-512 BF16).
+//
+// Include only from bsr_linear_<isa>.cpp: everything here has internal linkage so that each
+// instantiation keeps the instruction set of the file that compiled it.
+//
+// A traits type T provides:
+//   elem           storage type of x, values and y (float, or uint16_t bf16 bits)
+//   VL             output features per vector;  KP  k values per packed lane (1 fp32, 2 bf16)
+//   NVMAX          vectors of outputs one tile covers (NVMAX * VL outputs of a block row)
+//   mr_max(nv)     rows of x one tile covers: MR * NV accumulators + NV weight vectors + one
+//                  broadcast must fit the register file (32 zmm, 16 ymm), else the tile spills
+//   acc_t, w_t, x_t, mask_t and load_bias / load_w / load_x / load_x_single / fma / store
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "bsr_linear_kernel.h"
+
+namespace sparsebert {
+namespace cpu {
+namespace {
+
+inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// fp32 -> bf16 bits, round to nearest even, NaN -> quiet NaN: the same rounding as torch's
+// `.to(torch.bfloat16)`, so every ISA path rounds identically.
+inline uint16_t f32_to_bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float bf16_bits_to_f32(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// One register tile: MR rows of x times up to NV * VL outputs of one block row.
+template <class T>
+struct Tile {
+  using E = typename T::elem;
+  const E* x;              // row 0 of the tile, column 0
+  int64_t lda;
+  const E* vals;           // first stored block of the block row, already offset by `lane0`
+  int64_t block_stride;    // elements per stored block: KB * br * KP
+  const int32_t* cols;     // block-column indices of the block row
+  int64_t nblk;
+  int64_t K;
+  int bc, br;
+  int lanes;               // valid outputs in this tile (<= NV * VL)
+  const float* bias;       // offset to the tile's first output, or nullptr
+  E* y;                    // row 0 of the tile, first output
+  int64_t ldy;
+};
+
+template <class T, int MR, int NV>
+void tile_kernel(const Tile<T>& t) {
+  using E = typename T::elem;
+  using acc_t = typename T::acc_t;
+  constexpr int VL = T::VL;
+  constexpr int KP = T::KP;
+  // Everything the loops read is copied to locals first: GCC then keeps the accumulators in
+  // registers across the k loop instead of storing them to the stack at every step.
+  const E* __restrict x = t.x;
+  const int64_t lda = t.lda;
+  const E* __restrict vals = t.vals;
+  const int32_t* __restrict cols = t.cols;
+  const int64_t nblk = t.nblk, K = t.K, block_stride = t.block_stride;
+  const int bc = t.bc, br = t.br;
+  typename T::mask_t mask[NV];
+  for (int v = 0; v < NV; ++v) mask[v] = T::mask(t.lanes - v * VL);
+
+  // Every loop over the accumulators is unrolled completely: one access with a run-time index
+  // and GCC keeps the whole array in memory, storing it at every k step.
+
+  acc_t acc[MR][NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    const acc_t b = t.bias ? T::load_bias(t.bias + v * VL, mask[v]) : T::zero();
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) acc[m][v] = b;
+  }
+
+  for (int64_t i = 0; i < nblk; ++i) {
+    const int64_t k0 = static_cast<int64_t>(cols[i]) * bc;
+    // Columns of this block that exist in x: the last block column may hang past K, and its
+    // padded weights are zero, so stopping at K is exact and never reads past a row of x.
+    const int kn = static_cast<int>(min_i64(bc, K - k0));
+    const E* xb = x + k0;
+    const E* wb = vals + i * block_stride;
+    const int full = kn / KP;
+    for (int kk = 0; kk < full; ++kk) {
+      typename T::w_t w[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) w[v] = T::load_w(wb + (int64_t(kk) * br + v * VL) * KP, mask[v]);
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; ++m) {
+        const auto xv = T::load_x(xb + m * lda + kk * KP);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[m][v] = T::fma(acc[m][v], w[v], xv);
+      }
+    }
+    if (KP == 2 && (kn & 1)) {
+      // Odd tail: the pair's second input lies outside the block (odd bc) or past K. Its
+      // weight is zero, but x there may be Inf or NaN (or not exist), so it is not read: the
+      // broadcast carries a zero in its place.
+      typename T::w_t w[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) w[v] = T::load_w(wb + (int64_t(full) * br + v * VL) * KP, mask[v]);
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; ++m) {
+        const auto xv = T::load_x_single(xb + m * lda + full * KP);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[m][v] = T::fma(acc[m][v], w[v], xv);
+      }
+    }
+  }
+
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) T::store(t.y + m * t.ldy + v * VL, acc[m][v], mask[v]);
+}
+
+// rows -> tile_kernel<T, rows, NV>, so a tail of rows runs in one pass with a smaller tile.
+template <class T, int NV, int MR = 1>
+inline void tile_rows(int rows, const Tile<T>& t) {
+  if constexpr (MR <= T::mr_max(NV)) {
+    if (rows == MR) return tile_kernel<T, MR, NV>(t);
+    tile_rows<T, NV, MR + 1>(rows, t);
+  }
+}
+
+template <class T, int NV = 1>
+inline void tile_dispatch(int nv, int rows, const Tile<T>& t) {
+  if constexpr (NV <= T::NVMAX) {
+    if (nv == NV) return tile_rows<T, NV>(rows, t);
+    tile_dispatch<T, NV + 1>(nv, rows, t);
+  }
+}
+
+// x rows kept in L2 while every block row of the range passes over them. 256 KiB is a quarter
+// of the smallest L2 this targets (1 MiB, Zen 4), leaving room for the block row's weights.
+constexpr int64_t kXChunkBytes = 256 * 1024;
+
+template <class T>
+void bsr_linear_impl(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  using E = typename T::elem;
+  constexpr int KP = T::KP;
+  constexpr int TILE_LANES = T::VL * T::NVMAX;
+  const E* x = static_cast<const E*>(a.x);
+  const E* values = static_cast<const E*>(a.values);
+  E* y = static_cast<E*>(a.y);
+  const int KB = (a.bc + KP - 1) / KP;
+  const int64_t block_stride = int64_t(KB) * a.br * KP;
+  const int mr = T::mr_max(T::NVMAX);
+  const int64_t row_bytes = (a.K > 0 ? a.K : 1) * int64_t(sizeof(E));
+  int64_t chunk = kXChunkBytes / row_bytes / mr * mr;
+  if (chunk < mr) chunk = mr;
+
+  for (int64_t c0 = m0; c0 < m1; c0 += chunk) {
+    const int64_t c1 = min_i64(m1, c0 + chunk);
+    for (int64_t rb = rb0; rb < rb1; ++rb) {
+      const int64_t n0 = rb * a.br;
+      const int n_valid = static_cast<int>(min_i64(a.br, a.N - n0));
+      const int64_t first = a.crow[rb];
+      Tile<T> t;
+      t.lda = a.lda;
+      t.block_stride = block_stride;
+      t.cols = a.col + first;
+      t.nblk = a.crow[rb + 1] - first;
+      t.K = a.K;
+      t.bc = a.bc;
+      t.br = a.br;
+      t.ldy = a.ldy;
+      for (int lane0 = 0; lane0 < n_valid; lane0 += TILE_LANES) {
+        const int lanes = n_valid - lane0 < TILE_LANES ? n_valid - lane0 : TILE_LANES;
+        const int nv = (lanes + T::VL - 1) / T::VL;
+        t.lanes = lanes;
+        t.vals = values + first * block_stride + int64_t(lane0) * KP;
+        t.bias = a.bias ? a.bias + n0 + lane0 : nullptr;
+        const int rows_max = T::mr_max(nv);
+        for (int64_t m = c0; m < c1; m += rows_max) {
+          const int rows = static_cast<int>(min_i64(rows_max, c1 - m));
+          t.x = x + m * a.lda;
+          t.y = y + m * a.ldy + n0 + lane0;
+          tile_dispatch<T>(nv, rows, t);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace sparsebert

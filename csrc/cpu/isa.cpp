@@ -1,0 +1,56 @@
+#include "isa.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include <c10/util/Exception.h>
+
+namespace sparsebert {
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return "scalar";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx512Bf16: return "avx512bf16";
+  }
+  return "unknown";
+}
+
+Isa detected_isa() {
+  // libgcc's __builtin_cpu_supports also checks that the OS saves the YMM/ZMM state (XCR0).
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if (avx512 && __builtin_cpu_supports("avx512bf16")) return Isa::kAvx512Bf16;
+    if (avx512) return Isa::kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+    return Isa::kScalar;
+  }();
+  return isa;
+}
+
+Isa active_isa() {
+  const Isa best = detected_isa();
+  const char* env = std::getenv("SPARSEBERT_ISA");
+  if (env == nullptr || env[0] == '\0') return best;
+  Isa wanted;
+  if (std::strcmp(env, "scalar") == 0) {
+    wanted = Isa::kScalar;
+  } else if (std::strcmp(env, "avx2") == 0) {
+    wanted = Isa::kAvx2;
+  } else if (std::strcmp(env, "avx512") == 0) {
+    wanted = Isa::kAvx512;
+  } else if (std::strcmp(env, "avx512bf16") == 0) {
+    wanted = Isa::kAvx512Bf16;
+  } else {
+    TORCH_CHECK_VALUE(false, "SPARSEBERT_ISA='", env,
+                      "' is not an ISA level; use one of scalar, avx2, avx512, avx512bf16");
+  }
+  TORCH_CHECK(static_cast<int>(wanted) <= static_cast<int>(best), "SPARSEBERT_ISA=", env,
+              " was requested but this CPU supports at most ", isa_name(best));
+  return wanted;
+}
+
+}  // namespace sparsebert

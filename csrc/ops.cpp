@@ -1,0 +1,48 @@
+// Every sparsebert op schema, in one place. Implementations register per device in
+// csrc/cpu/*.cpp (TORCH_LIBRARY_IMPL) and, for CUDA, from Python (sparsebert.kernels);
+// fake (meta) functions live next to each op's Python wrapper in sparsebert/ops/.
+//
+// This file is also the Python module sparsebert._C: importing it runs the registrations
+// below. It has no pybind11 dependency: the few introspection functions use the C API.
+#include <Python.h>
+
+#include <torch/library.h>
+
+#include "cpu/isa.h"
+
+TORCH_LIBRARY(sparsebert, m) {
+  // y = x @ W.T + bias for a block-sparse W of shape `shape` = (out_features, in_features),
+  // stored as BSR with blocks `block_size` = (block_rows, block_cols); values in the k-pair
+  // packing documented in csrc/cpu/bsr_linear_kernel.h (written by sparsebert.ops.pack_bsr).
+  m.def(
+      "bsr_linear(Tensor x, Tensor values, Tensor crow_indices, Tensor col_indices, "
+      "Tensor? bias, int[2] shape, int[2] block_size) -> Tensor");
+}
+
+namespace {
+
+PyObject* py_detected_isa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(sparsebert::isa_name(sparsebert::detected_isa()));
+}
+
+PyObject* py_active_isa(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(sparsebert::isa_name(sparsebert::active_isa()));
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
+}
+
+PyMethodDef methods[] = {
+    {"detected_isa", py_detected_isa, METH_NOARGS,
+     "The best CPU ISA level this machine supports: scalar, avx2, avx512 or avx512bf16."},
+    {"active_isa", py_active_isa, METH_NOARGS,
+     "The ISA level CPU kernels use now (detected_isa(), or SPARSEBERT_ISA if set)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "sparsebert C++ kernels", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }

@@ -1,0 +1,81 @@
+"""Build of the C++ extension ``sparsebert._C``.
+
+Each ISA variant of a kernel (``csrc/cpu/*_<isa>.cpp``) is compiled with its own ``-m`` flags
+and chosen at run time from the CPU's features (csrc/cpu/isa.cpp); nothing is built with
+``-march=native``. Per-file flags need the plain (non-ninja) compile path of torch's
+BuildExtension, which calls ``compiler._compile`` once per source file.
+
+Build against the installed torch: ``pip install --no-build-isolation -e .`` (``make install``).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+ROOT = Path(__file__).parent
+
+# Flags per ISA, matched against the end of the source file name.
+ISA_FLAGS = {
+    "_avx512bf16.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
+                        "-mavx2", "-mfma"],
+    "_avx512.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
+    "_avx2.cpp": ["-mavx2", "-mfma"],
+}
+
+
+def isa_flags(source: str) -> list[str]:
+    for suffix, flags in ISA_FLAGS.items():
+        if source.endswith(suffix):
+            return flags
+    return []
+
+
+class BuildExt(BuildExtension):
+    """BuildExtension that adds the ISA flags of each source file to its compile command."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["use_ninja"] = False
+        super().__init__(*args, **kwargs)
+
+    def build_extension(self, ext):
+        compile_one = self.compiler._compile
+
+        def _compile(obj, src, ext_, cc_args, extra_postargs, pp_opts):
+            extra = isa_flags(src)
+            if isinstance(extra_postargs, dict):
+                extra_postargs = {**extra_postargs, "cxx": list(extra_postargs["cxx"]) + extra}
+            else:
+                extra_postargs = list(extra_postargs) + extra
+            return compile_one(obj, src, ext_, cc_args, extra_postargs, pp_opts)
+
+        self.compiler._compile = _compile
+        try:
+            super().build_extension(ext)
+        finally:
+            self.compiler._compile = compile_one
+
+
+if sys.platform != "linux" or os.uname().machine not in ("x86_64", "AMD64"):
+    raise RuntimeError("sparsebert's CPU kernels target x86-64 Linux")
+
+sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
+debug = os.environ.get("SPARSEBERT_DEBUG", "") == "1"
+cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+cxx_flags += ["-std=c++17", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-fvisibility=hidden"]
+
+setup(
+    ext_modules=[
+        CppExtension(
+            "sparsebert._C",
+            sources,
+            include_dirs=[str(ROOT / "csrc")],
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
+            py_limited_api=False,
+        )
+    ],
+    cmdclass={"build_ext": BuildExt},
+)

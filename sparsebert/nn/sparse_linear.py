@@ -1,0 +1,141 @@
+"""``SparseLinear``: a drop-in ``nn.Linear`` whose weight is block-sparse."""
+
+from __future__ import annotations
+
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..ops.bsr_format import (
+    PACKED_DTYPES,
+    bsr_to_dense,
+    check_block_size,
+    pack_bsr,
+    relayout_values,
+    validate_bsr,
+)
+
+__all__ = ["SparseLinear"]
+
+BACKENDS = ("kernel", "reference")
+
+
+class SparseLinear(nn.Module):
+    """``y = x @ W.T + bias`` with ``W`` stored as BSR blocks of ``block_size``.
+
+    Build one with :meth:`from_dense` from an ``nn.Linear`` whose weight is already pruned
+    (see :func:`sparsebert.prune.block_magnitude_mask`). The packed weight lives in buffers
+    (``values``, ``crow_indices``, ``col_indices``), so ``state_dict()``, ``load_state_dict()``
+    and ``.to(...)`` work as for any module; ``.to(torch.bfloat16)`` repacks the values into the
+    bf16 layout.
+
+    ``backend``: ``"kernel"`` (default) runs ``sparsebert.ops.bsr_linear``, whose device
+    implementation the dispatcher picks; ``"reference"`` runs the pure-torch definition. It is
+    chosen once, here, and a kernel failure is never turned into a fallback.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        values: Tensor,
+        crow_indices: Tensor,
+        col_indices: Tensor,
+        bias: Tensor | None = None,
+        block_size: tuple[int, int] = (32, 32),
+        backend: str = "kernel",
+    ):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.block_size = check_block_size(block_size)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.backend = backend
+        validate_bsr(values, crow_indices, col_indices, (out_features, in_features), self.block_size)
+        if bias is not None:
+            if bias.shape != (out_features,):
+                raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
+            if bias.dtype != values.dtype:
+                raise ValueError(f"bias dtype {bias.dtype} differs from the weight dtype {values.dtype}")
+        self.register_buffer("values", values)
+        self.register_buffer("crow_indices", crow_indices)
+        self.register_buffer("col_indices", col_indices)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, block_size=(32, 32), backend: str = "kernel") -> "SparseLinear":
+        """Converts a pruned ``nn.Linear``: every block holding any nonzero is kept, the rest
+        dropped, so the layer computes exactly what ``linear`` computes. Works for a Linear
+        pruned with ``torch.nn.utils.prune`` too (its ``weight`` is the masked weight)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_dense expects an nn.Linear, got {type(linear).__name__}")
+        weight = linear.weight.detach()
+        values, crow, col = pack_bsr(weight, block_size)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(linear.in_features, linear.out_features, values, crow, col, bias, tuple(block_size), backend)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    @property
+    def nnz_blocks(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the ``out_features x in_features`` weight entries that are not stored."""
+        n, k = self.shape
+        if n * k == 0:
+            return 0.0
+        br, bc = self.block_size
+        counts = (self.crow_indices[1:] - self.crow_indices[:-1]).long().cpu()
+        rows = torch.clamp(n - torch.arange(counts.numel()) * br, max=br)  # valid rows per block row
+        cols = torch.clamp(k - self.col_indices.long().cpu() * bc, max=bc)  # valid cols per block
+        stored = int((torch.repeat_interleave(rows, counts) * cols).sum())
+        return 1.0 - stored / (n * k)
+
+    def to_dense(self) -> Tensor:
+        """The dense ``[out_features, in_features]`` weight this layer multiplies by."""
+        return bsr_to_dense(self.values, self.crow_indices, self.col_indices, self.shape, self.block_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        fn = ops.bsr_linear if self.backend == "kernel" else ops.bsr_linear_reference
+        return fn(x, self.values, self.crow_indices, self.col_indices, self.bias, self.shape, self.block_size)
+
+    def _apply(self, fn, recurse=True):
+        # `.to(dtype)` casts `values` element-wise; the k-pair packing depends on the dtype
+        # (kp = 1 for fp32, 2 for 16-bit), so repack after a dtype change.
+        super()._apply(fn, recurse)
+        if self.values.dtype in PACKED_DTYPES:
+            self.values = relayout_values(self.values, self.block_size, self.values.dtype)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The packed buffers' shapes depend on the pattern (nnzb): resize them to the
+        # checkpoint's before the default copy, and repack values saved in another dtype's
+        # packing. (load_state_dict hands each module its own shallow copy of the dict.)
+        keys = [prefix + n for n in ("values", "crow_indices", "col_indices")]
+        if all(k in state_dict for k in keys):
+            values = relayout_values(state_dict[keys[0]], self.block_size, self.values.dtype)
+            crow, col = state_dict[keys[1]], state_dict[keys[2]]
+            validate_bsr(values, crow, col, self.shape, self.block_size)
+            state_dict[keys[0]] = values
+            self.values = self.values.new_empty(values.shape)
+            self.crow_indices = self.crow_indices.new_empty(crow.shape)
+            self.col_indices = self.col_indices.new_empty(col.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, block_size={self.block_size}, "
+            f"sparsity={self.sparsity:.3f}, backend={self.backend!r}"
+        )
+
+

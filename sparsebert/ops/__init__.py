@@ -1,0 +1,11 @@
+"""sparsebert's ops: one public function per op, its fake function and its reference.
+
+Importing this package loads the C++ extension, which registers every schema and the CPU
+implementations with ``torch.library`` under the namespace ``sparsebert``.
+"""
+
+from .. import _extension  # noqa: F401  (registers the schemas and CPU kernels)
+from .bsr_format import bsr_to_dense, pack_bsr
+from .bsr_linear import bsr_linear, bsr_linear_reference
+
+__all__ = ["bsr_linear", "bsr_linear_reference", "pack_bsr", "bsr_to_dense"]

@@ -1,0 +1,68 @@
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sparsebert
+
+ISA_LEVELS = ("scalar", "avx2", "avx512", "avx512bf16")
+
+
+def supported_isas() -> list[str]:
+    best = ISA_LEVELS.index(sparsebert.detected_isa())
+    return list(ISA_LEVELS[: best + 1])
+
+
+def isa_params():
+    """Every ISA level, the ones this CPU lacks skipped with the reason."""
+    ok = supported_isas()
+    return [
+        pytest.param(isa, marks=pytest.mark.skipif(isa not in ok, reason=f"CPU lacks {isa}"))
+        for isa in ISA_LEVELS
+    ]
+
+
+@pytest.fixture(params=isa_params())
+def isa(request, monkeypatch):
+    """Runs the test with SPARSEBERT_ISA forcing one ISA path of the CPU kernels."""
+    monkeypatch.setenv("SPARSEBERT_ISA", request.param)
+    assert sparsebert.active_isa() == request.param
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def assert_linear_close(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None):
+    """flash-attention's rule: the kernel's error against a float64 reference is at most twice
+    the error of torch's own F.linear in the same dtype, plus sqrt(K) rounding units of the
+    output scale. The kernels accumulate each output over K in order (rounding error grows like
+    sqrt(K) u), where oneDNN sums in blocks; the floor keeps a case where torch happens to be
+    exact from demanding exactness. A wrong block or index gives errors of order 1."""
+    assert out.dtype == x.dtype
+    ref = F.linear(x.double(), w.double(), None if bias is None else bias.double())
+    assert out.shape == ref.shape
+    if ref.numel() == 0:
+        return
+    same_dtype = F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    err = (out.double() - ref).abs().max().item()
+    base = (same_dtype.double() - ref).abs().max().item()
+    k = max(1, x.shape[-1])
+    unit = torch.finfo(x.dtype).eps * k**0.5 * max(1.0, ref.abs().max().item())
+    assert err <= 2 * base + unit, f"max error {err:.3g} > 2 * torch's {base:.3g} + {unit:.3g}"
+
+
+def block_sparse_weight(n, k, block_size, sparsity, dtype=torch.float32):
+    """A random [n, k] weight with `sparsity` of its blocks zeroed (largest-norm blocks kept)."""
+    w = torch.randn(n, k)
+    mask = sparsebert.prune.block_magnitude_mask(w, sparsity, block_size)
+    return (w * mask).to(dtype)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_env_isa():
+    # A forced ISA from the caller's shell would silently narrow what the suite covers.
+    os.environ.pop("SPARSEBERT_ISA", None)
