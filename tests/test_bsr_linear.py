@@ -68,6 +68,19 @@ def test_block_patterns(isa, dtype, pattern):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", [(32, 32), (16, 16), (64, 8)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5])
+def test_long_block_rows(isa, dtype, block_size, sparsity):
+    # Block rows holding more weights than fit L1 are done in groups of blocks with fp32
+    # partial sums in between (kGroupBytes = 24 KiB): K = 1000 gives several groups per row.
+    n, k, m = 70, 1000, 13
+    w = block_sparse_weight(n, k, block_size, sparsity, dtype)
+    x = torch.randn(m, k).to(dtype)
+    bias = torch.randn(n).to(dtype)
+    assert_linear_close(run(x, w, bias, block_size), x, w, bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_no_bias(isa, dtype):
     w = block_sparse_weight(64, 64, (16, 16), 0.5, dtype)
     x = torch.randn(9, 64).to(dtype)

@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Block-sparse linear (sparsebert.ops.bsr_linear) against dense F.linear and torch's own BSR
+matmul, in the same run, on BERT shapes. Prints a markdown table; --json writes the rows.
+
+    python benchmarks/bench_linear.py                       # the README table
+    python benchmarks/bench_linear.py --blocks 16x16,16x1 --sparsity 0.9 --m 128 --threads 1,2 --cache hot,cold
+
+Run it on a quiet machine: two cores shared with a build or a test suite measure contention.
+Speedups are same-run ratios of medians; GFLOP/s is "effective": the dense layer's 2*M*N*K
+flops divided by the method's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import (  # noqa: E402
+    Method, copies_for, fmt_ms, fmt_ratio, gflops, header, l3_bytes, markdown_table,
+    tensor_bytes, time_methods, write_json,
+)
+
+from sparsebert.ops import bsr_linear, pack_bsr  # noqa: E402
+from sparsebert.prune import block_magnitude_mask  # noqa: E402
+
+# (in_features, out_features) of the Linear layers of one encoder layer.
+SHAPES = {
+    "bert-base": {"qkv": (768, 2304), "attn_out": (768, 768), "ffn_up": (768, 3072), "ffn_down": (3072, 768)},
+    "bert-large": {"qkv": (1024, 3072), "attn_out": (1024, 1024), "ffn_up": (1024, 4096), "ffn_down": (4096, 1024)},
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def parse_list(text, conv):
+    return [conv(v) for v in text.split(",") if v]
+
+
+def parse_block(text):
+    r, c = text.lower().split("x")
+    return int(r), int(c)
+
+
+def parse_shape(text):
+    model, _, layer = text.partition(":")
+    layers = SHAPES[model] if not layer else {layer: SHAPES[model][layer]}
+    return [(f"{model}:{name}", shape) for name, shape in layers.items()]
+
+
+def torch_bsr_runs(w_bsr, k, dtype) -> bool:
+    """Torch has BSR matmul kernels for some dtypes only (none for bf16 on CPU)."""
+    try:
+        with torch.no_grad():
+            torch.mm(w_bsr, torch.zeros(k, 2, dtype=dtype))
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def build_weights(k, n, sparsity, block, dtype, cold, cold_bytes):
+    """One pruned weight, and per method a list of distinct copies (the cold-weight pool)."""
+    w = torch.randn(n, k) / k**0.5
+    w = (w * block_magnitude_mask(w, sparsity, block)).to(dtype)
+    bias = torch.randn(n).to(dtype)
+    values, crow, col = pack_bsr(w, block)
+    pools = {}
+    n_dense = copies_for(tensor_bytes(w), cold, cold_bytes)
+    pools["dense"] = [w] + [w.clone() for _ in range(n_dense - 1)]
+    n_ours = copies_for(tensor_bytes(values, crow, col), cold, cold_bytes)
+    pools["sparsebert"] = [(values, crow, col)] + [
+        (values.clone(), crow.clone(), col.clone()) for _ in range(n_ours - 1)
+    ]
+    bsr = w.to_sparse_bsr(block)
+    if torch_bsr_runs(bsr, k, dtype):
+        n_bsr = copies_for(tensor_bytes(bsr.values(), bsr.crow_indices(), bsr.col_indices()), cold, cold_bytes)
+        pools["torch_bsr"] = [bsr] + [bsr.clone() for _ in range(n_bsr - 1)]
+    return bias, pools
+
+
+def run_case(k, n, m, block, dtype, bias, pools):
+    x = torch.randn(m, k).to(dtype)
+    xt = x.t()
+    shape = (n, k)
+    dense, ours = pools["dense"], pools["sparsebert"]
+    methods = [
+        Method("dense", lambda i: F.linear(x, dense[i], bias), len(dense)),
+        Method("sparsebert", lambda i: bsr_linear(x, *ours[i], bias, shape, block), len(ours)),
+    ]
+    if "torch_bsr" in pools:
+        tb = pools["torch_bsr"]
+        methods.append(Method("torch_bsr", lambda i: torch.mm(tb[i], xt), len(tb)))
+    # Torch's sparse tensors fail under inference_mode ("Cannot set version_counter"): no_grad.
+    with torch.no_grad():
+        timing = time_methods(methods)
+    return {name: timing.median(name) for name in timing.samples}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="bert-base:ffn_up,bert-base:ffn_down",
+                   help="model[:layer] list; models: " + ", ".join(SHAPES))
+    p.add_argument("--m", default="1,8,128,512,2048", help="tokens per call")
+    p.add_argument("--sparsity", default="0.5,0.7,0.8,0.9,0.95")
+    p.add_argument("--blocks", default="32x32")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--threads", default="2")
+    p.add_argument("--cache", default="cold", help="hot, cold or both (hot,cold)")
+    p.add_argument("--cold-mb", type=int, default=None,
+                   help="bytes of weight copies each method rotates through when cold "
+                        "(default: 2x L3, at most 1024 MiB)")
+    p.add_argument("--json", default=None, help="write the rows to this JSON file")
+    args = p.parse_args(argv)
+
+    shapes = [s for text in parse_list(args.shapes, str) for s in parse_shape(text)]
+    ms = parse_list(args.m, int)
+    sparsities = parse_list(args.sparsity, float)
+    blocks = parse_list(args.blocks, parse_block)
+    dtypes = parse_list(args.dtypes, str)
+    threads = parse_list(args.threads, int)
+    caches = parse_list(args.cache, str)
+    cold_bytes = (args.cold_mb << 20) if args.cold_mb else min(2 * l3_bytes(), 1 << 30)
+
+    print(header("bench_linear: block-sparse linear vs dense F.linear and torch BSR", {
+        "command": "python benchmarks/bench_linear.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "cold weights": f"each method rotates through {cold_bytes >> 20} MiB of distinct weight copies",
+        "torch BSR": "torch.mm(w_bsr, x.t()) under no_grad, no bias; n/a where torch has no kernel for the dtype",
+    }))
+    print()
+    columns = ["layer", "K->N", "M", "dtype", "block", "sparsity", "thr", "cache", "dense ms", "torch BSR ms",
+               "sparsebert ms", "GFLOP/s eff", "vs dense", "vs torch BSR"]
+    rows, records = [], []
+    for dtype_name in dtypes:
+        dtype = DTYPES[dtype_name]
+        for layer, (k, n) in shapes:
+            for block in blocks:
+                for sparsity in sparsities:
+                    for cache in caches:
+                        bias, pools = build_weights(k, n, sparsity, block, dtype, cache == "cold", cold_bytes)
+                        for t in threads:
+                            torch.set_num_threads(t)
+                            for m in ms:
+                                med = run_case(k, n, m, block, dtype, bias, pools)
+                                ours, dense, tb = med["sparsebert"], med["dense"], med.get("torch_bsr")
+                                rec = dict(layer=layer, k=k, n=n, m=m, dtype=dtype_name, block=list(block),
+                                           sparsity=sparsity, threads=t, cache=cache, dense_s=dense,
+                                           torch_bsr_s=tb, sparsebert_s=ours,
+                                           gflops_eff=gflops(2 * m * n * k, ours),
+                                           speedup_vs_dense=dense / ours,
+                                           speedup_vs_torch_bsr=None if tb is None else tb / ours)
+                                records.append(rec)
+                                row = [layer, f"{k}->{n}", str(m), dtype_name, f"{block[0]}x{block[1]}",
+                                       f"{sparsity:.2f}", str(t), cache, fmt_ms(dense), fmt_ms(tb), fmt_ms(ours),
+                                       f"{rec['gflops_eff']:.0f}", fmt_ratio(rec["speedup_vs_dense"]),
+                                       fmt_ratio(rec["speedup_vs_torch_bsr"])]
+                                rows.append(row)
+                                print("| " + " | ".join(row) + " |", file=sys.stderr, flush=True)
+                        del pools
+    print(markdown_table(columns, rows))
+    write_json(args.json, {"argv": argv if argv is not None else sys.argv[1:]}, records)
+
+
+if __name__ == "__main__":
+    main()

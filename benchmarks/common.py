@@ -1,0 +1,157 @@
+"""Shared benchmark machinery: machine header, steady-state timing, units, table output.
+
+Timing rules (this VM slows down after idle gaps): no sleeps between samples; an untimed call
+of the same method right before each timed one; methods interleaved round by round; medians.
+Cold weights: each method rotates through a pool of distinct weight copies larger than the L3
+cache, and the untimed call uses the copy *before* the timed one, so the timed call finds its
+weights in DRAM while code, threads and activations are warm.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import sparsebert
+
+
+def l3_bytes() -> int:
+    try:
+        text = open("/sys/devices/system/cpu/cpu0/cache/index3/size").read().strip()
+    except OSError:
+        return 32 << 20
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_busy_fraction(seconds: float = 1.0) -> float | None:
+    """Share of all CPUs' time spent busy over `seconds` while this process sleeps: what other
+    processes use (the load average would still count a benchmark that just finished)."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except OSError:
+        return None
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def header(title: str, extra: dict[str, str] | None = None) -> str:
+    busy = cpu_busy_fraction()
+    quiet = "unknown" if busy is None else f"{busy:.0%} of CPU time used by other processes at start" + (
+        "" if busy < 0.05 else " (NOT quiet: timings include contention)")
+    lines = [
+        f"# {title}",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores, L3 {l3_bytes() >> 20} MiB, "
+        f"sparsebert ISA {sparsebert.detected_isa()}",
+        f"- versions: sparsebert {sparsebert.__version__}, torch {torch.__version__}, "
+        f"python {platform.python_version()}",
+        f"- quiet machine check: {quiet}",
+        "- timing: median of interleaved rounds, each timed call right after an untimed one",
+    ]
+    for k, v in (extra or {}).items():
+        lines.append(f"- {k}: {v}")
+    return "\n".join(lines)
+
+
+@dataclass
+class Method:
+    """A method to time. `run(i)` runs it on copy `i` of its weights (i < copies)."""
+
+    name: str
+    run: Callable[[int], object]
+    copies: int = 1
+
+
+@dataclass
+class Timing:
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.samples[name])
+
+
+def time_methods(methods: list[Method], min_rounds: int = 5, max_rounds: int = 200,
+                 min_seconds: float = 0.2) -> Timing:
+    """Interleaved steady-state timing; see the module docstring."""
+    timing = Timing({m.name: [] for m in methods})
+    cursor = {m.name: 0 for m in methods}
+    start = time.perf_counter()
+    for rnd in range(max_rounds):
+        for m in methods:
+            i = cursor[m.name]
+            j = (i + 1) % m.copies
+            m.run(i)  # untimed: same method, other weights when cold
+            t0 = time.perf_counter()
+            m.run(j)
+            timing.samples[m.name].append(time.perf_counter() - t0)
+            cursor[m.name] = (j + 1) % m.copies
+        if rnd + 1 >= min_rounds and time.perf_counter() - start >= min_seconds * len(methods):
+            break
+    return timing
+
+
+def copies_for(bytes_per_copy: int, cold: bool, cold_bytes: int) -> int:
+    """Copies of one weight needed so that rotating through them streams from DRAM."""
+    if not cold:
+        return 1
+    return max(2, math.ceil(cold_bytes / max(1, bytes_per_copy)))
+
+
+def tensor_bytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def fmt_ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    ms = seconds * 1e3
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.2f}x"
+
+
+def gflops(flops: float, seconds: float) -> float:
+    return flops / seconds / 1e9
+
+
+def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def write_json(path: str | None, meta: dict, rows: list[dict]) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
