@@ -18,10 +18,11 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 ROOT = Path(__file__).parent
 
 # Flags per ISA, matched against the end of the source file name.
+AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"]
 ISA_FLAGS = {
-    "_avx512bf16.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
-                        "-mavx2", "-mfma"],
-    "_avx512.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
+    "_amx.cpp": AVX512 + ["-mavx512bf16", "-mamx-tile", "-mamx-bf16"],
+    "_avx512bf16.cpp": AVX512 + ["-mavx512bf16"],
+    "_avx512.cpp": AVX512,
     "_avx2.cpp": ["-mavx2", "-mfma"],
 }
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import sparsebert
 
-ISA_LEVELS = ("scalar", "avx2", "avx512", "avx512bf16")
+ISA_LEVELS = ("scalar", "avx2", "avx512", "avx512bf16", "amx")
 
 
 def supported_isas() -> list[str]:

@@ -234,3 +234,17 @@ def test_flops_are_skipped_for_dropped_blocks():
     out = run(x, w, bias, (16, 16))
     assert torch.equal(out[:, 16:], bias[16:].expand(3, n - 16))
     assert_linear_close(out, x, w, bias)
+
+
+@pytest.mark.parametrize("block_size", [(32, 32), (16, 16), (64, 64), (16, 2), (32, 8), (48, 32)])
+@pytest.mark.parametrize("m", [16, 31, 32, 48, 100])
+@pytest.mark.parametrize("n", [96, 80, 200])
+def test_amx_shapes(isa, block_size, m, n):
+    # Shapes the AMX kernel takes (br % 16 == 0, even bc, K a multiple of the k step): whole
+    # 16- and 32-row tiles, a row tail (AVX-512 BF16 rows), a last block row with 16 or fewer
+    # valid outputs. On other ISA levels the same cases check those paths.
+    k = 256
+    w = block_sparse_weight(n, k, block_size, 0.5, torch.bfloat16)
+    x = torch.randn(m, k).to(torch.bfloat16)
+    bias = torch.randn(n).to(torch.bfloat16)
+    assert_linear_close(run(x, w, bias, block_size), x, w, bias)

@@ -41,10 +41,21 @@ void check_indices(const at::Tensor& crow, const at::Tensor& col, int64_t nb, in
   }
 }
 
-cpu::BsrLinearFn select_kernel(at::ScalarType dtype) {
+// The shapes the AMX kernel takes: whole 16-output B tiles (br % 16), A tiles of at most 32
+// bf16 inputs that never read past a row of x (bc even, bc <= 32 or bc % 32 == 0, K a multiple
+// of the k step), and at least one whole 16-row tile.
+bool amx_eligible(const cpu::BsrLinearArgs& a) {
+  const int64_t kstep = a.bc < 32 ? a.bc : 32;
+  return a.br % 16 == 0 && a.bc % 2 == 0 && a.bc % kstep == 0 && a.K % kstep == 0 && a.M >= 16;
+}
+
+cpu::BsrLinearFn select_kernel(at::ScalarType dtype, const cpu::BsrLinearArgs& args) {
   const Isa isa = active_isa();
   const bool f32 = dtype == at::kFloat;
   switch (isa) {
+    case Isa::kAmx:
+      if (f32) return cpu::bsr_linear_f32_avx512;
+      return amx_eligible(args) ? cpu::bsr_linear_bf16_amx : cpu::bsr_linear_bf16_avx512bf16;
     case Isa::kAvx512Bf16: return f32 ? cpu::bsr_linear_f32_avx512 : cpu::bsr_linear_bf16_avx512bf16;
     case Isa::kAvx512: return f32 ? cpu::bsr_linear_f32_avx512 : cpu::bsr_linear_bf16_avx512;
     case Isa::kAvx2: return f32 ? cpu::bsr_linear_f32_avx2 : cpu::bsr_linear_bf16_avx2;
@@ -133,7 +144,7 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
   args.bias = bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr;
   args.y = y.data_ptr();
   args.ldy = N;
-  const cpu::BsrLinearFn fn = select_kernel(x.scalar_type());
+  const cpu::BsrLinearFn fn = select_kernel(x.scalar_type(), args);
 
   // Tasks: block rows split into groups of equal work, one per thread; when there are fewer
   // block rows than threads, rows of x are split too (at least 16 rows a task).

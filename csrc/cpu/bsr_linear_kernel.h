@@ -49,6 +49,9 @@ void bsr_linear_f32_avx512(const BsrLinearArgs&, int64_t, int64_t, int64_t, int6
 void bsr_linear_bf16_avx512(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 // bf16 with vdpbf16ps (AVX512_BF16)
 void bsr_linear_bf16_avx512bf16(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+// bf16 with AMX tiles, for the shapes amx_eligible() accepts (bsr_linear.cpp); rows past the
+// last whole 16-row tile go to bsr_linear_bf16_avx512bf16.
+void bsr_linear_bf16_amx(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 
 }  // namespace cpu
 }  // namespace sparsebert

@@ -3,6 +3,9 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <c10/util/Exception.h>
 
 namespace sparsebert {
@@ -13,9 +16,19 @@ const char* isa_name(Isa isa) {
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx512Bf16: return "avx512bf16";
+    case Isa::kAmx: return "amx";
   }
   return "unknown";
 }
+
+namespace {
+
+// Linux hands out the 8 KiB AMX tile state only to a process that asks (arch_prctl
+// ARCH_REQ_XCOMP_PERM = 0x1023 for XFEATURE_XTILEDATA = 18); torch's oneDNN asks too, and
+// asking twice is harmless. Compiled without ISA flags: this runs on every CPU.
+bool amx_permitted() { return syscall(SYS_arch_prctl, 0x1023, 18) == 0; }
+
+}  // namespace
 
 Isa detected_isa() {
   // libgcc's __builtin_cpu_supports also checks that the OS saves the YMM/ZMM state (XCR0).
@@ -23,7 +36,11 @@ Isa detected_isa() {
     __builtin_cpu_init();
     const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    if (avx512 && __builtin_cpu_supports("avx512bf16")) return Isa::kAvx512Bf16;
+    const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+    if (bf16 && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+        amx_permitted())
+      return Isa::kAmx;
+    if (bf16) return Isa::kAvx512Bf16;
     if (avx512) return Isa::kAvx512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
     return Isa::kScalar;
@@ -44,9 +61,11 @@ Isa active_isa() {
     wanted = Isa::kAvx512;
   } else if (std::strcmp(env, "avx512bf16") == 0) {
     wanted = Isa::kAvx512Bf16;
+  } else if (std::strcmp(env, "amx") == 0) {
+    wanted = Isa::kAmx;
   } else {
     TORCH_CHECK_VALUE(false, "SPARSEBERT_ISA='", env,
-                      "' is not an ISA level; use one of scalar, avx2, avx512, avx512bf16");
+                      "' is not an ISA level; use one of scalar, avx2, avx512, avx512bf16, amx");
   }
   TORCH_CHECK(static_cast<int>(wanted) <= static_cast<int>(best), "SPARSEBERT_ISA=", env,
               " was requested but this CPU supports at most ", isa_name(best));
