@@ -127,7 +127,7 @@ def main(argv=None):
     print(header("bench_linear: block-sparse linear vs dense F.linear and torch BSR", {
         "command": "python benchmarks/bench_linear.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cold weights": f"each method rotates through {cold_bytes >> 20} MiB of distinct weight copies",
-        "torch BSR": "torch.mm(w_bsr, x.t()) under no_grad, no bias; n/a where torch has no kernel for the dtype",
+        "torch BSR": "torch.mm(w_bsr, x.t()) under no_grad, no bias; n/a where torch has no kernel for the dtype or block size",
     }))
     print()
     columns = ["layer", "K->N", "M", "dtype", "block", "sparsity", "thr", "cache", "dense ms", "torch BSR ms",
