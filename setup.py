@@ -20,7 +20,8 @@ ROOT = Path(__file__).parent
 # Flags per ISA, matched against the end of the source file name.
 AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"]
 ISA_FLAGS = {
-    "_amx.cpp": AVX512 + ["-mavx512bf16", "-mamx-tile", "-mamx-bf16"],
+    "_amx.cpp": AVX512 + ["-mavx512bf16", "-mavx512vnni", "-mamx-tile", "-mamx-bf16", "-mamx-int8"],
+    "_avx512vnni.cpp": AVX512 + ["-mavx512vnni"],
     "_avx512bf16.cpp": AVX512 + ["-mavx512bf16"],
     "_avx512.cpp": AVX512,
     "_avx2.cpp": ["-mavx2", "-mfma"],

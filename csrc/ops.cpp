@@ -17,6 +17,16 @@ TORCH_LIBRARY(sparsebert, m) {
   m.def(
       "bsr_linear(Tensor x, Tensor values, Tensor crow_indices, Tensor col_indices, "
       "Tensor? bias, int[2] shape, int[2] block_size) -> Tensor");
+  // y = dequant(quant(x) @ W_q.T) + bias: x quantized per token inside the op (symmetric int8),
+  // W_q int8 per output channel (weight_scale), weight_sum[n] = sum_k W_q[n, k]; exact int32
+  // accumulation. Block-sparse W_q in the k-quad packing (sparsebert.ops.int8_format).
+  m.def(
+      "bsr_int8_linear(Tensor x, Tensor values, Tensor weight_scale, Tensor weight_sum, "
+      "Tensor crow_indices, Tensor col_indices, Tensor? bias, int[2] shape, int[2] block_size) -> Tensor");
+  // The dense case: weight [ceil(N/32), ceil(K/4), 32, 4], the k-quad packing of 32-output rows.
+  m.def(
+      "int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_sum, Tensor? bias, "
+      "int[2] shape) -> Tensor");
 }
 
 namespace {

@@ -31,7 +31,10 @@ inline void store_bf16x16(uint16_t* p, __m512 a, __mmask16 k) {
 // broadcast = 27 registers; NV=1: 14 accumulators. Larger tiles spill (checked in the
 // generated code); smaller ones reload each weight vector for fewer rows.
 struct Avx512F32 {
-  using elem = float;
+  using xelem = float;
+  using welem = float;
+  using yelem = float;
+  static constexpr bool kQuantized = false, kWholeGroups = false;
   static constexpr int VL = 16, KP = 1, NVMAX = 2;
   static constexpr int mr_max(int nv) { return nv == 1 ? 14 : 12; }
   using acc_t = __m512;
@@ -50,7 +53,10 @@ struct Avx512F32 {
 
 // bf16 without AVX512_BF16: each (W[n,k], W[n,k+1]) lane widens to two fp32 vectors.
 struct Avx512Bf16Widen {
-  using elem = uint16_t;
+  using xelem = uint16_t;
+  using welem = uint16_t;
+  using yelem = uint16_t;
+  static constexpr bool kQuantized = false, kWholeGroups = false;
   static constexpr int VL = 16, KP = 2, NVMAX = 2;
   // NV=2 holds 4 widened weight vectors and 2 broadcasts: 10 x 2 accumulators fit.
   static constexpr int mr_max(int nv) { return nv == 1 ? 14 : 10; }

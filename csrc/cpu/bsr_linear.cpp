@@ -7,39 +7,12 @@
 
 #include <vector>
 
+#include "bsr_common.h"
 #include "bsr_linear_kernel.h"
 #include "isa.h"
 
 namespace sparsebert {
 namespace {
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-void check_indices(const at::Tensor& crow, const at::Tensor& col, int64_t nb, int64_t ncb,
-                   int64_t nnzb) {
-  TORCH_CHECK_VALUE(crow.scalar_type() == at::kInt && col.scalar_type() == at::kInt,
-                    "crow_indices and col_indices must be int32, got ", crow.scalar_type(),
-                    " and ", col.scalar_type());
-  TORCH_CHECK_VALUE(crow.dim() == 1 && crow.size(0) == nb + 1, "crow_indices must have shape [",
-                    nb + 1, "] (block rows + 1), got ", crow.sizes());
-  TORCH_CHECK_VALUE(col.dim() == 1 && col.size(0) == nnzb, "col_indices must have shape [", nnzb,
-                    "] (one per stored block), got ", col.sizes());
-  const int32_t* cr = crow.data_ptr<int32_t>();
-  const int32_t* cl = col.data_ptr<int32_t>();
-  TORCH_CHECK_VALUE(cr[0] == 0, "crow_indices[0] must be 0, got ", cr[0]);
-  TORCH_CHECK_VALUE(cr[nb] == nnzb, "crow_indices[-1] must equal the number of stored blocks ",
-                    nnzb, ", got ", cr[nb]);
-  for (int64_t i = 0; i < nb; ++i) {
-    TORCH_CHECK_VALUE(cr[i] <= cr[i + 1], "crow_indices must be non-decreasing, but crow_indices[",
-                      i, "]=", cr[i], " > crow_indices[", i + 1, "]=", cr[i + 1]);
-    for (int64_t j = cr[i]; j < cr[i + 1]; ++j) {
-      TORCH_CHECK_VALUE(cl[j] >= 0 && cl[j] < ncb, "col_indices[", j, "]=", cl[j],
-                        " is out of range for ", ncb, " block columns");
-      TORCH_CHECK_VALUE(j == cr[i] || cl[j - 1] < cl[j], "col_indices must be strictly increasing "
-                        "within a block row, but block row ", i, " has ", cl[j - 1], " then ", cl[j]);
-    }
-  }
-}
 
 // The shapes the AMX kernel takes: whole 16-output B tiles (br % 16), A tiles of at most 32
 // bf16 inputs that never read past a row of x (bc even, bc <= 32 or bc % 32 == 0, K a multiple
@@ -62,23 +35,6 @@ cpu::BsrLinearFn select_kernel(at::ScalarType dtype, const cpu::BsrLinearArgs& a
     case Isa::kScalar: return f32 ? cpu::bsr_linear_f32_scalar : cpu::bsr_linear_bf16_scalar;
   }
   TORCH_CHECK(false, "unknown ISA level");
-}
-
-// Splits block rows [0, nb) into `groups` contiguous ranges of about equal work. Work of a block
-// row = its stored blocks * bc (multiply-add steps per row of x) + a fixed 8 for its output
-// stores, so a run of empty block rows is not free, and a dense row is not split evenly by count.
-std::vector<int64_t> balance_block_rows(const int32_t* crow, int64_t nb, int64_t bc, int64_t groups) {
-  auto cost = [&](int64_t rb) { return int64_t(crow[rb]) * bc + 8 * rb; };
-  const int64_t total = cost(nb);
-  std::vector<int64_t> bounds(groups + 1, nb);
-  bounds[0] = 0;
-  int64_t rb = 0;
-  for (int64_t g = 1; g < groups; ++g) {
-    const int64_t target = total * g / groups;
-    while (rb < nb && cost(rb) < target) ++rb;
-    bounds[g] = rb;
-  }
-  return bounds;
 }
 
 at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& crow_indices,
@@ -146,18 +102,7 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
   args.ldy = N;
   const cpu::BsrLinearFn fn = select_kernel(x.scalar_type(), args);
 
-  // Tasks: block rows split into groups of equal work, one per thread; when there are fewer
-  // block rows than threads, rows of x are split too (at least 16 rows a task).
-  const int64_t threads = at::get_num_threads();
-  const int64_t row_groups = std::min(nb, threads);
-  const int64_t m_groups = std::max<int64_t>(1, std::min(threads / row_groups, ceil_div(M, 16)));
-  const std::vector<int64_t> bounds = balance_block_rows(args.crow, nb, bc, row_groups);
-  at::parallel_for(0, row_groups * m_groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t g = task / m_groups, mg = task % m_groups;
-      fn(args, bounds[g], bounds[g + 1], M * mg / m_groups, M * (mg + 1) / m_groups);
-    }
-  });
+  run_bsr_tasks(args, nb, fn);
   return y.view(out_sizes);
 }
 

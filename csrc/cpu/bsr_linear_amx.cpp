@@ -1,21 +1,31 @@
-// bsr_linear bf16 with AMX (compiled with -mamx-tile -mamx-bf16 and the AVX-512 flags).
+// bsr_linear (bf16) and bsr_int8_linear with AMX tiles (compiled with -mamx-tile -mamx-bf16
+// -mamx-int8 and the AVX-512 flags).
 //
-// One TDPBF16PS multiplies a 16 x kstep tile of x by a kstep x 16 tile of weights into a 16 x 16
-// fp32 tile: 16 * 16 * kstep multiply-adds, 16x what one vdpbf16ps does. The k-pair packing of
-// the weights (csrc/cpu/bsr_linear_kernel.h) is already the B-tile layout: row kk of a B tile is
-// 16 pairs (W[n, 2kk], W[n, 2kk+1]), 64 bytes, and the next row lies br pairs further. Rows of x
-// load directly as A tiles (kstep bf16 each, row stride lda).
+// One tile multiply takes a 16 x kstep tile of x (A) and a kstep x 16 tile of weights (B) into
+// a 16 x 16 fp32/int32 tile (C): 16x the work of one vdpbf16ps / vpdpbusd. The k-pair (bf16) and
+// k-quad (int8) packings of the weights (csrc/cpu/bsr_linear_kernel.h) are already the B-tile
+// layout: row kk of a B tile is 16 lanes of (W[n, kp*kk], ..., W[n, kp*kk + kp-1]), 64 bytes,
+// and the next row lies br lanes further. Rows of x (bf16, or the quantized u8 buffer) load
+// directly as A tiles, kstep * element bytes = 64 bytes at most.
 //
 // Tiles: C 0..3 = (2 row tiles) x (2 output tiles) = 32 rows x 32 outputs, A 4..5, B 6..7.
-// Shapes: br a multiple of 16, bc even and <= 32 or a multiple of 32, K a multiple of the
-// k step (so no A tile reads past a row), whole 16-row tiles; the caller checks the shape
-// (amx_eligible in bsr_linear.cpp) and the rows past the last whole tile go to the AVX-512
-// BF16 kernel.
+// The caller checks the shape (amx_eligible / amx_int8_eligible in the dispatchers): br a
+// multiple of 16, bc a multiple of kp with bc <= kstep or bc a multiple of kstep, and A tiles
+// that never read past a row of x. Rows past the last whole 16-row tile go to the AVX-512 kernel
+// of the same op.
 #include "avx512_traits.h"
 
 namespace sparsebert {
 namespace cpu {
 namespace {
+
+// GCC's tile intrinsics are macros that paste their tile numbers into the assembly, so each
+// (C, A, B) triple the driver uses is spelled out with literals.
+#define SPARSEBERT_AMX_DOTS(OP)              \
+  static void dot_0_4_6() { OP(0, 4, 6); } \
+  static void dot_1_4_7() { OP(1, 4, 7); } \
+  static void dot_2_5_6() { OP(2, 5, 6); } \
+  static void dot_3_5_7() { OP(3, 5, 7); }
 
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
@@ -25,27 +35,69 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
+// bf16 in, bf16 out: TDPBF16PS, fp32 accumulators; bias added in the epilogue.
+struct AmxBf16 {
+  using xelem = uint16_t;
+  using welem = uint16_t;
+  using yelem = uint16_t;
+  using acc_elem = float;
+  static constexpr int KP = 2, KSTEP = 32;  // 32 bf16 = 64 bytes per A-tile row
+  SPARSEBERT_AMX_DOTS(_tile_dpbf16ps)
+  static void epilogue(uint16_t* y, const float* acc, __mmask16 k, const BsrLinearArgs& a, int64_t m,
+                       int64_t n) {
+    __m512 v = _mm512_load_ps(acc);
+    if (a.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, a.bias + n));
+    store_bf16x16(y, v, k);
+  }
+};
+
+// Quantized u8 activations times s8 weights: TDPBUSD, int32 accumulators; the epilogue of the
+// VNNI kernel (zero-point correction, scales, bias).
+template <class Y>
+struct AmxInt8 {
+  using xelem = uint8_t;
+  using welem = int8_t;
+  using yelem = Y;
+  using acc_elem = int32_t;
+  static constexpr int KP = 4, KSTEP = 64;  // 64 int8 = 64 bytes per A-tile row
+  SPARSEBERT_AMX_DOTS(_tile_dpbusd)
+  static void epilogue(Y* y, const int32_t* acc, __mmask16 k, const BsrLinearArgs& a, int64_t m, int64_t n) {
+    const __m512i corr = _mm512_sub_epi32(_mm512_load_si512(acc),
+                                          _mm512_slli_epi32(_mm512_maskz_loadu_epi32(k, a.col_sum + n), 7));
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), _mm512_set1_ps(a.row_scale[m]));
+    v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, a.col_scale + n));
+    if (a.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, a.bias + n));
+    if constexpr (sizeof(Y) == 4)
+      _mm512_mask_storeu_ps(y, k, v);
+    else
+      store_bf16x16(y, v, k);
+  }
+};
+
+template <class P>
 void amx_rows(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
-  const uint16_t* x = static_cast<const uint16_t*>(a.x);
-  const uint16_t* values = static_cast<const uint16_t*>(a.values);
-  uint16_t* y = static_cast<uint16_t*>(a.y);
+  using XE = typename P::xelem;
+  using WE = typename P::welem;
+  using YE = typename P::yelem;
+  const XE* x = static_cast<const XE*>(a.x);
+  const WE* values = static_cast<const WE*>(a.values);
+  YE* y = static_cast<YE*>(a.y);
   const int br = a.br, bc = a.bc;
-  const int kstep = bc < 32 ? bc : 32;
+  const int kstep = bc < P::KSTEP ? bc : P::KSTEP;  // inputs per A-tile row
   const int ksteps = bc / kstep;
-  const int64_t KB = bc / 2;
-  const int64_t block_stride = KB * br * 2;
-  const int64_t lda_bytes = a.lda * 2, w_row_bytes = int64_t(br) * 4;
+  const int64_t block_stride = int64_t(bc / P::KP) * br * P::KP;
+  const int64_t lda_bytes = a.lda * int64_t(sizeof(XE)), w_row_bytes = int64_t(br) * 4;
 
   TileConfig cfg;
   for (int t = 0; t < 4; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
-  for (int t = 4; t < 6; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = static_cast<uint16_t>(kstep * 2); }
-  for (int t = 6; t < 8; ++t) { cfg.rows[t] = static_cast<uint8_t>(kstep / 2); cfg.colsb[t] = 64; }
+  for (int t = 4; t < 6; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = static_cast<uint16_t>(kstep * sizeof(XE)); }
+  for (int t = 6; t < 8; ++t) { cfg.rows[t] = static_cast<uint8_t>(kstep / P::KP); cfg.colsb[t] = 64; }
   _tile_loadconfig(&cfg);
 
-  alignas(64) float acc[32 * 32];  // C tiles written back: [row][output], 128-byte rows
+  alignas(64) typename P::acc_elem acc[32 * 32];  // C tiles written back: [row][output]
   for (int64_t m = m0; m < m1; m += 32) {
     const bool two_m = m1 - m >= 32;
-    const uint16_t* xm = x + m * a.lda;
+    const XE* xm = x + m * a.lda;
     for (int64_t rb = rb0; rb < rb1; ++rb) {
       const int64_t n0 = rb * br;
       const int n_valid = static_cast<int>(min_i64(br, a.N - n0));
@@ -57,22 +109,22 @@ void amx_rows(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int6
         _tile_zero(2);
         _tile_zero(3);
         for (int64_t i = 0; i < nblk; ++i) {
-          const uint16_t* xb = xm + int64_t(a.col[first + i]) * bc;
-          const uint16_t* wb = values + (first + i) * block_stride + int64_t(lane0) * 2;
+          const XE* xb = xm + int64_t(a.col[first + i]) * bc;
+          const WE* wb = values + (first + i) * block_stride + int64_t(lane0) * P::KP;
           for (int s = 0; s < ksteps; ++s) {
-            const uint16_t* xs = xb + s * kstep;
-            const uint16_t* ws = wb + int64_t(s) * (kstep / 2) * br * 2;
+            const XE* xs = xb + s * kstep;
+            const WE* ws = wb + int64_t(s) * (kstep / P::KP) * br * P::KP;
             _tile_loadd(4, xs, lda_bytes);
             _tile_loadd(6, ws, w_row_bytes);
-            _tile_dpbf16ps(0, 4, 6);
+            P::dot_0_4_6();
             if (two_n) {
-              _tile_loadd(7, ws + 32, w_row_bytes);
-              _tile_dpbf16ps(1, 4, 7);
+              _tile_loadd(7, ws + 16 * P::KP, w_row_bytes);
+              P::dot_1_4_7();
             }
             if (two_m) {
               _tile_loadd(5, xs + 16 * a.lda, lda_bytes);
-              _tile_dpbf16ps(2, 5, 6);
-              if (two_n) _tile_dpbf16ps(3, 5, 7);
+              P::dot_2_5_6();
+              if (two_n) P::dot_3_5_7();
             }
           }
         }
@@ -80,16 +132,13 @@ void amx_rows(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int6
         _tile_stored(1, acc + 16, 128);
         _tile_stored(2, acc + 16 * 32, 128);
         _tile_stored(3, acc + 16 * 32 + 16, 128);
-        // Epilogue: bias, round to bf16 (same rounding as every other path), valid outputs only.
         const int lanes = n_valid - lane0 < 32 ? n_valid - lane0 : 32;
         const __mmask16 k0 = avx512_mask(lanes), k1 = avx512_mask(lanes - 16);
-        const __m512 b0 = a.bias ? _mm512_maskz_loadu_ps(k0, a.bias + n0 + lane0) : _mm512_setzero_ps();
-        const __m512 b1 = a.bias ? _mm512_maskz_loadu_ps(k1, a.bias + n0 + lane0 + 16) : _mm512_setzero_ps();
         const int rows = two_m ? 32 : 16;
         for (int r = 0; r < rows; ++r) {
-          uint16_t* yr = y + (m + r) * a.ldy + n0 + lane0;
-          store_bf16x16(yr, _mm512_add_ps(_mm512_load_ps(acc + r * 32), b0), k0);
-          if (lanes > 16) store_bf16x16(yr + 16, _mm512_add_ps(_mm512_load_ps(acc + r * 32 + 16), b1), k1);
+          YE* yr = y + (m + r) * a.ldy + n0 + lane0;
+          P::epilogue(yr, acc + r * 32, k0, a, m + r, n0 + lane0);
+          if (lanes > 16) P::epilogue(yr + 16, acc + r * 32 + 16, k1, a, m + r, n0 + lane0 + 16);
         }
       }
     }
@@ -97,12 +146,26 @@ void amx_rows(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int6
   _tile_release();
 }
 
+// Whole 16-row tiles on AMX, the rest with `rest`.
+template <class P>
+void amx_then(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1, BsrLinearFn rest) {
+  const int64_t whole = m0 + (m1 - m0) / 16 * 16;
+  if (whole > m0) amx_rows<P>(a, rb0, rb1, m0, whole);
+  if (whole < m1) rest(a, rb0, rb1, whole, m1);
+}
+
 }  // namespace
 
 void bsr_linear_bf16_amx(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
-  const int64_t whole = m0 + (m1 - m0) / 16 * 16;
-  if (whole > m0) amx_rows(a, rb0, rb1, m0, whole);
-  if (whole < m1) bsr_linear_bf16_avx512bf16(a, rb0, rb1, whole, m1);
+  amx_then<AmxBf16>(a, rb0, rb1, m0, m1, bsr_linear_bf16_avx512bf16);
+}
+
+void bsr_int8_linear_f32_amx(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  amx_then<AmxInt8<float>>(a, rb0, rb1, m0, m1, bsr_int8_linear_f32_avx512vnni);
+}
+
+void bsr_int8_linear_bf16_amx(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  amx_then<AmxInt8<uint16_t>>(a, rb0, rb1, m0, m1, bsr_int8_linear_bf16_avx512vnni);
 }
 
 }  // namespace cpu

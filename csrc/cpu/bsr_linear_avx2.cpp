@@ -20,7 +20,10 @@ inline Avx2Mask avx2_mask(int lanes) {
 }
 
 struct Avx2F32 {
-  using elem = float;
+  using xelem = float;
+  using welem = float;
+  using yelem = float;
+  static constexpr bool kQuantized = false, kWholeGroups = false;
   static constexpr int VL = 8, KP = 1, NVMAX = 2;
   // NV=2: 6 x 2 accumulators + 2 weights + 1 broadcast = 15 of 16 registers.
   static constexpr int mr_max(int nv) { return nv == 1 ? 8 : 6; }
@@ -39,7 +42,10 @@ struct Avx2F32 {
 };
 
 struct Avx2Bf16 {
-  using elem = uint16_t;
+  using xelem = uint16_t;
+  using welem = uint16_t;
+  using yelem = uint16_t;
+  static constexpr bool kQuantized = false, kWholeGroups = false;
   static constexpr int VL = 8, KP = 2, NVMAX = 2;
   // A bf16 weight pair widens to two fp32 vectors, so NV=2 holds 4 weight registers.
   static constexpr int mr_max(int nv) { return nv == 1 ? 6 : 4; }

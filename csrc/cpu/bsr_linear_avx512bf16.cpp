@@ -8,7 +8,10 @@ namespace cpu {
 namespace {
 
 struct Avx512Bf16Dot {
-  using elem = uint16_t;
+  using xelem = uint16_t;
+  using welem = uint16_t;
+  using yelem = uint16_t;
+  static constexpr bool kQuantized = false, kWholeGroups = false;
   static constexpr int VL = 16, KP = 2, NVMAX = 2;
   static constexpr int mr_max(int nv) { return nv == 1 ? 14 : 12; }
   using acc_t = __m512;

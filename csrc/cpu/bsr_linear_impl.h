@@ -5,8 +5,14 @@
 // instantiation keeps the instruction set of the file that compiled it.
 //
 // A traits type T provides:
-//   elem           storage type of x, values and y (float, or uint16_t bf16 bits)
-//   VL             output features per vector;  KP  k values per packed lane (1 fp32, 2 bf16)
+//   xelem, welem, yelem   storage types of x, values and y (float; uint16_t bf16 bits; for int8
+//                  uint8_t quantized x, int8_t weights, float or bf16 out)
+//   kQuantized     false: acc starts at the bias and store() writes it; true: acc starts at 0
+//                  and store_q() dequantizes (per-row and per-column scales) and adds the bias
+//   kWholeGroups   true: x is a padded buffer, so a partial last group of KP inputs is read
+//                  whole (its weights are zero); false: the tail is read with load_x_single
+//   VL             output features per vector;  KP  k values per packed lane (1 fp32, 2 bf16,
+//                  4 int8)
 //   NVMAX          vectors of outputs one tile covers (NVMAX * VL outputs of a block row)
 //   mr_max(nv)     rows of x one tile covers: MR * NV accumulators + NV weight vectors + one
 //                  broadcast must fit the register file (32 zmm, 16 ymm), else the tile spills
@@ -44,10 +50,12 @@ inline float bf16_bits_to_f32(uint16_t h) {
 // One register tile: MR rows of x times up to NV * VL outputs of one block row.
 template <class T>
 struct Tile {
-  using E = typename T::elem;
-  const E* x;              // row 0 of the tile, column 0
+  using XE = typename T::xelem;
+  using WE = typename T::welem;
+  using YE = typename T::yelem;
+  const XE* x;             // row 0 of the tile, column 0
   int64_t lda;
-  const E* vals;           // first stored block of the block row, already offset by `lane0`
+  const WE* vals;          // first stored block of the block row, already offset by `lane0`
   int64_t block_stride;    // elements per stored block: KB * br * KP
   const int32_t* cols;     // block-column indices of the block row
   int64_t nblk;
@@ -55,22 +63,28 @@ struct Tile {
   int bc, br;
   int lanes;               // valid outputs in this tile (<= NV * VL)
   const float* bias;       // offset to the tile's first output, or nullptr
-  E* y;                    // row 0 of the tile, first output
+  YE* y;                   // row 0 of the tile, first output
   int64_t ldy;
   bool prefetch;           // first pass over these weights: they may still be in DRAM
+  // Quantized traits only, offset to the tile's first row / output: per-row activation scale,
+  // per-output weight scale and sum of quantized weights (the u8 zero-point correction).
+  const float* row_scale;
+  const float* col_scale;
+  const int32_t* col_sum;
 };
 
 template <class T, int MR, int NV>
 void tile_kernel(const Tile<T>& t) {
-  using E = typename T::elem;
+  using XE = typename T::xelem;
+  using WE = typename T::welem;
   using acc_t = typename T::acc_t;
   constexpr int VL = T::VL;
   constexpr int KP = T::KP;
   // Everything the loops read is copied to locals first: GCC then keeps the accumulators in
   // registers across the k loop instead of storing them to the stack at every step.
-  const E* __restrict x = t.x;
+  const XE* __restrict x = t.x;
   const int64_t lda = t.lda;
-  const E* __restrict vals = t.vals;
+  const WE* __restrict vals = t.vals;
   const int32_t* __restrict cols = t.cols;
   const int64_t nblk = t.nblk, K = t.K, block_stride = t.block_stride;
   const int bc = t.bc, br = t.br;
@@ -93,15 +107,15 @@ void tile_kernel(const Tile<T>& t) {
     // Columns of this block that exist in x: the last block column may hang past K, and its
     // padded weights are zero, so stopping at K is exact and never reads past a row of x.
     const int kn = static_cast<int>(min_i64(bc, K - k0));
-    const E* xb = x + k0;
-    const E* wb = vals + i * block_stride;
-    const int full = kn / KP;
+    const XE* xb = x + k0;
+    const WE* wb = vals + i * block_stride;
+    const int full = T::kWholeGroups ? (kn + KP - 1) / KP : kn / KP;
     if (t.prefetch) {
       // Weights stream from DRAM on the first pass of a cold layer. One core's demand misses
       // alone reach ~8 GB/s here; asking L2 for the next block while this one computes keeps
       // more lines in flight.
       const char* next = reinterpret_cast<const char*>(wb + block_stride);
-      for (int64_t off = 0; off < block_stride * int64_t(sizeof(E)); off += 64) __builtin_prefetch(next + off, 0, 2);
+      for (int64_t off = 0; off < block_stride * int64_t(sizeof(WE)); off += 64) __builtin_prefetch(next + off, 0, 2);
     }
     for (int kk = 0; kk < full; ++kk) {
       typename T::w_t w[NV];
@@ -114,7 +128,7 @@ void tile_kernel(const Tile<T>& t) {
         for (int v = 0; v < NV; ++v) acc[m][v] = T::fma(acc[m][v], w[v], xv);
       }
     }
-    if (KP == 2 && (kn & 1)) {
+    if (!T::kWholeGroups && KP == 2 && (kn & 1)) {
       // Odd tail: the pair's second input lies outside the block (odd bc) or past K. Its
       // weight is zero, but x there may be Inf or NaN (or not exist), so it is not read: the
       // broadcast carries a zero in its place.
@@ -133,7 +147,13 @@ void tile_kernel(const Tile<T>& t) {
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) T::store(t.y + m * t.ldy + v * VL, acc[m][v], mask[v]);
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (T::kQuantized)
+        T::store_q(t.y + m * t.ldy + v * VL, acc[m][v], mask[v], t.row_scale[m], t.col_scale + v * VL,
+                   t.col_sum + v * VL, t.bias ? t.bias + v * VL : nullptr);
+      else
+        T::store(t.y + m * t.ldy + v * VL, acc[m][v], mask[v]);
+    }
 }
 
 // rows -> tile_kernel<T, rows, NV>, so a tail of rows runs in one pass with a smaller tile.
@@ -159,16 +179,18 @@ constexpr int64_t kXChunkBytes = 256 * 1024;
 
 template <class T>
 void bsr_linear_impl(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
-  using E = typename T::elem;
+  using XE = typename T::xelem;
+  using WE = typename T::welem;
+  using YE = typename T::yelem;
   constexpr int KP = T::KP;
   constexpr int TILE_LANES = T::VL * T::NVMAX;
-  const E* x = static_cast<const E*>(a.x);
-  const E* values = static_cast<const E*>(a.values);
-  E* y = static_cast<E*>(a.y);
+  const XE* x = static_cast<const XE*>(a.x);
+  const WE* values = static_cast<const WE*>(a.values);
+  YE* y = static_cast<YE*>(a.y);
   const int KB = (a.bc + KP - 1) / KP;
   const int64_t block_stride = int64_t(KB) * a.br * KP;
   const int mr = T::mr_max(T::NVMAX);
-  const int64_t row_bytes = (a.K > 0 ? a.K : 1) * int64_t(sizeof(E));
+  const int64_t row_bytes = (a.K > 0 ? a.K : 1) * int64_t(sizeof(XE));
   int64_t chunk = kXChunkBytes / row_bytes / mr * mr;
   if (chunk < mr) chunk = mr;
 
@@ -193,12 +215,15 @@ void bsr_linear_impl(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m
         t.lanes = lanes;
         t.vals = values + first * block_stride + int64_t(lane0) * KP;
         t.bias = a.bias ? a.bias + n0 + lane0 : nullptr;
+        t.col_scale = a.col_scale ? a.col_scale + n0 + lane0 : nullptr;
+        t.col_sum = a.col_sum ? a.col_sum + n0 + lane0 : nullptr;
         const int rows_max = T::mr_max(nv);
         for (int64_t m = c0; m < c1; m += rows_max) {
           const int rows = static_cast<int>(min_i64(rows_max, c1 - m));
           t.x = x + m * a.lda;
           t.y = y + m * a.ldy + n0 + lane0;
           t.prefetch = m == m0;
+          t.row_scale = a.row_scale ? a.row_scale + m : nullptr;
           tile_dispatch<T>(nv, rows, t);
         }
       }

@@ -33,6 +33,12 @@ struct BsrLinearArgs {
   const float* bias;    // [N] fp32, or nullptr
   void* y;              // [M, N] same dtype as x
   int64_t ldy;          // row stride of y, in elements
+  // INT8 only (nullptr otherwise): x is then the quantized activation buffer (uint8, x_q + 128,
+  // padded with 128 past K to whole k-quads) and y = (acc - 128 * col_sum[n]) * row_scale[m] *
+  // col_scale[n] + bias[n], with acc the exact int32 sum of x_u8 * w_s8.
+  const float* row_scale = nullptr;  // [M] activation scale per token
+  const float* col_scale = nullptr;  // [N] weight scale per output channel
+  const int32_t* col_sum = nullptr;  // [N] sum over k of the int8 weights of output n
 };
 
 // Each variant computes the outputs of block rows [rb0, rb1) for input rows [m0, m1).
@@ -52,6 +58,28 @@ void bsr_linear_bf16_avx512bf16(const BsrLinearArgs&, int64_t, int64_t, int64_t,
 // bf16 with AMX tiles, for the shapes amx_eligible() accepts (bsr_linear.cpp); rows past the
 // last whole 16-row tile go to bsr_linear_bf16_avx512bf16.
 void bsr_linear_bf16_amx(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+
+// INT8 (bsr_int8_linear, int8_linear): weights int8 in the k-quad packing (kp = 4: four
+// consecutive inputs of one output in a 32-bit lane, the operand layout of vpdpbusd and of AMX
+// int8 B tiles); x the quantized activation buffer described in BsrLinearArgs; y fp32 or bf16.
+void bsr_int8_linear_f32_scalar(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void bsr_int8_linear_bf16_scalar(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void bsr_int8_linear_f32_avx512vnni(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void bsr_int8_linear_bf16_avx512vnni(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+// AMX int8 for the shapes amx_int8_eligible() accepts; rows past the last whole 16-row tile go
+// to the VNNI kernel.
+void bsr_int8_linear_f32_amx(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void bsr_int8_linear_bf16_amx(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+
+// Dynamic per-token symmetric quantization of rows [m0, m1) of x ([M, K] fp32 or bf16, row
+// stride lda): scale[m] = amax / 127, q = clamp(round_half_even(x * (127 / amax)), -127, 127),
+// stored as q + 128 in `out` (row stride ldq), columns K .. ldq-1 set to 128 (a zero). A row of
+// zeros gets scale 0 and q = 0; a row holding Inf or NaN gets scale NaN (and the caller raises).
+// The pure-torch reference computes exactly the same integers.
+using QuantizeRowsFn = void (*)(const void* x, int64_t lda, bool bf16, int64_t m0, int64_t m1,
+                                int64_t K, uint8_t* out, int64_t ldq, float* scale);
+void quantize_rows_scalar(const void*, int64_t, bool, int64_t, int64_t, int64_t, uint8_t*, int64_t, float*);
+void quantize_rows_avx512(const void*, int64_t, bool, int64_t, int64_t, int64_t, uint8_t*, int64_t, float*);
 
 }  // namespace cpu
 }  // namespace sparsebert

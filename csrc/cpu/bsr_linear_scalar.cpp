@@ -7,7 +7,10 @@ namespace cpu {
 namespace {
 
 struct ScalarF32 {
-  using elem = float;
+  using xelem = float;
+  using welem = float;
+  using yelem = float;
+  static constexpr bool kQuantized = false, kWholeGroups = false;
   static constexpr int VL = 1, KP = 1, NVMAX = 16;
   static constexpr int mr_max(int) { return 4; }
   using acc_t = float;
@@ -27,7 +30,10 @@ struct ScalarF32 {
 };
 
 struct ScalarBf16 {
-  using elem = uint16_t;
+  using xelem = uint16_t;
+  using welem = uint16_t;
+  using yelem = uint16_t;
+  static constexpr bool kQuantized = false, kWholeGroups = false;
   static constexpr int VL = 1, KP = 2, NVMAX = 16;
   static constexpr int mr_max(int) { return 4; }
   using acc_t = float;

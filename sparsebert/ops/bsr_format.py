@@ -8,9 +8,10 @@ A weight ``W`` of shape ``[out_features, in_features] = [N, K]`` with blocks
 - ``col_indices``: int32 ``[nnzb]``, the block column of each stored block, strictly increasing
   within a block row.
 - ``values``: ``[nnzb, KB, br, kp]`` in the *k-pair* packing: element ``(b, kk, r, j)`` is
-  ``W[row0 + r, col0 + kk * kp + j]`` of stored block ``b``. ``kp`` is 1 for float32 and 2 for
-  16-bit dtypes (two consecutive inputs of one output share a 32-bit lane, the operand layout of
-  bf16 dot-product instructions), ``KB = ceil(bc / kp)``, and entries past ``bc`` are zero.
+  ``W[row0 + r, col0 + kk * kp + j]`` of stored block ``b``. ``kp`` is 1 for float32, 2 for
+  16-bit dtypes and 4 for int8: the inputs of one output that share a 32-bit lane, the operand
+  layout of the bf16 and int8 dot-product instructions and of AMX B tiles;
+  ``KB = ceil(bc / kp)``, and entries past ``bc`` are zero.
 
 Shapes that are not multiples of the block are padded with zeros to whole blocks; the padding
 never reaches the output. The CPU kernel documents why it wants this layout
@@ -37,14 +38,14 @@ __all__ = [
     "validate_bsr",
 ]
 
-_KP = {torch.float32: 1, torch.bfloat16: 2, torch.float16: 2}
-PACKED_DTYPES = tuple(_KP)
+_KP = {torch.float32: 1, torch.bfloat16: 2, torch.float16: 2, torch.int8: 4}
+PACKED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # floating packings a module can move between
 
 
 def k_pack(dtype: torch.dtype) -> int:
-    """Inputs per packed lane for ``dtype``: 1 for float32, 2 for bfloat16/float16."""
+    """Inputs per packed lane for ``dtype``: 1 for float32, 2 for bfloat16/float16, 4 for int8."""
     if dtype not in _KP:
-        raise ValueError(f"block-sparse weights support float32, bfloat16 and float16, got {dtype}")
+        raise ValueError(f"block-sparse weights support float32, bfloat16, float16 and int8, got {dtype}")
     return _KP[dtype]
 
 

@@ -1,0 +1,65 @@
+#include "bsr_common.h"
+
+#include <ATen/Parallel.h>
+
+namespace sparsebert {
+
+void check_indices(const at::Tensor& crow, const at::Tensor& col, int64_t nb, int64_t ncb,
+                   int64_t nnzb) {
+  TORCH_CHECK_VALUE(crow.scalar_type() == at::kInt && col.scalar_type() == at::kInt,
+                    "crow_indices and col_indices must be int32, got ", crow.scalar_type(),
+                    " and ", col.scalar_type());
+  TORCH_CHECK_VALUE(crow.dim() == 1 && crow.size(0) == nb + 1, "crow_indices must have shape [",
+                    nb + 1, "] (block rows + 1), got ", crow.sizes());
+  TORCH_CHECK_VALUE(col.dim() == 1 && col.size(0) == nnzb, "col_indices must have shape [", nnzb,
+                    "] (one per stored block), got ", col.sizes());
+  const int32_t* cr = crow.data_ptr<int32_t>();
+  const int32_t* cl = col.data_ptr<int32_t>();
+  TORCH_CHECK_VALUE(cr[0] == 0, "crow_indices[0] must be 0, got ", cr[0]);
+  TORCH_CHECK_VALUE(cr[nb] == nnzb, "crow_indices[-1] must equal the number of stored blocks ",
+                    nnzb, ", got ", cr[nb]);
+  for (int64_t i = 0; i < nb; ++i) {
+    TORCH_CHECK_VALUE(cr[i] <= cr[i + 1], "crow_indices must be non-decreasing, but crow_indices[",
+                      i, "]=", cr[i], " > crow_indices[", i + 1, "]=", cr[i + 1]);
+    for (int64_t j = cr[i]; j < cr[i + 1]; ++j) {
+      TORCH_CHECK_VALUE(cl[j] >= 0 && cl[j] < ncb, "col_indices[", j, "]=", cl[j],
+                        " is out of range for ", ncb, " block columns");
+      TORCH_CHECK_VALUE(j == cr[i] || cl[j - 1] < cl[j], "col_indices must be strictly increasing "
+                        "within a block row, but block row ", i, " has ", cl[j - 1], " then ", cl[j]);
+    }
+  }
+}
+
+// Splits block rows [0, nb) into `groups` contiguous ranges of about equal work. Work of a block
+// row = its stored blocks * bc (multiply-add steps per row of x) + a fixed 8 for its output
+// stores, so a run of empty block rows is not free, and a dense row is not split evenly by count.
+static std::vector<int64_t> balance_block_rows(const int32_t* crow, int64_t nb, int64_t bc, int64_t groups) {
+  auto cost = [&](int64_t rb) { return int64_t(crow[rb]) * bc + 8 * rb; };
+  const int64_t total = cost(nb);
+  std::vector<int64_t> bounds(groups + 1, nb);
+  bounds[0] = 0;
+  int64_t rb = 0;
+  for (int64_t g = 1; g < groups; ++g) {
+    const int64_t target = total * g / groups;
+    while (rb < nb && cost(rb) < target) ++rb;
+    bounds[g] = rb;
+  }
+  return bounds;
+}
+
+void run_bsr_tasks(const cpu::BsrLinearArgs& args, int64_t nb, cpu::BsrLinearFn fn) {
+  const int64_t M = args.M;
+  const int64_t threads = at::get_num_threads();
+  const int64_t row_groups = std::min(nb, threads);
+  // Split rows of x too when block rows are fewer than threads (at least 16 rows a task).
+  const int64_t m_groups = std::max<int64_t>(1, std::min(threads / row_groups, ceil_div(M, 16)));
+  const std::vector<int64_t> bounds = balance_block_rows(args.crow, nb, args.bc, row_groups);
+  at::parallel_for(0, row_groups * m_groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / m_groups, mg = task % m_groups;
+      fn(args, bounds[g], bounds[g + 1], M * mg / m_groups, M * (mg + 1) / m_groups);
+    }
+  });
+}
+
+}  // namespace sparsebert

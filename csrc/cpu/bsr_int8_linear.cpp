@@ -1,0 +1,179 @@
+// CPU implementations of sparsebert::bsr_int8_linear and sparsebert::int8_linear: validation,
+// dynamic per-token quantization of x (in parallel over rows), then the INT8 kernel of the
+// active ISA level over the same (block-row group, row group) tasks as bsr_linear.
+//
+// int8_linear is the dense case of the same kernel: its weight is the BSR packing with blocks
+// of (32 outputs, all inputs) and every block stored, so one kernel serves both ops.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "bsr_common.h"
+#include "bsr_linear_kernel.h"
+#include "isa.h"
+
+namespace sparsebert {
+namespace {
+
+// Output features per block row of int8_linear's dense packing: the AMX and AVX-512 tiles
+// cover 32 outputs.
+constexpr int64_t kDenseBlockRows = 32;
+
+// AMX int8 takes blocks of whole 16-output B tiles, whole k-quads, and A-tile rows of at most
+// 64 inputs (bc <= 64, or a multiple of 64); the quantized x buffer is padded to whole blocks,
+// so no A tile reads past a row.
+bool amx_int8_eligible(const cpu::BsrLinearArgs& a) {
+  const int64_t kstep = a.bc < 64 ? a.bc : 64;
+  return a.br % 16 == 0 && a.bc % 4 == 0 && a.bc % kstep == 0 && a.M >= 16;
+}
+
+struct Int8Kernels {
+  cpu::QuantizeRowsFn quantize;
+  cpu::BsrLinearFn gemm;
+};
+
+// INT8 kernels per level: VNNI needs AVX512_VNNI, which every CPU of the avx512bf16 level has;
+// below that level the scalar kernel runs (an AVX2 kernel is not written yet).
+Int8Kernels select_int8(bool f32, const cpu::BsrLinearArgs& args) {
+  switch (active_isa()) {
+    case Isa::kAmx:
+      if (amx_int8_eligible(args))
+        return {cpu::quantize_rows_avx512, f32 ? cpu::bsr_int8_linear_f32_amx : cpu::bsr_int8_linear_bf16_amx};
+      [[fallthrough]];
+    case Isa::kAvx512Bf16:
+      return {cpu::quantize_rows_avx512,
+              f32 ? cpu::bsr_int8_linear_f32_avx512vnni : cpu::bsr_int8_linear_bf16_avx512vnni};
+    case Isa::kAvx512:
+      return {cpu::quantize_rows_avx512, f32 ? cpu::bsr_int8_linear_f32_scalar : cpu::bsr_int8_linear_bf16_scalar};
+    case Isa::kAvx2:
+    case Isa::kScalar:
+      break;
+  }
+  return {cpu::quantize_rows_scalar, f32 ? cpu::bsr_int8_linear_f32_scalar : cpu::bsr_int8_linear_bf16_scalar};
+}
+
+void check_scale_and_sum(const at::Tensor& weight_scale, const at::Tensor& weight_sum, int64_t N) {
+  TORCH_CHECK_VALUE(weight_scale.scalar_type() == at::kFloat && weight_scale.dim() == 1 &&
+                        weight_scale.size(0) == N,
+                    "weight_scale must be float32 of shape [", N, "], got ", weight_scale.scalar_type(),
+                    " of shape ", weight_scale.sizes());
+  TORCH_CHECK_VALUE(weight_sum.scalar_type() == at::kInt && weight_sum.dim() == 1 && weight_sum.size(0) == N,
+                    "weight_sum must be int32 of shape [", N, "], got ", weight_sum.scalar_type(),
+                    " of shape ", weight_sum.sizes());
+  const at::Tensor s = weight_scale.contiguous();
+  const float* p = s.data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n)
+    TORCH_CHECK_VALUE(std::isfinite(p[n]) && p[n] >= 0.f, "weight_scale[", n, "]=", p[n],
+                      " is not a finite non-negative number");
+}
+
+at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
+                     const at::Tensor& weight_sum, const at::Tensor& crow, const at::Tensor& col,
+                     const std::optional<at::Tensor>& bias, int64_t N, int64_t K, int64_t br, int64_t bc) {
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+                    "INT8 linear on CPU takes float32 or bfloat16 activations, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(values.scalar_type() == at::kChar, "int8 weights must be torch.int8, got ",
+                    values.scalar_type());
+  for (const at::Tensor* t : {&x, &values, &weight_scale, &weight_sum, &crow, &col})
+    TORCH_CHECK_VALUE(t->device().is_cpu(), "INT8 linear CPU kernel got a tensor on ", t->device());
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x must have in_features=", K,
+                    " in its last dimension, got shape ", x.sizes());
+  const int64_t nb = ceil_div(N, br), ncb = ceil_div(K, bc), kb = ceil_div(bc, 4);
+  TORCH_CHECK_VALUE(values.dim() == 4 && values.size(1) == kb && values.size(2) == br && values.size(3) == 4,
+                    "int8 weights must have shape [nnzb, ", kb, ", ", br, ", 4] for blocks (", br, ", ", bc,
+                    "), got ", values.sizes());
+  check_indices(crow, col, nb, ncb, values.size(0));
+  check_scale_and_sum(weight_scale, weight_sum, N);
+  at::Tensor bias_f32;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [", N, "], got ",
+                      bias->sizes());
+    TORCH_CHECK_VALUE(bias->scalar_type() == x.scalar_type(), "dtype mismatch: x is ", x.scalar_type(),
+                      " but bias is ", bias->scalar_type());
+    bias_f32 = bias->to(at::kFloat).contiguous();
+  }
+
+  std::vector<int64_t> out_sizes(x.sizes().begin(), x.sizes().end());
+  out_sizes.back() = N;
+  at::Tensor x2 = x.reshape({-1, K});
+  const int64_t M = x2.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y.view(out_sizes);
+  if (K > 1 && x2.stride(1) != 1) x2 = x2.contiguous();
+
+  // Quantized activations, rows padded past the last block column (whole k-quads and whole
+  // AMX A-tile rows read zeros there) to a cache-line multiple.
+  const int64_t ldq = ceil_div(ncb * bc + 4, 64) * 64;
+  at::Tensor q = at::empty({M, ldq}, x.options().dtype(at::kByte));
+  at::Tensor row_scale = at::empty({M}, x.options().dtype(at::kFloat));
+  const at::Tensor vals = values.contiguous(), cs = weight_scale.contiguous(), sums = weight_sum.contiguous();
+
+  cpu::BsrLinearArgs args;
+  args.x = q.data_ptr();
+  args.lda = ldq;
+  args.M = M;
+  args.N = N;
+  args.K = K;
+  args.values = vals.data_ptr();
+  args.crow = crow.data_ptr<int32_t>();
+  args.col = col.data_ptr<int32_t>();
+  args.br = static_cast<int>(br);
+  args.bc = static_cast<int>(bc);
+  args.bias = bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr;
+  args.y = y.data_ptr();
+  args.ldy = N;
+  args.row_scale = row_scale.data_ptr<float>();
+  args.col_scale = cs.data_ptr<float>();
+  args.col_sum = sums.data_ptr<int32_t>();
+  const Int8Kernels kern = select_int8(x.scalar_type() == at::kFloat, args);
+
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const void* xp = x2.data_ptr();
+  const int64_t lda = x2.stride(0);
+  uint8_t* qp = q.data_ptr<uint8_t>();
+  float* sp = row_scale.data_ptr<float>();
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) { kern.quantize(xp, lda, bf16, m0, m1, K, qp, ldq, sp); });
+  for (int64_t m = 0; m < M; ++m)
+    TORCH_CHECK_VALUE(!std::isnan(sp[m]), "x holds Inf or NaN in row ", m,
+                      " (of the input flattened to [", M, ", ", K, "]): it cannot be quantized");
+  run_bsr_tasks(args, nb, kern.gemm);
+  return y.view(out_sizes);
+}
+
+at::Tensor bsr_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
+                               const at::Tensor& weight_sum, const at::Tensor& crow_indices,
+                               const at::Tensor& col_indices, const std::optional<at::Tensor>& bias,
+                               at::IntArrayRef shape, at::IntArrayRef block_size) {
+  TORCH_CHECK_VALUE(block_size.size() == 2 && block_size[0] > 0 && block_size[1] > 0,
+                    "block_size must be a pair of positive ints, got ", block_size);
+  TORCH_CHECK_VALUE(shape.size() == 2 && shape[0] >= 0 && shape[1] >= 0,
+                    "shape must be (out_features, in_features) >= 0, got ", shape);
+  return int8_core(x, values, weight_scale, weight_sum, crow_indices.contiguous(), col_indices.contiguous(),
+                   bias, shape[0], shape[1], block_size[0], block_size[1]);
+}
+
+at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                           const at::Tensor& weight_sum, const std::optional<at::Tensor>& bias,
+                           at::IntArrayRef shape) {
+  TORCH_CHECK_VALUE(shape.size() == 2 && shape[0] >= 0 && shape[1] >= 0,
+                    "shape must be (out_features, in_features) >= 0, got ", shape);
+  const int64_t N = shape[0], K = shape[1];
+  const int64_t nb = ceil_div(N, kDenseBlockRows), bc = K > 0 ? K : 1;
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) == nb, "int8_linear weight must have shape [", nb,
+                    ", ", ceil_div(bc, 4), ", ", kDenseBlockRows, ", 4], got ", weight.sizes());
+  // Every block stored: block row i holds block column 0 (all of K).
+  const at::Tensor crow = at::arange(nb + 1, x.options().dtype(at::kInt));
+  const at::Tensor col = at::zeros({nb}, x.options().dtype(at::kInt));
+  return int8_core(x, weight, weight_scale, weight_sum, crow, col, bias, N, K, kDenseBlockRows, bc);
+}
+
+}  // namespace
+}  // namespace sparsebert
+
+TORCH_LIBRARY_IMPL(sparsebert, CPU, m) {
+  m.impl("bsr_int8_linear", &sparsebert::bsr_int8_linear_cpu);
+  m.impl("int8_linear", &sparsebert::int8_linear_cpu);
+}

@@ -1,0 +1,116 @@
+// INT8 bsr_linear with AVX-512 VNNI (compiled with -mavx512vnni and the AVX-512 flags), and
+// the AVX-512 activation quantizer.
+//
+// vpdpbusd multiplies the four u8 of each 32-bit lane of the broadcast activations by the four
+// s8 weights of the lane (one output, four consecutive inputs: the k-quad packing) and adds the
+// four products to the int32 accumulator, exactly: 64 multiply-adds per instruction. u8 x s8
+// needs unsigned activations: they are stored as q + 128 and the epilogue subtracts
+// 128 * sum_k w[n, k] (precomputed at pack time). No int16 step, so no saturation (the
+// vpmaddubsw trap): each int32 sum is exact for K < 2^31 / (255 * 128).
+#include "avx512_traits.h"
+
+namespace sparsebert {
+namespace cpu {
+namespace {
+
+template <class Y>
+inline void store_f32x16(Y* p, __m512 v, __mmask16 k);
+template <>
+inline void store_f32x16<float>(float* p, __m512 v, __mmask16 k) { _mm512_mask_storeu_ps(p, k, v); }
+template <>
+inline void store_f32x16<uint16_t>(uint16_t* p, __m512 v, __mmask16 k) { store_bf16x16(p, v, k); }
+
+// acc (int32) -> (acc - 128 * col_sum) * row_scale * col_scale + bias, stored as Y.
+template <class Y>
+inline void dequant_store16(Y* p, __m512i acc, __mmask16 k, float row_scale, const float* col_scale,
+                            const int32_t* col_sum, const float* bias) {
+  const __m512i corr = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(k, col_sum), 7));
+  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), _mm512_set1_ps(row_scale));
+  v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, col_scale));
+  if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias));
+  store_f32x16<Y>(p, v, k);
+}
+
+template <class Y>
+struct Avx512Int8Vnni {
+  using xelem = uint8_t;
+  using welem = int8_t;
+  using yelem = Y;
+  static constexpr bool kQuantized = true, kWholeGroups = true;
+  static constexpr int VL = 16, KP = 4, NVMAX = 2;
+  static constexpr int mr_max(int nv) { return nv == 1 ? 14 : 12; }
+  using acc_t = __m512i;
+  using w_t = __m512i;
+  using x_t = __m512i;
+  using mask_t = __mmask16;
+  static mask_t mask(int lanes) { return avx512_mask(lanes); }
+  static acc_t zero() { return _mm512_setzero_si512(); }
+  static acc_t load_bias(const float*, mask_t) { return _mm512_setzero_si512(); }
+  static w_t load_w(const int8_t* p, mask_t k) { return _mm512_maskz_loadu_epi32(k, p); }
+  static x_t load_x(const uint8_t* p) {
+    uint32_t quad;
+    std::memcpy(&quad, p, 4);
+    return _mm512_set1_epi32(static_cast<int>(quad));
+  }
+  static x_t load_x_single(const uint8_t* p) { return load_x(p); }
+  static acc_t fma(acc_t a, w_t w, x_t x) { return _mm512_dpbusd_epi32(a, x, w); }
+  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, const float* col_scale,
+                      const int32_t* col_sum, const float* bias) {
+    dequant_store16<Y>(p, a, k, row_scale, col_scale, col_sum, bias);
+  }
+};
+
+inline __m512 load16(const void* x, bool bf16, int64_t i, __mmask16 k) {
+  if (bf16) {
+    const __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(x) + i);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  return _mm512_maskz_loadu_ps(k, static_cast<const float*>(x) + i);
+}
+
+}  // namespace
+
+void bsr_int8_linear_f32_avx512vnni(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  bsr_linear_impl<Avx512Int8Vnni<float>>(a, rb0, rb1, m0, m1);
+}
+
+void bsr_int8_linear_bf16_avx512vnni(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  bsr_linear_impl<Avx512Int8Vnni<uint16_t>>(a, rb0, rb1, m0, m1);
+}
+
+void quantize_rows_avx512(const void* x, int64_t lda, bool bf16, int64_t m0, int64_t m1, int64_t K,
+                          uint8_t* out, int64_t ldq, float* scale) {
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  for (int64_t m = m0; m < m1; ++m) {
+    const int64_t row = m * lda;
+    __m512 vmax = _mm512_setzero_ps();
+    __mmask16 bad = 0;  // max_ps drops NaN, so Inf and NaN are caught on their own
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 msk = avx512_mask(static_cast<int>(min_i64(16, K - k)));
+      const __m512 a = _mm512_and_ps(load16(x, bf16, row + k, msk), abs_mask);
+      bad |= _mm512_cmp_ps_mask(a, _mm512_set1_ps(3.402823466e38f), _CMP_NLE_UQ);
+      vmax = _mm512_max_ps(vmax, a);
+    }
+    if (bad) {
+      scale[m] = __builtin_nanf("");  // the caller raises
+      continue;
+    }
+    const float amax = _mm512_reduce_max_ps(vmax);
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    scale[m] = amax / 127.f;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    uint8_t* q = out + m * ldq;
+    for (int64_t k = 0; k < ldq; k += 16) {
+      const int lanes = static_cast<int>(min_i64(16, ldq - k));
+      const __mmask16 in = avx512_mask(static_cast<int>(min_i64(lanes, K - k)));
+      // cvtps_epi32 rounds half to even (default MXCSR), as torch.round does; lanes past K are 0.
+      __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(load16(x, bf16, row + k, in), vinv));
+      v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
+      v = _mm512_add_epi32(v, _mm512_set1_epi32(128));
+      _mm512_mask_cvtepi32_storeu_epi8(q + k, avx512_mask(lanes), v);
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace sparsebert

@@ -1,0 +1,89 @@
+// INT8 bsr_linear and activation quantization for any x86-64 CPU (no ISA flags).
+#include <cmath>
+
+#include "bsr_linear_impl.h"
+
+namespace sparsebert {
+namespace cpu {
+namespace {
+
+template <class Y>
+void store_float(Y* p, float v);
+template <>
+void store_float<float>(float* p, float v) { *p = v; }
+template <>
+void store_float<uint16_t>(uint16_t* p, float v) { *p = f32_to_bf16_bits(v); }
+
+template <class Y>
+struct ScalarInt8 {
+  using xelem = uint8_t;
+  using welem = int8_t;
+  using yelem = Y;
+  static constexpr bool kQuantized = true, kWholeGroups = true;
+  static constexpr int VL = 1, KP = 4, NVMAX = 16;
+  static constexpr int mr_max(int) { return 4; }
+  using acc_t = int32_t;
+  struct w_t { int32_t w[4]; };
+  struct x_t { int32_t x[4]; };
+  using mask_t = bool;
+  static mask_t mask(int lanes) { return lanes > 0; }
+  static acc_t zero() { return 0; }
+  static acc_t load_bias(const float*, mask_t) { return 0; }
+  static w_t load_w(const int8_t* p, mask_t k) {
+    if (!k) return {{0, 0, 0, 0}};
+    return {{p[0], p[1], p[2], p[3]}};
+  }
+  static x_t load_x(const uint8_t* p) { return {{p[0], p[1], p[2], p[3]}}; }
+  static x_t load_x_single(const uint8_t* p) { return load_x(p); }
+  static acc_t fma(acc_t a, w_t w, x_t x) {
+    return a + x.x[0] * w.w[0] + x.x[1] * w.w[1] + x.x[2] * w.w[2] + x.x[3] * w.w[3];
+  }
+  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, const float* col_scale,
+                      const int32_t* col_sum, const float* bias) {
+    if (!k) return;
+    const float v = static_cast<float>(a - 128 * col_sum[0]) * row_scale * col_scale[0];
+    store_float<Y>(p, bias ? v + bias[0] : v);
+  }
+};
+
+}  // namespace
+
+void bsr_int8_linear_f32_scalar(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  bsr_linear_impl<ScalarInt8<float>>(a, rb0, rb1, m0, m1);
+}
+
+void bsr_int8_linear_bf16_scalar(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  bsr_linear_impl<ScalarInt8<uint16_t>>(a, rb0, rb1, m0, m1);
+}
+
+void quantize_rows_scalar(const void* x, int64_t lda, bool bf16, int64_t m0, int64_t m1, int64_t K,
+                          uint8_t* out, int64_t ldq, float* scale) {
+  for (int64_t m = m0; m < m1; ++m) {
+    auto at = [&](int64_t k) {
+      return bf16 ? bf16_bits_to_f32(static_cast<const uint16_t*>(x)[m * lda + k])
+                  : static_cast<const float*>(x)[m * lda + k];
+    };
+    float amax = 0.f;
+    bool bad = false;
+    for (int64_t k = 0; k < K; ++k) {
+      bad |= !std::isfinite(at(k));
+      amax = std::fmax(amax, std::fabs(at(k)));
+    }
+    if (bad) {
+      scale[m] = std::nanf("");  // the caller raises
+      continue;
+    }
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    scale[m] = amax / 127.f;
+    uint8_t* q = out + m * ldq;
+    for (int64_t k = 0; k < K; ++k) {
+      float v = std::nearbyint(at(k) * inv);  // round half to even (default rounding mode)
+      v = std::fmin(127.f, std::fmax(-127.f, v));
+      q[k] = static_cast<uint8_t>(static_cast<int>(v) + 128);
+    }
+    for (int64_t k = K; k < ldq; ++k) q[k] = 128;
+  }
+}
+
+}  // namespace cpu
+}  // namespace sparsebert

@@ -1,0 +1,77 @@
+"""INT8 quantization and the packed formats of the INT8 ops.
+
+Weights: symmetric per output channel, ``scale[n] = max_k |W[n, k]| / 127`` and
+``W_q = clamp(round(W * (127 / max|W[n]|)), -127, 127)`` (round half to even; a zero row gets
+scale 0). Activations: the same rule per token (per row of ``x``), applied inside the ops.
+
+Packing (the k-quad form of :mod:`sparsebert.ops.bsr_format`, ``kp = 4``): four consecutive
+inputs of one output share a 32-bit lane, the operand layout of ``vpdpbusd`` and of AMX int8 B
+tiles. ``bsr_int8_linear`` takes BSR ``values [nnzb, ceil(bc/4), br, 4]``; ``int8_linear`` takes
+the dense weight as that packing with blocks of 32 outputs x all inputs, every block stored:
+``[ceil(N/32), ceil(K/4), 32, 4]``. Both take ``weight_sum[n] = sum_k W_q[n, k]`` (int32), which
+the kernels need to run activations as unsigned bytes (``x_q + 128``) against signed weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .bsr_format import _to_kpair, bsr_blocks, pack_bsr
+
+__all__ = [
+    "DENSE_BLOCK_ROWS",
+    "quantize_symmetric",
+    "pack_int8_dense",
+    "unpack_int8_dense",
+    "pack_int8_bsr",
+    "weight_sum",
+]
+
+# Outputs per block row of int8_linear's dense packing (csrc/cpu/bsr_int8_linear.cpp).
+DENSE_BLOCK_ROWS = 32
+
+
+def quantize_symmetric(t: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row symmetric int8 quantization of a 2-D tensor: ``(q int8, scale float32)`` with
+    ``t ~= q * scale[:, None]``. Exactly the integers the CPU kernels compute for activations."""
+    if t.dim() != 2:
+        raise ValueError(f"expected a 2-D tensor, got shape {tuple(t.shape)}")
+    t = t.float()
+    amax = t.abs().amax(dim=1) if t.shape[1] else t.new_zeros(t.shape[0])
+    if not torch.isfinite(amax).all():
+        raise ValueError("cannot quantize a row holding Inf or NaN")
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    q = torch.round(t * inv[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, amax / 127.0
+
+
+def weight_sum(q: Tensor) -> Tensor:
+    """``sum_k q[n, k]`` as int32."""
+    return q.sum(dim=1, dtype=torch.int32)
+
+
+def pack_int8_dense(q: Tensor) -> Tensor:
+    """int8 ``[N, K]`` -> ``[ceil(N/32), ceil(K/4), 32, 4]`` (int8_linear's weight)."""
+    n, k = q.shape
+    nb = math.ceil(n / DENSE_BLOCK_ROWS)
+    padded = torch.nn.functional.pad(q, (0, 0, 0, nb * DENSE_BLOCK_ROWS - n))
+    blocks = padded.reshape(nb, DENSE_BLOCK_ROWS, k)  # (NB, 32, K): one block per block row
+    return _to_kpair(blocks, 4)
+
+
+def unpack_int8_dense(weight: Tensor, shape) -> Tensor:
+    """Inverse of :func:`pack_int8_dense`: the int8 ``[N, K]`` matrix."""
+    n, k = shape
+    blocks = bsr_blocks(weight, (DENSE_BLOCK_ROWS, max(k, 1)))  # (NB, 32, K)
+    return blocks.reshape(-1, blocks.shape[-1])[:n, :k]
+
+
+def pack_int8_bsr(q: Tensor, block_size) -> tuple[Tensor, Tensor, Tensor]:
+    """int8 ``[N, K]`` -> BSR ``(values, crow_indices, col_indices)`` in the k-quad packing;
+    every block holding a nonzero is stored."""
+    if q.dtype != torch.int8:
+        raise ValueError(f"expected int8 weights, got {q.dtype}")
+    return pack_bsr(q, block_size)

@@ -1,0 +1,84 @@
+"""``sparsebert::int8_linear`` and ``sparsebert::bsr_int8_linear``: dynamic INT8 linear layers.
+
+``y = (x_q @ W_q.T) * x_scale[:, None] * weight_scale[None, :] + bias`` where ``x_q, x_scale``
+quantize ``x`` per token inside the op (:func:`sparsebert.ops.int8_format.quantize_symmetric`)
+and the integer product is exact. Output in the dtype of ``x`` (float32 or bfloat16). Schemas in
+``csrc/ops.cpp``, CPU kernels in ``csrc/cpu/bsr_int8_linear*.cpp``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .bsr_format import bsr_to_dense, check_block_size, validate_bsr
+from .int8_format import DENSE_BLOCK_ROWS, quantize_symmetric, unpack_int8_dense
+
+__all__ = ["int8_linear", "bsr_int8_linear", "int8_linear_reference", "bsr_int8_linear_reference"]
+
+
+def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, weight_sum: Tensor, bias: Tensor | None,
+                shape: tuple[int, int]) -> Tensor:
+    """Dense INT8 linear; ``weight`` packed by :func:`sparsebert.ops.int8_format.pack_int8_dense`."""
+    return torch.ops.sparsebert.int8_linear.default(x, weight, weight_scale, weight_sum, bias, list(shape))
+
+
+def bsr_int8_linear(x: Tensor, values: Tensor, weight_scale: Tensor, weight_sum: Tensor, crow_indices: Tensor,
+                    col_indices: Tensor, bias: Tensor | None, shape: tuple[int, int],
+                    block_size: tuple[int, int]) -> Tensor:
+    """Block-sparse INT8 linear; ``values`` packed by :func:`sparsebert.ops.int8_format.pack_int8_bsr`."""
+    return torch.ops.sparsebert.bsr_int8_linear.default(
+        x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, list(shape),
+        list(check_block_size(block_size)))
+
+
+def _dequant_matmul(x: Tensor, q_w: Tensor, weight_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """The definition: quantize x per token, exact integer product (float64 holds it exactly),
+    scale, add bias, round to x's dtype."""
+    n, k = q_w.shape
+    x2 = x.reshape(-1, k)
+    q_x, x_scale = quantize_symmetric(x2)
+    acc = q_x.double() @ q_w.double().T  # (M, N), exact
+    y = acc * x_scale.double()[:, None] * weight_scale.double()[None, :]
+    if bias is not None:
+        y = y + bias.double()
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)
+
+
+def int8_linear_reference(x, weight, weight_scale, weight_sum, bias, shape):
+    return _dequant_matmul(x, unpack_int8_dense(weight, shape), weight_scale, bias)
+
+
+def bsr_int8_linear_reference(x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape,
+                              block_size):
+    validate_bsr(values, crow_indices, col_indices, shape, block_size)
+    q_w = bsr_to_dense(values, crow_indices, col_indices, shape, block_size)
+    return _dequant_matmul(x, q_w, weight_scale, bias)
+
+
+def _check_fake(x, weight_scale, weight_sum, bias, n, k):
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"INT8 linear takes float32 or bfloat16 activations, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"x must have in_features={k} in its last dimension, got shape {tuple(x.shape)}")
+    if weight_scale.shape != (n,) or weight_sum.shape != (n,):
+        raise ValueError(f"weight_scale and weight_sum must have shape [{n}]")
+    if bias is not None and (bias.shape != (n,) or bias.dtype != x.dtype):
+        raise ValueError(f"bias must be [{n}] in {x.dtype}, got {tuple(bias.shape)} in {bias.dtype}")
+    return x.new_empty((*x.shape[:-1], n))
+
+
+@torch.library.register_fake("sparsebert::int8_linear")
+def _int8_linear_fake(x, weight, weight_scale, weight_sum, bias, shape):
+    n, k = shape
+    nb = -(-n // DENSE_BLOCK_ROWS)
+    if weight.dtype != torch.int8 or weight.dim() != 4 or weight.shape[0] != nb:
+        raise ValueError(f"int8_linear weight must be int8 [{nb}, ceil(K/4), {DENSE_BLOCK_ROWS}, 4]")
+    return _check_fake(x, weight_scale, weight_sum, bias, n, k)
+
+
+@torch.library.register_fake("sparsebert::bsr_int8_linear")
+def _bsr_int8_linear_fake(x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape, block_size):
+    validate_bsr(values, crow_indices, col_indices, shape, block_size, check_indices=False)
+    n, k = shape
+    return _check_fake(x, weight_scale, weight_sum, bias, n, k)

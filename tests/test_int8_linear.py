@@ -1,0 +1,190 @@
+"""int8_linear / bsr_int8_linear against dequantize-then-matmul, every ISA path.
+
+The reference quantizes activations with the same rule as the kernels, so the integers agree
+exactly and the comparison measures only the kernel (its fp32 epilogue and output rounding);
+quantization error itself is measured against nn.Linear in test_int8_modules.py.
+"""
+
+import pytest
+import torch
+
+from sparsebert.ops import bsr_int8_linear, bsr_int8_linear_reference, int8_linear, int8_linear_reference
+from sparsebert.ops.int8_format import pack_int8_bsr, pack_int8_dense, quantize_symmetric, unpack_int8_dense, weight_sum
+from sparsebert.prune import block_magnitude_mask
+
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def assert_matches_reference(out, ref):
+    """Max error within one unit in the last place at the output's largest magnitude (bf16),
+    or eight (fp32: the epilogue rounds int32 -> fp32 and multiplies twice)."""
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    if ref.numel() == 0:
+        return
+    eps = torch.finfo(ref.dtype).eps
+    scale = max(1.0, ref.float().abs().max().item())
+    tol = (8 if ref.dtype == torch.float32 else 1) * eps * scale
+    err = (out.float() - ref.float()).abs().max().item()
+    assert err <= tol, f"max error {err:.3g} > {tol:.3g}"
+
+
+def dense_case(n, k, dtype, bias=True):
+    w = torch.randn(n, k)
+    q, s = quantize_symmetric(w)
+    b = torch.randn(n).to(dtype) if bias else None
+    return pack_int8_dense(q), s, weight_sum(q), b
+
+
+def run_dense(x, n, k, bias=True):
+    packed, s, sums, b = dense_case(n, k, x.dtype, bias)
+    out = int8_linear(x, packed, s, sums, b, (n, k))
+    return out, int8_linear_reference(x, packed, s, sums, b, (n, k))
+
+
+def run_bsr(x, n, k, block_size, sparsity=0.5, bias=True):
+    w = torch.randn(n, k)
+    q, s = quantize_symmetric(w)
+    q = q * block_magnitude_mask(w, sparsity, block_size)
+    values, crow, col = pack_int8_bsr(q, block_size)
+    b = torch.randn(n).to(x.dtype) if bias else None
+    args = (values, s, weight_sum(q), crow, col, b, (n, k), block_size)
+    return bsr_int8_linear(x, *args), bsr_int8_linear_reference(x, *args)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [0, 1, 3, 7, 97])
+@pytest.mark.parametrize("n,k", [(96, 128), (70, 33), (1, 1), (130, 257), (64, 768)])
+def test_int8_linear(isa, dtype, m, n, k):
+    assert_matches_reference(*run_dense(torch.randn(m, k).to(dtype), n, k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", [(32, 32), (16, 16), (16, 4), (16, 1), (8, 3), (64, 64), (32, 128)])
+@pytest.mark.parametrize("m", [1, 13, 48, 97])
+def test_bsr_int8_linear(isa, dtype, block_size, m):
+    assert_matches_reference(*run_bsr(torch.randn(m, 256).to(dtype), 80, 256, block_size))
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 1.0])
+def test_bsr_int8_dense_and_empty_patterns(isa, sparsity):
+    out, ref = run_bsr(torch.randn(20, 64), 48, 64, (16, 16), sparsity)
+    assert_matches_reference(out, ref)
+
+
+def test_leading_dims_strides_no_bias(isa):
+    x = torch.randn(2, 9, 64 + 5)[..., 5:]  # 3-D, row stride 69
+    out, ref = run_dense(x, 40, 64, bias=False)
+    assert out.shape == (2, 9, 40)
+    assert_matches_reference(out, ref)
+
+
+def test_saturation_cases(isa):
+    # Huge activations, all-equal rows, a zero row, one outlier per row: every row quantizes on
+    # its own scale, and the int32 sums of u8 x s8 never saturate (no int16 step).
+    k = 512
+    x = torch.randn(6, k)
+    x[0] *= 1e30
+    x[1] = 3.0
+    x[2] = 0.0
+    x[3, 7] = 1e4
+    x[4] = -127.0
+    x[5] = torch.where(torch.arange(k) % 2 == 0, 1.0, -1.0)
+    packed, s, sums, b = dense_case(32, k, torch.float32)
+    packed.fill_(127)  # every weight at +127 with the largest activations: worst-case sums
+    sums = torch.full((32,), 127 * k, dtype=torch.int32)
+    out = int8_linear(x, packed, s, sums, b, (32, k))
+    assert torch.isfinite(out).all()
+    assert_matches_reference(out, int8_linear_reference(x, packed, s, sums, b, (32, k)))
+    assert torch.equal(out[2], b)  # zero row: scale 0, exactly the bias
+
+
+def test_zero_weight_rows(isa):
+    w = torch.randn(32, 64)
+    w[5] = 0
+    q, s = quantize_symmetric(w)
+    assert s[5] == 0
+    b = torch.randn(32)
+    x = torch.randn(4, 64)
+    out = int8_linear(x, pack_int8_dense(q), s, weight_sum(q), b, (32, 64))
+    assert torch.equal(out[:, 5], b[5].expand(4))
+
+
+def test_threads_agree(isa):
+    x = torch.randn(70, 128)
+    packed, s, sums, b = dense_case(96, 128, torch.float32)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(int8_linear(x, packed, s, sums, b, (96, 128)))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_dense_packing_round_trip():
+    q, _ = quantize_symmetric(torch.randn(70, 45))
+    assert torch.equal(unpack_int8_dense(pack_int8_dense(q), (70, 45)), q)
+
+
+def test_quantize_rule():
+    x = torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    q, s = quantize_symmetric(x)
+    assert torch.equal(q[0], torch.tensor([64, -127, 32, 0], dtype=torch.int8))  # 63.5 -> 64, 31.75 -> 32
+    assert s[0] == pytest.approx(2 / 127) and s[1] == 0 and not q[1].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_opcheck(dtype):
+    packed, s, sums, b = dense_case(40, 64, dtype)
+    x = torch.randn(2, 5, 64).to(dtype)
+    torch.library.opcheck(torch.ops.sparsebert.int8_linear.default, (x, packed, s, sums, b, [40, 64]))
+    w = torch.randn(40, 64)
+    q, s = quantize_symmetric(w)
+    values, crow, col = pack_int8_bsr(q * block_magnitude_mask(w, 0.5, (8, 8)), (8, 8))
+    torch.library.opcheck(torch.ops.sparsebert.bsr_int8_linear.default,
+                          (x, values, s, weight_sum(q), crow, col, b, [40, 64], [8, 8]))
+
+
+def test_compile_fullgraph():
+    packed, s, sums, b = dense_case(40, 64, torch.float32)
+    f = lambda x: int8_linear(x, packed, s, sums, b, (40, 64)).relu()  # noqa: E731
+    x = torch.randn(6, 64)
+    torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="aot_eager")(x), f(x))
+
+
+# Bad input: ValueError naming the bad value.
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+def test_bad_weight_scale(bad):
+    packed, s, sums, b = dense_case(32, 64, torch.float32)
+    s[3] = bad
+    with pytest.raises(ValueError, match=r"weight_scale\[3\]=.* is not a finite non-negative number"):
+        int8_linear(torch.randn(2, 64), packed, s, sums, b, (32, 64))
+
+
+def test_non_finite_activations():
+    packed, s, sums, b = dense_case(32, 64, torch.float32)
+    x = torch.randn(3, 64)
+    x[1, 5] = float("inf")
+    with pytest.raises(ValueError, match="x holds Inf or NaN in row 1"):
+        int8_linear(x, packed, s, sums, b, (32, 64))
+
+
+def test_wrong_shapes_and_dtypes():
+    packed, s, sums, b = dense_case(32, 64, torch.float32)
+    x = torch.randn(2, 64)
+    with pytest.raises(ValueError, match="in_features=64 .* got shape \\[2, 63\\]"):
+        int8_linear(torch.randn(2, 63), packed, s, sums, b, (32, 64))
+    with pytest.raises(ValueError, match="int8 weights must be torch.int8, got Float"):
+        int8_linear(x, packed.float(), s, sums, b, (32, 64))
+    with pytest.raises(ValueError, match="weight_sum must be int32 of shape \\[32\\]"):
+        int8_linear(x, packed, s, sums.long(), b, (32, 64))
+    with pytest.raises(ValueError, match="weight_scale must be float32 of shape \\[32\\]"):
+        int8_linear(x, packed, s[:31], sums, b, (32, 64))
+    with pytest.raises(ValueError, match="dtype mismatch: x is Float but bias is BFloat16"):
+        int8_linear(x, packed, s, sums, b.bfloat16(), (32, 64))
+    with pytest.raises(ValueError, match="float32 or bfloat16 activations, got Half"):
+        int8_linear(x.half(), packed, s, sums, None, (32, 64))
