@@ -2,8 +2,8 @@
 
 from . import ops, prune
 from ._extension import active_isa, detected_isa
-from .nn import SparseLinear
+from .nn import Int8Linear, SparseInt8Linear, SparseLinear
 
 __version__ = "0.1.0"
 
-__all__ = ["SparseLinear", "ops", "prune", "active_isa", "detected_isa", "__version__"]
+__all__ = ["SparseLinear", "Int8Linear", "SparseInt8Linear", "ops", "prune", "active_isa", "detected_isa", "__version__"]

@@ -1,5 +1,6 @@
 """Drop-in modules. They hold packed weights in buffers and call only ``sparsebert.ops``."""
 
+from .int8_linear import Int8Linear, SparseInt8Linear, smoothing_factors
 from .sparse_linear import SparseLinear
 
-__all__ = ["SparseLinear"]
+__all__ = ["SparseLinear", "Int8Linear", "SparseInt8Linear", "smoothing_factors"]

@@ -7,8 +7,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ._buffers import resize_to_checkpoint
 from ..ops.bsr_format import (
     PACKED_DTYPES,
+    bsr_sparsity,
     bsr_to_dense,
     check_block_size,
     pack_bsr,
@@ -90,15 +92,7 @@ class SparseLinear(nn.Module):
     @property
     def sparsity(self) -> float:
         """Fraction of the ``out_features x in_features`` weight entries that are not stored."""
-        n, k = self.shape
-        if n * k == 0:
-            return 0.0
-        br, bc = self.block_size
-        counts = (self.crow_indices[1:] - self.crow_indices[:-1]).long().cpu()
-        rows = torch.clamp(n - torch.arange(counts.numel()) * br, max=br)  # valid rows per block row
-        cols = torch.clamp(k - self.col_indices.long().cpu() * bc, max=bc)  # valid cols per block
-        stored = int((torch.repeat_interleave(rows, counts) * cols).sum())
-        return 1.0 - stored / (n * k)
+        return bsr_sparsity(self.crow_indices, self.col_indices, self.shape, self.block_size)
 
     def to_dense(self) -> Tensor:
         """The dense ``[out_features, in_features]`` weight this layer multiplies by."""
@@ -117,18 +111,15 @@ class SparseLinear(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # The packed buffers' shapes depend on the pattern (nnzb): resize them to the
-        # checkpoint's before the default copy, and repack values saved in another dtype's
-        # packing. (load_state_dict hands each module its own shallow copy of the dict.)
+        # Values saved in another dtype's packing (a bf16 checkpoint into an fp32 module) are
+        # repacked; the pattern may differ from this module's (load_state_dict hands each module
+        # its own shallow copy of the dict).
         keys = [prefix + n for n in ("values", "crow_indices", "col_indices")]
         if all(k in state_dict for k in keys):
             values = relayout_values(state_dict[keys[0]], self.block_size, self.values.dtype)
-            crow, col = state_dict[keys[1]], state_dict[keys[2]]
-            validate_bsr(values, crow, col, self.shape, self.block_size)
+            validate_bsr(values, state_dict[keys[1]], state_dict[keys[2]], self.shape, self.block_size)
             state_dict[keys[0]] = values
-            self.values = self.values.new_empty(values.shape)
-            self.crow_indices = self.crow_indices.new_empty(crow.shape)
-            self.col_indices = self.col_indices.new_empty(col.shape)
+        resize_to_checkpoint(self, state_dict, prefix, ("values", "crow_indices", "col_indices"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "bsr_to_dense",
     "bsr_gather",
     "bsr_blocks",
+    "bsr_sparsity",
     "relayout_values",
     "validate_bsr",
 ]
@@ -133,6 +134,20 @@ def bsr_gather(dense: Tensor, crow_indices: Tensor, col_indices: Tensor, block_s
     dtype = dtype or dense.dtype
     blocks = _padded_blocks(dense, block_size)[_block_rows(crow_indices), col_indices.long()]
     return _to_kpair(blocks.to(dtype), k_pack(dtype))
+
+
+def bsr_sparsity(crow_indices: Tensor, col_indices: Tensor, shape, block_size) -> float:
+    """Fraction of the ``shape`` entries that lie in no stored block (edge blocks count only
+    their real entries)."""
+    br, bc = check_block_size(block_size)
+    n, k = shape
+    if n * k == 0:
+        return 0.0
+    counts = (crow_indices[1:] - crow_indices[:-1]).long().cpu()
+    rows = torch.clamp(n - torch.arange(counts.numel()) * br, max=br)  # real rows per block row
+    cols = torch.clamp(k - col_indices.long().cpu() * bc, max=bc)  # real columns per block
+    stored = int((torch.repeat_interleave(rows, counts) * cols).sum())
+    return 1.0 - stored / (n * k)
 
 
 def validate_bsr(values: Tensor, crow_indices: Tensor, col_indices: Tensor, shape, block_size,

@@ -1,0 +1,186 @@
+"""``Int8Linear`` and ``SparseInt8Linear``: drop-in ``nn.Linear`` replacements with int8 weights
+and dynamic int8 activations."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..ops.bsr_format import bsr_sparsity, bsr_to_dense, check_block_size, validate_bsr
+from ..ops.int8_format import pack_int8_bsr, pack_int8_dense, quantize_symmetric, unpack_int8_dense, weight_sum
+from ._buffers import resize_to_checkpoint
+
+__all__ = ["Int8Linear", "SparseInt8Linear", "smoothing_factors"]
+
+
+def smoothing_factors(act_absmax: Tensor, weight: Tensor, alpha: float = 0.5) -> Tensor:
+    """SmoothQuant's per-input-channel factors ``s_k = max|x_k|^alpha / max|W[:, k]|^(1-alpha)``.
+
+    Dividing activations by ``s`` and multiplying the weight's columns by ``s`` leaves the layer's
+    math unchanged and moves outlier channels of ``x`` (which per-token quantization handles
+    badly) into the weight, where per-output-channel quantization absorbs them. ``act_absmax``:
+    the largest |activation| seen per input feature on calibration data, ``[in_features]``.
+    """
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    k = weight.shape[1]
+    if act_absmax.shape != (k,):
+        raise ValueError(f"act_absmax must have shape ({k},) (one value per input feature), got {tuple(act_absmax.shape)}")
+    if not torch.isfinite(act_absmax).all() or (act_absmax < 0).any():
+        raise ValueError("act_absmax must be finite and non-negative")
+    w_absmax = weight.detach().float().abs().amax(dim=0)
+    s = act_absmax.float().clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)
+    return s.clamp(min=1e-5)
+
+
+class _Int8Base(nn.Module):
+    """Shared parts: scales stay float32 whatever `.to(dtype)` does to the module (the ops'
+    contract), optional smoothing of the input, and nn.Linear-like attributes."""
+
+    def _init_common(self, in_features, out_features, weight_scale, weight_sum_, bias, smooth):
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if weight_scale.shape != (out_features,) or weight_scale.dtype != torch.float32:
+            raise ValueError(f"weight_scale must be float32 of shape ({out_features},), got "
+                             f"{weight_scale.dtype} {tuple(weight_scale.shape)}")
+        if not torch.isfinite(weight_scale).all() or (weight_scale < 0).any():
+            raise ValueError("weight_scale must be finite and non-negative")
+        if weight_sum_.shape != (out_features,) or weight_sum_.dtype != torch.int32:
+            raise ValueError(f"weight_sum must be int32 of shape ({out_features},)")
+        if bias is not None and bias.shape != (out_features,):
+            raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
+        if smooth is not None and smooth.shape != (in_features,):
+            raise ValueError(f"smooth must have shape ({in_features},), got {tuple(smooth.shape)}")
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_scale", weight_scale)
+        self.register_buffer("weight_sum", weight_sum_)
+        self.register_buffer("bias", bias)
+        self.register_buffer("smooth", None if smooth is None else smooth.float())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    def _prepare(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.smooth is not None:
+            x = x * self.smooth.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return x, bias
+
+    def _effective(self, q: Tensor) -> Tensor:
+        """The float [N, K] weight the layer multiplies x by: dequantized, smoothing undone."""
+        w = q.float() * self.weight_scale[:, None]
+        return w if self.smooth is None else w * self.smooth[None, :]
+
+    def _apply(self, fn, recurse=True):
+        scale, smooth = self.weight_scale, self.smooth
+        super()._apply(fn, recurse)
+        self.weight_scale = scale.to(self.weight_scale.device)  # keep float32 values
+        if smooth is not None:
+            self.smooth = smooth.to(self.smooth.device)
+        return self
+
+
+class Int8Linear(_Int8Base):
+    """``y = x @ W.T + bias`` with ``W`` int8 per output channel and ``x`` quantized per token
+    (symmetric) inside the op; exact int32 accumulation; output in x's dtype (fp32 or bf16).
+
+    Build with :meth:`from_dense`. Activation quantization is per token and symmetric (the
+    kernel's one mode); the choice that matters for accuracy on real activations, SmoothQuant
+    migration of outlier channels into the weight, is the ``act_absmax`` option of
+    :meth:`from_dense` (off by default). The bias stays in the module's dtype, scales in fp32.
+    """
+
+    def __init__(self, in_features, out_features, weight, weight_scale, weight_sum, bias=None, smooth=None):
+        super().__init__()
+        self._init_common(in_features, out_features, weight_scale, weight_sum, bias, smooth)
+        nb, kb = -(-out_features // 32), -(-max(in_features, 1) // 4)
+        if weight.dtype != torch.int8 or tuple(weight.shape) != (nb, kb, 32, 4):
+            raise ValueError(f"weight must be int8 of shape ({nb}, {kb}, 32, 4), got {weight.dtype} {tuple(weight.shape)}")
+        self.register_buffer("weight", weight)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, act_absmax: Tensor | None = None, alpha: float = 0.5) -> "Int8Linear":
+        """Quantizes ``linear``'s weight per output channel. ``act_absmax`` (per input feature,
+        from calibration data) turns on SmoothQuant migration with strength ``alpha``."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_dense expects an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach().float()
+        smooth = None
+        if act_absmax is not None:
+            s = smoothing_factors(act_absmax, w, alpha)
+            w, smooth = w * s[None, :], 1.0 / s
+        q, scale = quantize_symmetric(w)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(linear.in_features, linear.out_features, pack_int8_dense(q), scale, weight_sum(q), bias, smooth)
+
+    def to_dense(self) -> Tensor:
+        return self._effective(unpack_int8_dense(self.weight, self.shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, bias = self._prepare(x)
+        return ops.int8_linear(x, self.weight, self.weight_scale, self.weight_sum, bias, self.shape)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, smooth={self.smooth is not None}")
+
+
+class SparseInt8Linear(_Int8Base):
+    """Block-sparse INT8 linear: the blocks of a pruned weight that hold a nonzero after
+    quantization, in int8 per output channel; activations quantized per token in the op."""
+
+    def __init__(self, in_features, out_features, values, weight_scale, weight_sum, crow_indices, col_indices,
+                 bias=None, block_size=(32, 32), smooth=None):
+        super().__init__()
+        self._init_common(in_features, out_features, weight_scale, weight_sum, bias, smooth)
+        self.block_size = check_block_size(block_size)
+        if values.dtype != torch.int8:
+            raise ValueError(f"values must be int8, got {values.dtype}")
+        validate_bsr(values, crow_indices, col_indices, (out_features, in_features), self.block_size)
+        self.register_buffer("values", values)
+        self.register_buffer("crow_indices", crow_indices)
+        self.register_buffer("col_indices", col_indices)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, block_size=(32, 32), act_absmax: Tensor | None = None,
+                   alpha: float = 0.5) -> "SparseInt8Linear":
+        """Converts a pruned ``linear`` (see :func:`sparsebert.prune.block_magnitude_mask`)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_dense expects an nn.Linear, got {type(linear).__name__}")
+        block_size = check_block_size(block_size)
+        w = linear.weight.detach().float()
+        smooth = None
+        if act_absmax is not None:
+            s = smoothing_factors(act_absmax, w, alpha)
+            w, smooth = w * s[None, :], 1.0 / s
+        q, scale = quantize_symmetric(w)
+        values, crow, col = pack_int8_bsr(q, block_size)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(linear.in_features, linear.out_features, values, scale, weight_sum(q), crow, col, bias,
+                   block_size, smooth)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the weight entries in blocks that are not stored."""
+        return bsr_sparsity(self.crow_indices, self.col_indices, self.shape, self.block_size)
+
+    def to_dense(self) -> Tensor:
+        q = bsr_to_dense(self.values, self.crow_indices, self.col_indices, self.shape, self.block_size)
+        return self._effective(q)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, bias = self._prepare(x)
+        return ops.bsr_int8_linear(x, self.values, self.weight_scale, self.weight_sum, self.crow_indices,
+                                   self.col_indices, bias, self.shape, self.block_size)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        resize_to_checkpoint(self, state_dict, prefix, ("values", "crow_indices", "col_indices"))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, block_size={self.block_size}, sparsity={self.sparsity:.3f}, "
+                f"smooth={self.smooth is not None}")
