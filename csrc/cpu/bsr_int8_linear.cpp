@@ -36,7 +36,8 @@ struct Int8Kernels {
 };
 
 // INT8 kernels per level: VNNI needs AVX512_VNNI, which every CPU of the avx512bf16 level has;
-// below that level the scalar kernel runs (an AVX2 kernel is not written yet).
+// the avx512 level (no BF16, VNNI not guaranteed) runs the AVX2 kernel with the AVX-512
+// quantizer.
 Int8Kernels select_int8(bool f32, const cpu::BsrLinearArgs& args) {
   switch (active_isa()) {
     case Isa::kAmx:
@@ -47,8 +48,9 @@ Int8Kernels select_int8(bool f32, const cpu::BsrLinearArgs& args) {
       return {cpu::quantize_rows_avx512,
               f32 ? cpu::bsr_int8_linear_f32_avx512vnni : cpu::bsr_int8_linear_bf16_avx512vnni};
     case Isa::kAvx512:
-      return {cpu::quantize_rows_avx512, f32 ? cpu::bsr_int8_linear_f32_scalar : cpu::bsr_int8_linear_bf16_scalar};
+      return {cpu::quantize_rows_avx512, f32 ? cpu::bsr_int8_linear_f32_avx2 : cpu::bsr_int8_linear_bf16_avx2};
     case Isa::kAvx2:
+      return {cpu::quantize_rows_scalar, f32 ? cpu::bsr_int8_linear_f32_avx2 : cpu::bsr_int8_linear_bf16_avx2};
     case Isa::kScalar:
       break;
   }

@@ -64,6 +64,8 @@ void bsr_linear_bf16_amx(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_
 // int8 B tiles); x the quantized activation buffer described in BsrLinearArgs; y fp32 or bf16.
 void bsr_int8_linear_f32_scalar(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 void bsr_int8_linear_bf16_scalar(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void bsr_int8_linear_f32_avx2(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void bsr_int8_linear_bf16_avx2(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 void bsr_int8_linear_f32_avx512vnni(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 void bsr_int8_linear_bf16_avx512vnni(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 // AMX int8 for the shapes amx_int8_eligible() accepts; rows past the last whole 16-row tile go

@@ -1,0 +1,86 @@
+// INT8 bsr_linear for AVX2 (compiled with -mavx2 -mfma): exact, with no saturating step.
+//
+// vpmaddubsw (u8 x s8 -> saturating s16 pair sums) would overflow here: activations are stored
+// as q + 128 (up to 255) and 255 * 127 * 2 > 32767. Instead both operands are widened to int16
+// and vpmaddwd adds each pair into an exact int32: the weights' k-quad of one output (4 x s8)
+// becomes two int32 lanes holding (w0 x0 + w1 x1) and (w2 x2 + w3 x3), summed in the epilogue.
+#include <immintrin.h>
+
+#include "bsr_linear_impl.h"
+
+namespace sparsebert {
+namespace cpu {
+namespace {
+
+struct Avx2Mask {
+  __m256i v;
+  int lanes;
+};
+
+// Eight outputs per vector, each as two int32 half-sums: `lo` holds outputs 0-3, `hi` 4-7.
+struct PairAcc {
+  __m256i lo, hi;
+};
+
+template <class Y>
+struct Avx2Int8 {
+  using xelem = uint8_t;
+  using welem = int8_t;
+  using yelem = Y;
+  static constexpr bool kQuantized = true, kWholeGroups = true;
+  static constexpr int VL = 8, KP = 4, NVMAX = 2;
+  // 16 ymm: NV=1 holds 4 x 2 accumulators + 2 widened weights + 1 broadcast; NV=2, 2 rows.
+  static constexpr int mr_max(int nv) { return nv == 1 ? 4 : 2; }
+  using acc_t = PairAcc;
+  using w_t = PairAcc;
+  using x_t = __m256i;
+  using mask_t = Avx2Mask;
+  static mask_t mask(int lanes) {
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return {_mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), idx), lanes};
+  }
+  static acc_t zero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
+  static acc_t load_bias(const float*, mask_t) { return zero(); }
+  static w_t load_w(const int8_t* p, mask_t k) {
+    const __m256i quads = _mm256_maskload_epi32(reinterpret_cast<const int*>(p), k.v);  // 8 outputs x 4
+    return {_mm256_cvtepi8_epi16(_mm256_castsi256_si128(quads)),
+            _mm256_cvtepi8_epi16(_mm256_extracti128_si256(quads, 1))};
+  }
+  static x_t load_x(const uint8_t* p) {
+    const uint64_t x16 = uint64_t(p[0]) | uint64_t(p[1]) << 16 | uint64_t(p[2]) << 32 | uint64_t(p[3]) << 48;
+    return _mm256_set1_epi64x(static_cast<long long>(x16));
+  }
+  static x_t load_x_single(const uint8_t* p) { return load_x(p); }
+  static acc_t fma(acc_t a, w_t w, x_t x) {
+    return {_mm256_add_epi32(a.lo, _mm256_madd_epi16(w.lo, x)), _mm256_add_epi32(a.hi, _mm256_madd_epi16(w.hi, x))};
+  }
+  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, const float* col_scale, const int32_t* col_sum,
+                      const float* bias) {
+    // hadd: [o0 o1 o4 o5 | o2 o3 o6 o7] as 64-bit pairs; the permute puts them in order.
+    const __m256i sums = _mm256_permute4x64_epi64(_mm256_hadd_epi32(a.lo, a.hi), 0xd8);
+    const __m256i corr = _mm256_sub_epi32(sums, _mm256_slli_epi32(_mm256_maskload_epi32(col_sum, k.v), 7));
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), _mm256_set1_ps(row_scale));
+    v = _mm256_mul_ps(v, _mm256_maskload_ps(col_scale, k.v));
+    if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(bias, k.v));
+    if constexpr (sizeof(Y) == 4) {
+      _mm256_maskstore_ps(reinterpret_cast<float*>(p), k.v, v);
+    } else {
+      alignas(32) float f[8];
+      _mm256_store_ps(f, v);
+      for (int i = 0; i < k.lanes && i < 8; ++i) p[i] = f32_to_bf16_bits(f[i]);
+    }
+  }
+};
+
+}  // namespace
+
+void bsr_int8_linear_f32_avx2(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  bsr_linear_impl<Avx2Int8<float>>(a, rb0, rb1, m0, m1);
+}
+
+void bsr_int8_linear_bf16_avx2(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  bsr_linear_impl<Avx2Int8<uint16_t>>(a, rb0, rb1, m0, m1);
+}
+
+}  // namespace cpu
+}  // namespace sparsebert
