@@ -1,9 +1,16 @@
 #!/usr/bin/env python
-"""Block-sparse linear (sparsebert.ops.bsr_linear) against dense F.linear and torch's own BSR
-matmul, in the same run, on BERT shapes. Prints a markdown table; --json writes the rows.
+"""Linear-layer kernels against torch's, in the same run, on BERT shapes. Prints a markdown
+table; --json writes the rows.
+
+--suite bsr (default): block-sparse linear (sparsebert.ops.bsr_linear) against dense F.linear
+and torch's own BSR matmul.
+--suite int8: Int8Linear and SparseInt8Linear against dense fp32 and bf16 F.linear, torch's
+dynamic INT8 (quantize_dynamic) under every engine, per-tensor and per-channel, and
+torch._int_mm (the int8 GEMM alone, activations already quantized: a lower bound).
 
     python benchmarks/bench_linear.py                       # the README table
     python benchmarks/bench_linear.py --blocks 16x16,16x1 --sparsity 0.9 --m 128 --threads 1,2 --cache hot,cold
+    python benchmarks/bench_linear.py --suite int8 --m 1,8,128,512
 
 Run it on a quiet machine: two cores shared with a build or a test suite measure contention.
 Speedups are same-run ratios of medians; GFLOP/s is "effective": the dense layer's 2*M*N*K
@@ -13,7 +20,9 @@ flops divided by the method's time.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,6 +34,7 @@ from common import (  # noqa: E402
     tensor_bytes, time_methods, write_json,
 )
 
+from sparsebert import Int8Linear, SparseInt8Linear  # noqa: E402
 from sparsebert.ops import bsr_linear, pack_bsr  # noqa: E402
 from sparsebert.prune import block_magnitude_mask  # noqa: E402
 
@@ -99,12 +109,138 @@ def run_case(k, n, m, block, dtype, bias, pools):
     return {name: timing.median(name) for name in timing.samples}
 
 
+QD_ENGINES = ("fbgemm", "x86", "onednn")
+
+
+def quantized_dynamic(linear, engine, per_channel):
+    """torch's dynamic INT8 Linear for `engine` (weights packed for that engine)."""
+    import torch.ao.quantization as tq
+
+    torch.backends.quantized.engine = engine
+    qconfig = tq.per_channel_dynamic_qconfig if per_channel else tq.default_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tq.quantize_dynamic(nn_seq(linear), {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+
+
+def nn_seq(linear):
+    return torch.nn.Sequential(copy.deepcopy(linear))
+
+
+def build_int8_pools(k, n, sparsity, block, cold, cold_bytes):
+    """Per method, distinct copies of its weights (see build_weights)."""
+    linear = torch.nn.Linear(k, n)
+    pruned = copy.deepcopy(linear)
+    with torch.no_grad():
+        pruned.weight.mul_(block_magnitude_mask(pruned.weight, sparsity, block))
+    pools = {}
+
+    def pool(name, make, nbytes):
+        first = make()
+        pools[name] = [first] + [make() for _ in range(copies_for(nbytes, cold, cold_bytes) - 1)]
+
+    pool("fp32", lambda: linear.weight.detach().clone(), k * n * 4)
+    pool("bf16", lambda: linear.weight.detach().bfloat16(), k * n * 2)
+    for engine in QD_ENGINES:
+        if engine not in torch.backends.quantized.supported_engines:
+            continue
+        for per_channel in (False, True):
+            name = f"qd_{engine}_{'channel' if per_channel else 'tensor'}"
+            pool(name, lambda: quantized_dynamic(linear, engine, per_channel), k * n)
+    q8 = Int8Linear.from_dense(linear)
+    pool("int8_mm", lambda: torch.randint(-127, 127, (k, n), dtype=torch.int8), k * n)
+    pool("Int8Linear", lambda: copy.deepcopy(q8), k * n)
+    sq8 = SparseInt8Linear.from_dense(pruned, block)
+    pool("SparseInt8Linear", lambda: copy.deepcopy(sq8), tensor_bytes(sq8.values))
+    return linear.bias.detach(), pools
+
+
+def run_int8_case(k, n, m, bias, pools):
+    x = torch.randn(m, k)
+    xb = x.bfloat16()
+    bb = bias.bfloat16()
+    xq = torch.randint(-127, 127, (m, k), dtype=torch.int8)
+    methods = [
+        Method("fp32", lambda i: F.linear(x, pools["fp32"][i], bias), len(pools["fp32"])),
+        Method("bf16", lambda i: F.linear(xb, pools["bf16"][i], bb), len(pools["bf16"])),
+        Method("int8_mm", lambda i: torch._int_mm(xq, pools["int8_mm"][i]), len(pools["int8_mm"])),
+        Method("Int8Linear", lambda i: pools["Int8Linear"][i](x), len(pools["Int8Linear"])),
+        Method("SparseInt8Linear", lambda i: pools["SparseInt8Linear"][i](x), len(pools["SparseInt8Linear"])),
+    ]
+    for name in pools:
+        if name.startswith("qd_"):
+            engine = name.split("_")[1]
+
+            def run(i, name=name, engine=engine):
+                torch.backends.quantized.engine = engine  # the packed weights are this engine's
+                return pools[name][i](x)
+
+            methods.append(Method(name, run, len(pools[name])))
+    with torch.inference_mode():
+        timing = time_methods(methods)
+    return {name: timing.median(name) for name in timing.samples}
+
+
+def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
+    sparsity = parse_list(args.sparsity, float)[-1] if args.sparsity != DEFAULT_SPARSITY else 0.9
+    block = parse_list(args.blocks, parse_block)[0]
+    print(header("bench_linear --suite int8: INT8 linear layers vs torch fp32, bf16 and dynamic INT8", {
+        "command": "python benchmarks/bench_linear.py " + " ".join(argv),
+        "cold weights": f"each method rotates through {cold_bytes >> 20} MiB of distinct weight copies",
+        "quantize_dynamic": "torch.ao.quantization.quantize_dynamic (qint8), engines " + ", ".join(QD_ENGINES)
+                            + ", per-tensor and per-channel weights; 'best' is the fastest of them in that row",
+        "int8_mm": "torch._int_mm on already-quantized int8 activations (the int8 GEMM alone, a lower bound)",
+        "SparseInt8Linear": f"{sparsity:.0%} of {block[0]}x{block[1]} blocks pruned by magnitude",
+    }))
+    print()
+    columns = ["layer", "K->N", "M", "thr", "cache", "fp32 ms", "bf16 ms", "best quantize_dynamic ms",
+               "_int_mm ms", "Int8Linear ms", "vs fp32", "vs best qd", f"SparseInt8 {sparsity:.0%} ms",
+               "vs fp32 "]
+    rows, records = [], []
+    engine_rows = []
+    for layer, (k, n) in shapes:
+        for cache in caches:
+            bias, pools = build_int8_pools(k, n, sparsity, block, cache == "cold", cold_bytes)
+            for t in threads:
+                torch.set_num_threads(t)
+                for m in ms:
+                    med = run_int8_case(k, n, m, bias, pools)
+                    qd = {name: v for name, v in med.items() if name.startswith("qd_")}
+                    best = min(qd, key=qd.get)
+                    ours, sparse = med["Int8Linear"], med["SparseInt8Linear"]
+                    rec = dict(layer=layer, k=k, n=n, m=m, threads=t, cache=cache, sparsity=sparsity,
+                               block=list(block), **{f"{name}_s": v for name, v in med.items()},
+                               best_quantize_dynamic=best, speedup_vs_fp32=med["fp32"] / ours,
+                               speedup_vs_best_qd=qd[best] / ours, sparse_speedup_vs_fp32=med["fp32"] / sparse)
+                    records.append(rec)
+                    row = [layer, f"{k}->{n}", str(m), str(t), cache, fmt_ms(med["fp32"]), fmt_ms(med["bf16"]),
+                           f"{fmt_ms(qd[best])} ({best[3:]})", fmt_ms(med["int8_mm"]), fmt_ms(ours),
+                           fmt_ratio(rec["speedup_vs_fp32"]), fmt_ratio(rec["speedup_vs_best_qd"]),
+                           fmt_ms(sparse), fmt_ratio(rec["sparse_speedup_vs_fp32"])]
+                    rows.append(row)
+                    engine_rows.append([layer, str(m), str(t), cache] + [fmt_ms(qd[name]) for name in sorted(qd)])
+                    engine_names = sorted(qd)
+                    print("| " + " | ".join(row) + " |", file=sys.stderr, flush=True)
+            del pools
+    print(markdown_table(columns, rows))
+    print()
+    print("quantize_dynamic per engine (ms):")
+    print()
+    print(markdown_table(["layer", "M", "thr", "cache"] + [e[3:] for e in engine_names], engine_rows))
+    write_json(args.json, {"argv": argv, "suite": "int8"}, records)
+
+
+DEFAULT_SPARSITY = "0.5,0.7,0.8,0.9,0.95"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="bert-base:ffn_up,bert-base:ffn_down",
                    help="model[:layer] list; models: " + ", ".join(SHAPES))
     p.add_argument("--m", default="1,8,128,512,2048", help="tokens per call")
-    p.add_argument("--sparsity", default="0.5,0.7,0.8,0.9,0.95")
+    p.add_argument("--suite", choices=("bsr", "int8"), default="bsr")
+    p.add_argument("--sparsity", default=DEFAULT_SPARSITY,
+                   help="bsr: the list; int8: the sparsity of the SparseInt8Linear rows (default 0.9)")
     p.add_argument("--blocks", default="32x32")
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--threads", default="2")
@@ -123,6 +259,9 @@ def main(argv=None):
     threads = parse_list(args.threads, int)
     caches = parse_list(args.cache, str)
     cold_bytes = (args.cold_mb << 20) if args.cold_mb else min(2 * l3_bytes(), 1 << 30)
+    argv_list = argv if argv is not None else sys.argv[1:]
+    if args.suite == "int8":
+        return main_int8(args, shapes, ms, threads, caches, cold_bytes, argv_list)
 
     print(header("bench_linear: block-sparse linear vs dense F.linear and torch BSR", {
         "command": "python benchmarks/bench_linear.py " + " ".join(argv if argv is not None else sys.argv[1:]),

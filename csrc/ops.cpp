@@ -27,6 +27,10 @@ TORCH_LIBRARY(sparsebert, m) {
   m.def(
       "int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_sum, Tensor? bias, "
       "int[2] shape) -> Tensor");
+  // Weight-only (mixed precision): y = x @ (W_q * weight_scale[:, None]).T + bias with x in
+  // float32/bfloat16 as it is; weight [ceil(N/32), K, 32, 1] int8 (sparsebert.ops.int8_format).
+  m.def(
+      "int8_weight_only_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias, int[2] shape) -> Tensor");
 }
 
 namespace {

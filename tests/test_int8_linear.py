@@ -8,8 +8,24 @@ quantization error itself is measured against nn.Linear in test_int8_modules.py.
 import pytest
 import torch
 
-from sparsebert.ops import bsr_int8_linear, bsr_int8_linear_reference, int8_linear, int8_linear_reference
-from sparsebert.ops.int8_format import pack_int8_bsr, pack_int8_dense, quantize_symmetric, unpack_int8_dense, weight_sum
+from conftest import assert_linear_close
+from sparsebert.ops import (
+    bsr_int8_linear,
+    bsr_int8_linear_reference,
+    int8_linear,
+    int8_linear_reference,
+    int8_weight_only_linear,
+    int8_weight_only_linear_reference,
+)
+from sparsebert.ops.int8_format import (
+    pack_int8_bsr,
+    pack_int8_dense,
+    pack_int8_weight_only,
+    quantize_symmetric,
+    unpack_int8_dense,
+    unpack_int8_weight_only,
+    weight_sum,
+)
 from sparsebert.prune import block_magnitude_mask
 
 DTYPES = (torch.float32, torch.bfloat16)
@@ -188,3 +204,35 @@ def test_wrong_shapes_and_dtypes():
         int8_linear(x, packed, s, sums, b.bfloat16(), (32, 64))
     with pytest.raises(ValueError, match="float32 or bfloat16 activations, got Half"):
         int8_linear(x.half(), packed, s, sums, None, (32, 64))
+
+
+# Weight-only INT8: x stays float, so the kernel is compared with the float math on the
+# dequantized weight (the adaptive rule of conftest).
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [0, 1, 3, 8, 97])
+@pytest.mark.parametrize("n,k", [(96, 128), (70, 33), (1, 1), (130, 257)])
+def test_int8_weight_only(isa, dtype, m, n, k):
+    q, s = quantize_symmetric(torch.randn(n, k))
+    packed = pack_int8_weight_only(q)
+    b = torch.randn(n).to(dtype)
+    x = torch.randn(m, k).to(dtype)
+    out = int8_weight_only_linear(x, packed, s, b, (n, k))
+    w = (q.float() * s[:, None]).to(dtype)  # the dequantized weight, in x's dtype for torch's own
+    assert_linear_close(out, x, w.float() if dtype == torch.float32 else w, b)
+    ref = int8_weight_only_linear_reference(x, packed, s, b, (n, k))
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+
+
+def test_weight_only_packing_and_checks():
+    q, s = quantize_symmetric(torch.randn(70, 45))
+    packed = pack_int8_weight_only(q)
+    assert torch.equal(unpack_int8_weight_only(packed, (70, 45)), q)
+    torch.library.opcheck(torch.ops.sparsebert.int8_weight_only_linear.default,
+                          (torch.randn(2, 3, 45), packed, s, torch.randn(70), [70, 45]))
+    with pytest.raises(ValueError, match="weight must have shape \\[3, 45, 32, 1\\]"):
+        int8_weight_only_linear(torch.randn(2, 45), pack_int8_dense(q), s, None, (70, 45))
+    s[0] = float("nan")
+    with pytest.raises(ValueError, match=r"weight_scale\[0\]=nan"):
+        int8_weight_only_linear(torch.randn(2, 45), packed, s, None, (70, 45))

@@ -57,19 +57,22 @@ Int8Kernels select_int8(bool f32, const cpu::BsrLinearArgs& args) {
   return {cpu::quantize_rows_scalar, f32 ? cpu::bsr_int8_linear_f32_scalar : cpu::bsr_int8_linear_bf16_scalar};
 }
 
-void check_scale_and_sum(const at::Tensor& weight_scale, const at::Tensor& weight_sum, int64_t N) {
+void check_weight_scale(const at::Tensor& weight_scale, int64_t N) {
   TORCH_CHECK_VALUE(weight_scale.scalar_type() == at::kFloat && weight_scale.dim() == 1 &&
                         weight_scale.size(0) == N,
                     "weight_scale must be float32 of shape [", N, "], got ", weight_scale.scalar_type(),
                     " of shape ", weight_scale.sizes());
-  TORCH_CHECK_VALUE(weight_sum.scalar_type() == at::kInt && weight_sum.dim() == 1 && weight_sum.size(0) == N,
-                    "weight_sum must be int32 of shape [", N, "], got ", weight_sum.scalar_type(),
-                    " of shape ", weight_sum.sizes());
   const at::Tensor s = weight_scale.contiguous();
   const float* p = s.data_ptr<float>();
   for (int64_t n = 0; n < N; ++n)
     TORCH_CHECK_VALUE(std::isfinite(p[n]) && p[n] >= 0.f, "weight_scale[", n, "]=", p[n],
                       " is not a finite non-negative number");
+}
+
+void check_weight_sum(const at::Tensor& weight_sum, int64_t N) {
+  TORCH_CHECK_VALUE(weight_sum.scalar_type() == at::kInt && weight_sum.dim() == 1 && weight_sum.size(0) == N,
+                    "weight_sum must be int32 of shape [", N, "], got ", weight_sum.scalar_type(),
+                    " of shape ", weight_sum.sizes());
 }
 
 at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
@@ -88,7 +91,8 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
                     "int8 weights must have shape [nnzb, ", kb, ", ", br, ", 4] for blocks (", br, ", ", bc,
                     "), got ", values.sizes());
   check_indices(crow, col, nb, ncb, values.size(0));
-  check_scale_and_sum(weight_scale, weight_sum, N);
+  check_weight_scale(weight_scale, N);
+  check_weight_sum(weight_sum, N);
   at::Tensor bias_f32;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [", N, "], got ",
@@ -172,10 +176,80 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   return int8_core(x, weight, weight_scale, weight_sum, crow, col, bias, N, K, kDenseBlockRows, bc);
 }
 
+cpu::BsrLinearFn select_weight_only(bool f32) {
+  switch (active_isa()) {
+    case Isa::kAmx:
+    case Isa::kAvx512Bf16:
+      return f32 ? cpu::int8_weight_only_f32_avx512 : cpu::int8_weight_only_bf16_avx512;
+    case Isa::kAvx512:
+    case Isa::kAvx2:
+      return f32 ? cpu::int8_weight_only_f32_avx2 : cpu::int8_weight_only_bf16_avx2;
+    case Isa::kScalar:
+      break;
+  }
+  return f32 ? cpu::int8_weight_only_f32_scalar : cpu::int8_weight_only_bf16_scalar;
+}
+
+at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                                       const std::optional<at::Tensor>& bias, at::IntArrayRef shape) {
+  TORCH_CHECK_VALUE(shape.size() == 2 && shape[0] >= 0 && shape[1] >= 0,
+                    "shape must be (out_features, in_features) >= 0, got ", shape);
+  const int64_t N = shape[0], K = shape[1];
+  const int64_t nb = ceil_div(N, kDenseBlockRows), bc = K > 0 ? K : 1;
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+                    "int8_weight_only_linear on CPU takes float32 or bfloat16 activations, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(weight.scalar_type() == at::kChar, "int8 weights must be torch.int8, got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) == nb && weight.size(1) == bc &&
+                        weight.size(2) == kDenseBlockRows && weight.size(3) == 1,
+                    "int8_weight_only_linear weight must have shape [", nb, ", ", bc, ", ", kDenseBlockRows,
+                    ", 1], got ", weight.sizes());
+  for (const at::Tensor* t : {&x, &weight, &weight_scale})
+    TORCH_CHECK_VALUE(t->device().is_cpu(), "int8_weight_only_linear CPU kernel got a tensor on ", t->device());
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x must have in_features=", K,
+                    " in its last dimension, got shape ", x.sizes());
+  check_weight_scale(weight_scale, N);
+  at::Tensor bias_f32;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [", N, "], got ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->scalar_type() == x.scalar_type(), "dtype mismatch: x is ", x.scalar_type(),
+                      " but bias is ", bias->scalar_type());
+    bias_f32 = bias->to(at::kFloat).contiguous();
+  }
+  std::vector<int64_t> out_sizes(x.sizes().begin(), x.sizes().end());
+  out_sizes.back() = N;
+  at::Tensor x2 = x.reshape({-1, K});
+  const int64_t M = x2.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y.view(out_sizes);
+  if (K > 1 && x2.stride(1) != 1) x2 = x2.contiguous();
+  const at::Tensor w = weight.contiguous(), cs = weight_scale.contiguous();
+  const at::Tensor crow = at::arange(nb + 1, x.options().dtype(at::kInt));
+  const at::Tensor col = at::zeros({nb}, x.options().dtype(at::kInt));
+
+  cpu::BsrLinearArgs args;
+  args.x = x2.data_ptr();
+  args.lda = x2.stride(0);
+  args.M = M;
+  args.N = N;
+  args.K = K;
+  args.values = w.data_ptr();
+  args.crow = crow.data_ptr<int32_t>();
+  args.col = col.data_ptr<int32_t>();
+  args.br = static_cast<int>(kDenseBlockRows);
+  args.bc = static_cast<int>(bc);
+  args.bias = bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr;
+  args.y = y.data_ptr();
+  args.ldy = N;
+  args.col_scale = cs.data_ptr<float>();
+  run_bsr_tasks(args, nb, select_weight_only(x.scalar_type() == at::kFloat));
+  return y.view(out_sizes);
+}
+
 }  // namespace
 }  // namespace sparsebert
 
 TORCH_LIBRARY_IMPL(sparsebert, CPU, m) {
   m.impl("bsr_int8_linear", &sparsebert::bsr_int8_linear_cpu);
   m.impl("int8_linear", &sparsebert::int8_linear_cpu);
+  m.impl("int8_weight_only_linear", &sparsebert::int8_weight_only_linear_cpu);
 }

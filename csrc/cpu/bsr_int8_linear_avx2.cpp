@@ -23,6 +23,17 @@ struct PairAcc {
 };
 
 template <class Y>
+inline void store8(Y* p, __m256 v, const Avx2Mask& k) {
+  if constexpr (sizeof(Y) == 4) {
+    _mm256_maskstore_ps(reinterpret_cast<float*>(p), k.v, v);
+  } else {
+    alignas(32) float f[8];
+    _mm256_store_ps(f, v);
+    for (int i = 0; i < k.lanes && i < 8; ++i) p[i] = f32_to_bf16_bits(f[i]);
+  }
+}
+
+template <class Y>
 struct Avx2Int8 {
   using xelem = uint8_t;
   using welem = int8_t;
@@ -62,17 +73,58 @@ struct Avx2Int8 {
     __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), _mm256_set1_ps(row_scale));
     v = _mm256_mul_ps(v, _mm256_maskload_ps(col_scale, k.v));
     if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(bias, k.v));
-    if constexpr (sizeof(Y) == 4) {
-      _mm256_maskstore_ps(reinterpret_cast<float*>(p), k.v, v);
-    } else {
-      alignas(32) float f[8];
-      _mm256_store_ps(f, v);
-      for (int i = 0; i < k.lanes && i < 8; ++i) p[i] = f32_to_bf16_bits(f[i]);
-    }
+    store8<Y>(p, v, k);
+  }
+};
+
+// Weight-only: 8 int8 weights of one input widened to fp32, FMA with the broadcast input.
+template <class X, class Y>
+struct Avx2WeightOnly {
+  using xelem = X;
+  using welem = int8_t;
+  using yelem = Y;
+  static constexpr bool kQuantized = true, kWholeGroups = false;
+  static constexpr int VL = 8, KP = 1, NVMAX = 2;
+  static constexpr int mr_max(int nv) { return nv == 1 ? 8 : 6; }
+  using acc_t = __m256;
+  using w_t = __m256;
+  using x_t = __m256;
+  using mask_t = Avx2Mask;
+  static mask_t mask(int lanes) {
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return {_mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), idx), lanes};
+  }
+  static acc_t zero() { return _mm256_setzero_ps(); }
+  static acc_t load_bias(const float*, mask_t) { return zero(); }
+  static w_t load_w(const int8_t* p, mask_t k) {
+    alignas(8) int8_t b[8] = {};
+    for (int i = 0; i < k.lanes && i < 8; ++i) b[i] = p[i];  // AVX2 has no byte-masked load
+    int64_t packed;
+    std::memcpy(&packed, b, 8);
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(packed)));
+  }
+  static x_t load_x(const X* p) {
+    if constexpr (sizeof(X) == 2) return _mm256_set1_ps(bf16_bits_to_f32(*p));
+    else return _mm256_set1_ps(*p);
+  }
+  static x_t load_x_single(const X* p) { return load_x(p); }
+  static acc_t fma(acc_t a, w_t w, x_t x) { return _mm256_fmadd_ps(w, x, a); }
+  static void store_q(Y* p, acc_t a, mask_t k, float, const float* col_scale, const int32_t*, const float* bias) {
+    __m256 v = _mm256_mul_ps(a, _mm256_maskload_ps(col_scale, k.v));
+    if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(bias, k.v));
+    store8<Y>(p, v, k);
   }
 };
 
 }  // namespace
+
+void int8_weight_only_f32_avx2(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  bsr_linear_impl<Avx2WeightOnly<float, float>>(a, rb0, rb1, m0, m1);
+}
+
+void int8_weight_only_bf16_avx2(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  bsr_linear_impl<Avx2WeightOnly<uint16_t, uint16_t>>(a, rb0, rb1, m0, m1);
+}
 
 void bsr_int8_linear_f32_avx2(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
   bsr_linear_impl<Avx2Int8<float>>(a, rb0, rb1, m0, m1);

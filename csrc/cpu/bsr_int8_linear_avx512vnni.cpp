@@ -60,6 +60,38 @@ struct Avx512Int8Vnni {
   }
 };
 
+// Weight-only: 16 int8 weights of one input widened to fp32, FMA with the broadcast input.
+template <class X, class Y>
+struct Avx512WeightOnly {
+  using xelem = X;
+  using welem = int8_t;
+  using yelem = Y;
+  static constexpr bool kQuantized = true, kWholeGroups = false;
+  static constexpr int VL = 16, KP = 1, NVMAX = 2;
+  static constexpr int mr_max(int nv) { return nv == 1 ? 14 : 12; }
+  using acc_t = __m512;
+  using w_t = __m512;
+  using x_t = __m512;
+  using mask_t = __mmask16;
+  static mask_t mask(int lanes) { return avx512_mask(lanes); }
+  static acc_t zero() { return _mm512_setzero_ps(); }
+  static acc_t load_bias(const float*, mask_t) { return zero(); }
+  static w_t load_w(const int8_t* p, mask_t k) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, p)));
+  }
+  static x_t load_x(const X* p) {
+    if constexpr (sizeof(X) == 2) return _mm512_set1_ps(bf16_bits_to_f32(*p));
+    else return _mm512_set1_ps(*p);
+  }
+  static x_t load_x_single(const X* p) { return load_x(p); }
+  static acc_t fma(acc_t a, w_t w, x_t x) { return _mm512_fmadd_ps(w, x, a); }
+  static void store_q(Y* p, acc_t a, mask_t k, float, const float* col_scale, const int32_t*, const float* bias) {
+    __m512 v = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(k, col_scale));
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias));
+    store_f32x16<Y>(p, v, k);
+  }
+};
+
 inline __m512 load16(const void* x, bool bf16, int64_t i, __mmask16 k) {
   if (bf16) {
     const __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(x) + i);
@@ -76,6 +108,14 @@ void bsr_int8_linear_f32_avx512vnni(const BsrLinearArgs& a, int64_t rb0, int64_t
 
 void bsr_int8_linear_bf16_avx512vnni(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
   bsr_linear_impl<Avx512Int8Vnni<uint16_t>>(a, rb0, rb1, m0, m1);
+}
+
+void int8_weight_only_f32_avx512(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  bsr_linear_impl<Avx512WeightOnly<float, float>>(a, rb0, rb1, m0, m1);
+}
+
+void int8_weight_only_bf16_avx512(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  bsr_linear_impl<Avx512WeightOnly<uint16_t, uint16_t>>(a, rb0, rb1, m0, m1);
 }
 
 void quantize_rows_avx512(const void* x, int64_t lda, bool bf16, int64_t m0, int64_t m1, int64_t K,

@@ -46,7 +46,45 @@ struct ScalarInt8 {
   }
 };
 
+// Weight-only: X is float or bf16 bits (uint16_t).
+template <class X, class Y>
+struct ScalarWeightOnly {
+  using xelem = X;
+  using welem = int8_t;
+  using yelem = Y;
+  static constexpr bool kQuantized = true, kWholeGroups = false;
+  static constexpr int VL = 1, KP = 1, NVMAX = 16;
+  static constexpr int mr_max(int) { return 4; }
+  using acc_t = float;
+  using w_t = float;
+  using x_t = float;
+  using mask_t = bool;
+  static mask_t mask(int lanes) { return lanes > 0; }
+  static acc_t zero() { return 0.f; }
+  static acc_t load_bias(const float*, mask_t) { return 0.f; }
+  static w_t load_w(const int8_t* p, mask_t k) { return k ? static_cast<float>(*p) : 0.f; }
+  static x_t load_x(const X* p) {
+    if constexpr (sizeof(X) == 2) return bf16_bits_to_f32(*p);
+    else return *p;
+  }
+  static x_t load_x_single(const X* p) { return load_x(p); }
+  static acc_t fma(acc_t a, w_t w, x_t x) { return a + w * x; }
+  static void store_q(Y* p, acc_t a, mask_t k, float, const float* col_scale, const int32_t*, const float* bias) {
+    if (!k) return;
+    const float v = a * col_scale[0];
+    store_float<Y>(p, bias ? v + bias[0] : v);
+  }
+};
+
 }  // namespace
+
+void int8_weight_only_f32_scalar(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  bsr_linear_impl<ScalarWeightOnly<float, float>>(a, rb0, rb1, m0, m1);
+}
+
+void int8_weight_only_bf16_scalar(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
+  bsr_linear_impl<ScalarWeightOnly<uint16_t, uint16_t>>(a, rb0, rb1, m0, m1);
+}
 
 void bsr_int8_linear_f32_scalar(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
   bsr_linear_impl<ScalarInt8<float>>(a, rb0, rb1, m0, m1);

@@ -9,6 +9,7 @@
 //                  uint8_t quantized x, int8_t weights, float or bf16 out)
 //   kQuantized     false: acc starts at the bias and store() writes it; true: acc starts at 0
 //                  and store_q() dequantizes (per-row and per-column scales) and adds the bias
+//                  (weight-only int8: no row scale, no zero-point sum)
 //   kWholeGroups   true: x is a padded buffer, so a partial last group of KP inputs is read
 //                  whole (its weights are zero); false: the tail is read with load_x_single
 //   VL             output features per vector;  KP  k values per packed lane (1 fp32, 2 bf16,
@@ -149,8 +150,8 @@ void tile_kernel(const Tile<T>& t) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       if constexpr (T::kQuantized)
-        T::store_q(t.y + m * t.ldy + v * VL, acc[m][v], mask[v], t.row_scale[m], t.col_scale + v * VL,
-                   t.col_sum + v * VL, t.bias ? t.bias + v * VL : nullptr);
+        T::store_q(t.y + m * t.ldy + v * VL, acc[m][v], mask[v], t.row_scale ? t.row_scale[m] : 1.f,
+                   t.col_scale + v * VL, t.col_sum ? t.col_sum + v * VL : nullptr, t.bias ? t.bias + v * VL : nullptr);
       else
         T::store(t.y + m * t.ldy + v * VL, acc[m][v], mask[v]);
     }

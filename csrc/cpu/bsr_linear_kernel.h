@@ -73,6 +73,16 @@ void bsr_int8_linear_bf16_avx512vnni(const BsrLinearArgs&, int64_t, int64_t, int
 void bsr_int8_linear_f32_amx(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 void bsr_int8_linear_bf16_amx(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 
+// Weight-only INT8 (int8_weight_only_linear): x fp32 or bf16 as it is, weights int8 in the
+// plain packing (kp = 1), widened to fp32 in registers; y = acc * col_scale[n] + bias[n].
+// row_scale and col_sum are nullptr.
+void int8_weight_only_f32_scalar(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void int8_weight_only_bf16_scalar(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void int8_weight_only_f32_avx2(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void int8_weight_only_bf16_avx2(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void int8_weight_only_f32_avx512(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void int8_weight_only_bf16_avx512(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+
 // Dynamic per-token symmetric quantization of rows [m0, m1) of x ([M, K] fp32 or bf16, row
 // stride lda): scale[m] = amax / 127, q = clamp(round_half_even(x * (127 / amax)), -127, 127),
 // stored as q + 128 in `out` (row stride ldq), columns K .. ldq-1 set to 128 (a zero). A row of

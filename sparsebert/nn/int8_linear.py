@@ -8,7 +8,15 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops.bsr_format import bsr_sparsity, bsr_to_dense, check_block_size, validate_bsr
-from ..ops.int8_format import pack_int8_bsr, pack_int8_dense, quantize_symmetric, unpack_int8_dense, weight_sum
+from ..ops.int8_format import (
+    pack_int8_bsr,
+    pack_int8_dense,
+    pack_int8_weight_only,
+    quantize_symmetric,
+    unpack_int8_dense,
+    unpack_int8_weight_only,
+    weight_sum,
+)
 from ._buffers import resize_to_checkpoint
 
 __all__ = ["Int8Linear", "SparseInt8Linear", "smoothing_factors"]
@@ -84,25 +92,33 @@ class _Int8Base(nn.Module):
 
 
 class Int8Linear(_Int8Base):
-    """``y = x @ W.T + bias`` with ``W`` int8 per output channel and ``x`` quantized per token
-    (symmetric) inside the op; exact int32 accumulation; output in x's dtype (fp32 or bf16).
+    """``y = x @ W.T + bias`` with ``W`` int8 per output channel.
 
-    Build with :meth:`from_dense`. Activation quantization is per token and symmetric (the
-    kernel's one mode); the choice that matters for accuracy on real activations, SmoothQuant
-    migration of outlier channels into the weight, is the ``act_absmax`` option of
+    ``weight_only=False`` (default): ``x`` is quantized per token (symmetric) inside the op and
+    the product is exact int32 (VNNI / AMX-INT8). ``weight_only=True``: ``x`` stays fp32/bf16 and
+    the int8 weights are widened in registers (the mixed-precision path: no activation
+    quantization error, for small M where the layer is bound by reading its weights).
+    The mode is fixed at construction. Output in x's dtype (fp32 or bf16).
+
+    Activation quantization is per token and symmetric (the kernels' one mode); SmoothQuant
+    migration of outlier channels into the weight is the ``act_absmax`` option of
     :meth:`from_dense` (off by default). The bias stays in the module's dtype, scales in fp32.
     """
 
-    def __init__(self, in_features, out_features, weight, weight_scale, weight_sum, bias=None, smooth=None):
+    def __init__(self, in_features, out_features, weight, weight_scale, weight_sum, bias=None, smooth=None,
+                 weight_only=False):
         super().__init__()
         self._init_common(in_features, out_features, weight_scale, weight_sum, bias, smooth)
-        nb, kb = -(-out_features // 32), -(-max(in_features, 1) // 4)
-        if weight.dtype != torch.int8 or tuple(weight.shape) != (nb, kb, 32, 4):
-            raise ValueError(f"weight must be int8 of shape ({nb}, {kb}, 32, 4), got {weight.dtype} {tuple(weight.shape)}")
+        self.weight_only = bool(weight_only)
+        nb, k = -(-out_features // 32), max(in_features, 1)
+        expected = (nb, k, 32, 1) if self.weight_only else (nb, -(-k // 4), 32, 4)
+        if weight.dtype != torch.int8 or tuple(weight.shape) != expected:
+            raise ValueError(f"weight must be int8 of shape {expected}, got {weight.dtype} {tuple(weight.shape)}")
         self.register_buffer("weight", weight)
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, act_absmax: Tensor | None = None, alpha: float = 0.5) -> "Int8Linear":
+    def from_dense(cls, linear: nn.Linear, weight_only: bool = False, act_absmax: Tensor | None = None,
+                   alpha: float = 0.5) -> "Int8Linear":
         """Quantizes ``linear``'s weight per output channel. ``act_absmax`` (per input feature,
         from calibration data) turns on SmoothQuant migration with strength ``alpha``."""
         if not isinstance(linear, nn.Linear):
@@ -113,19 +129,23 @@ class Int8Linear(_Int8Base):
             s = smoothing_factors(act_absmax, w, alpha)
             w, smooth = w * s[None, :], 1.0 / s
         q, scale = quantize_symmetric(w)
+        packed = pack_int8_weight_only(q) if weight_only else pack_int8_dense(q)
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(linear.in_features, linear.out_features, pack_int8_dense(q), scale, weight_sum(q), bias, smooth)
+        return cls(linear.in_features, linear.out_features, packed, scale, weight_sum(q), bias, smooth, weight_only)
 
     def to_dense(self) -> Tensor:
-        return self._effective(unpack_int8_dense(self.weight, self.shape))
+        unpack = unpack_int8_weight_only if self.weight_only else unpack_int8_dense
+        return self._effective(unpack(self.weight, self.shape))
 
     def forward(self, x: Tensor) -> Tensor:
         x, bias = self._prepare(x)
+        if self.weight_only:
+            return ops.int8_weight_only_linear(x, self.weight, self.weight_scale, bias, self.shape)
         return ops.int8_linear(x, self.weight, self.weight_scale, self.weight_sum, bias, self.shape)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, smooth={self.smooth is not None}")
+                f"bias={self.bias is not None}, weight_only={self.weight_only}, smooth={self.smooth is not None}")
 
 
 class SparseInt8Linear(_Int8Base):

@@ -7,9 +7,17 @@ implementations with ``torch.library`` under the namespace ``sparsebert``.
 from .. import _extension  # noqa: F401  (registers the schemas and CPU kernels)
 from .bsr_format import bsr_to_dense, pack_bsr
 from .bsr_linear import bsr_linear, bsr_linear_reference
-from .int8_linear import bsr_int8_linear, bsr_int8_linear_reference, int8_linear, int8_linear_reference
+from .int8_linear import (
+    bsr_int8_linear,
+    bsr_int8_linear_reference,
+    int8_linear,
+    int8_linear_reference,
+    int8_weight_only_linear,
+    int8_weight_only_linear_reference,
+)
 
 __all__ = [
     "bsr_linear", "bsr_linear_reference", "pack_bsr", "bsr_to_dense",
     "int8_linear", "int8_linear_reference", "bsr_int8_linear", "bsr_int8_linear_reference",
+    "int8_weight_only_linear", "int8_weight_only_linear_reference",
 ]

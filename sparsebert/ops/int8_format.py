@@ -10,6 +10,10 @@ tiles. ``bsr_int8_linear`` takes BSR ``values [nnzb, ceil(bc/4), br, 4]``; ``int
 the dense weight as that packing with blocks of 32 outputs x all inputs, every block stored:
 ``[ceil(N/32), ceil(K/4), 32, 4]``. Both take ``weight_sum[n] = sum_k W_q[n, k]`` (int32), which
 the kernels need to run activations as unsigned bytes (``x_q + 128``) against signed weights.
+
+Weight-only (``int8_weight_only_linear``, activations stay float): the plain packing, one input
+per lane (``kp = 1``), 32-output rows: ``[ceil(N/32), K, 32, 1]``; the kernels widen 16 int8 of
+one input to fp32 and apply ``scale[n]`` once per output.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ __all__ = [
     "pack_int8_dense",
     "unpack_int8_dense",
     "pack_int8_bsr",
+    "pack_int8_weight_only",
+    "unpack_int8_weight_only",
     "weight_sum",
 ]
 
@@ -64,6 +70,21 @@ def pack_int8_dense(q: Tensor) -> Tensor:
 
 def unpack_int8_dense(weight: Tensor, shape) -> Tensor:
     """Inverse of :func:`pack_int8_dense`: the int8 ``[N, K]`` matrix."""
+    n, k = shape
+    blocks = bsr_blocks(weight, (DENSE_BLOCK_ROWS, max(k, 1)))  # (NB, 32, K)
+    return blocks.reshape(-1, blocks.shape[-1])[:n, :k]
+
+
+def pack_int8_weight_only(q: Tensor) -> Tensor:
+    """int8 ``[N, K]`` -> ``[ceil(N/32), K, 32, 1]`` (int8_weight_only_linear's weight)."""
+    n, k = q.shape
+    nb = math.ceil(n / DENSE_BLOCK_ROWS)
+    padded = torch.nn.functional.pad(q, (0, 0, 0, nb * DENSE_BLOCK_ROWS - n))
+    return _to_kpair(padded.reshape(nb, DENSE_BLOCK_ROWS, k), 1)
+
+
+def unpack_int8_weight_only(weight: Tensor, shape) -> Tensor:
+    """Inverse of :func:`pack_int8_weight_only`."""
     n, k = shape
     blocks = bsr_blocks(weight, (DENSE_BLOCK_ROWS, max(k, 1)))  # (NB, 32, K)
     return blocks.reshape(-1, blocks.shape[-1])[:n, :k]

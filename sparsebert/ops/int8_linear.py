@@ -12,9 +12,12 @@ import torch
 from torch import Tensor
 
 from .bsr_format import bsr_to_dense, check_block_size, validate_bsr
-from .int8_format import DENSE_BLOCK_ROWS, quantize_symmetric, unpack_int8_dense
+from .int8_format import DENSE_BLOCK_ROWS, quantize_symmetric, unpack_int8_dense, unpack_int8_weight_only
 
-__all__ = ["int8_linear", "bsr_int8_linear", "int8_linear_reference", "bsr_int8_linear_reference"]
+__all__ = [
+    "int8_linear", "bsr_int8_linear", "int8_weight_only_linear",
+    "int8_linear_reference", "bsr_int8_linear_reference", "int8_weight_only_linear_reference",
+]
 
 
 def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, weight_sum: Tensor, bias: Tensor | None,
@@ -30,6 +33,22 @@ def bsr_int8_linear(x: Tensor, values: Tensor, weight_scale: Tensor, weight_sum:
     return torch.ops.sparsebert.bsr_int8_linear.default(
         x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, list(shape),
         list(check_block_size(block_size)))
+
+
+def int8_weight_only_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | None,
+                            shape: tuple[int, int]) -> Tensor:
+    """``x @ (W_q * weight_scale[:, None]).T + bias`` with x in float32/bfloat16 as it is (the
+    mixed-precision path for small M); ``weight`` packed by ``pack_int8_weight_only``."""
+    return torch.ops.sparsebert.int8_weight_only_linear.default(x, weight, weight_scale, bias, list(shape))
+
+
+def int8_weight_only_linear_reference(x, weight, weight_scale, bias, shape):
+    """The definition: dequantize the weight, matmul in float32, round to x's dtype."""
+    w = unpack_int8_weight_only(weight, shape).float() * weight_scale[:, None]
+    y = x.float() @ w.T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
 
 
 def _dequant_matmul(x: Tensor, q_w: Tensor, weight_scale: Tensor, bias: Tensor | None) -> Tensor:
@@ -75,6 +94,17 @@ def _int8_linear_fake(x, weight, weight_scale, weight_sum, bias, shape):
     if weight.dtype != torch.int8 or weight.dim() != 4 or weight.shape[0] != nb:
         raise ValueError(f"int8_linear weight must be int8 [{nb}, ceil(K/4), {DENSE_BLOCK_ROWS}, 4]")
     return _check_fake(x, weight_scale, weight_sum, bias, n, k)
+
+
+@torch.library.register_fake("sparsebert::int8_weight_only_linear")
+def _int8_weight_only_fake(x, weight, weight_scale, bias, shape):
+    n, k = shape
+    nb = -(-n // DENSE_BLOCK_ROWS)
+    if weight.dtype != torch.int8 or tuple(weight.shape) != (nb, max(k, 1), DENSE_BLOCK_ROWS, 1):
+        raise ValueError(f"int8_weight_only_linear weight must be int8 [{nb}, {max(k, 1)}, {DENSE_BLOCK_ROWS}, 1]")
+    if weight_scale.shape != (n,):
+        raise ValueError(f"weight_scale must have shape [{n}]")
+    return _check_fake(x, weight_scale, weight_scale, bias, n, k)
 
 
 @torch.library.register_fake("sparsebert::bsr_int8_linear")
