@@ -21,6 +21,7 @@ from sparsebert.ops.int8_format import (
     pack_int8_bsr,
     pack_int8_dense,
     pack_int8_weight_only,
+    quantize_activations,
     quantize_symmetric,
     unpack_int8_dense,
     unpack_int8_weight_only,
@@ -236,3 +237,42 @@ def test_weight_only_packing_and_checks():
     s[0] = float("nan")
     with pytest.raises(ValueError, match=r"weight_scale\[0\]=nan"):
         int8_weight_only_linear(torch.randn(2, 45), packed, s, None, (70, 45))
+
+
+@pytest.mark.parametrize("mode", ["per_token", "per_token_asym", "per_tensor", "per_tensor_asym"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 13, 48])
+def test_act_quant_modes(isa, mode, dtype, m):
+    # One-sided rows (GELU-like), a zero row and mixed rows; dense and block-sparse kernels.
+    x = torch.randn(m, 256)
+    x[0] = x[0].abs()
+    if m > 2:
+        x[1] = 0
+        x[2] = -x[2].abs() - 1
+    x = x.to(dtype)
+    packed, s, sums, b = dense_case(40, 256, dtype)
+    out = int8_linear(x, packed, s, sums, b, (40, 256), mode)
+    assert_matches_reference(out, int8_linear_reference(x, packed, s, sums, b, (40, 256), mode))
+    w = torch.randn(40, 256)
+    q, ws = quantize_symmetric(w)
+    q = q * block_magnitude_mask(w, 0.5, (16, 32))
+    values, crow, col = pack_int8_bsr(q, (16, 32))
+    args = (values, ws, weight_sum(q), crow, col, b, (40, 256), (16, 32), mode)
+    assert_matches_reference(bsr_int8_linear(x, *args), bsr_int8_linear_reference(x, *args))
+
+
+def test_asymmetric_rule():
+    x = torch.tensor([[0.0, 1.0, 2.55], [-1.0, 0.5, 0.0]])
+    q, s = quantize_activations(x, "per_token_asym")
+    assert s[0] == pytest.approx(2.55 / 255) and s[1] == pytest.approx(1.5 / 255)
+    torch.testing.assert_close(q.float() * s[:, None], x, atol=s.max().item() / 2, rtol=0)
+    qt, st = quantize_activations(x, "per_tensor")
+    assert st[0] == st[1] == pytest.approx(2.55 / 127)
+    with pytest.raises(ValueError, match="act_quant='per_row' is not a mode"):
+        quantize_activations(x, "per_row")
+
+
+def test_bad_act_quant():
+    packed, s, sums, b = dense_case(32, 64, torch.float32)
+    with pytest.raises(ValueError, match="act_quant='int4' is not a mode"):
+        int8_linear(torch.randn(2, 64), packed, s, sums, b, (32, 64), "int4")

@@ -8,7 +8,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "bsr_common.h"
@@ -75,9 +77,24 @@ void check_weight_sum(const at::Tensor& weight_sum, int64_t N) {
                     " of shape ", weight_sum.sizes());
 }
 
+struct ActQuant {
+  bool per_tensor, asymmetric;
+};
+
+ActQuant parse_act_quant(c10::string_view mode) {
+  if (mode == "per_token") return {false, false};
+  if (mode == "per_token_asym") return {false, true};
+  if (mode == "per_tensor") return {true, false};
+  if (mode == "per_tensor_asym") return {true, true};
+  TORCH_CHECK_VALUE(false, "act_quant='", std::string(mode),
+                    "' is not a mode; use per_token, per_token_asym, per_tensor or per_tensor_asym");
+}
+
 at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
                      const at::Tensor& weight_sum, const at::Tensor& crow, const at::Tensor& col,
-                     const std::optional<at::Tensor>& bias, int64_t N, int64_t K, int64_t br, int64_t bc) {
+                     const std::optional<at::Tensor>& bias, int64_t N, int64_t K, int64_t br, int64_t bc,
+                     c10::string_view act_quant) {
+  const ActQuant aq = parse_act_quant(act_quant);
   TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
                     "INT8 linear on CPU takes float32 or bfloat16 activations, got ", x.scalar_type());
   TORCH_CHECK_VALUE(values.scalar_type() == at::kChar, "int8 weights must be torch.int8, got ",
@@ -115,6 +132,7 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   const int64_t ldq = ceil_div(ncb * bc + 4, 64) * 64;
   at::Tensor q = at::empty({M, ldq}, x.options().dtype(at::kByte));
   at::Tensor row_scale = at::empty({M}, x.options().dtype(at::kFloat));
+  at::Tensor row_zero = at::empty({M}, x.options().dtype(at::kInt));
   const at::Tensor vals = values.contiguous(), cs = weight_scale.contiguous(), sums = weight_sum.contiguous();
 
   cpu::BsrLinearArgs args;
@@ -132,6 +150,7 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   args.y = y.data_ptr();
   args.ldy = N;
   args.row_scale = row_scale.data_ptr<float>();
+  args.row_zero = row_zero.data_ptr<int32_t>();
   args.col_scale = cs.data_ptr<float>();
   args.col_sum = sums.data_ptr<int32_t>();
   const Int8Kernels kern = select_int8(x.scalar_type() == at::kFloat, args);
@@ -141,7 +160,18 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   const int64_t lda = x2.stride(0);
   uint8_t* qp = q.data_ptr<uint8_t>();
   float* sp = row_scale.data_ptr<float>();
-  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) { kern.quantize(xp, lda, bf16, m0, m1, K, qp, ldq, sp); });
+  int32_t* zp = row_zero.data_ptr<int32_t>();
+  // Per tensor: one range for every row, including 0 so that zero stays exact.
+  float range[2] = {0.f, 0.f};
+  if (aq.per_tensor && K > 0) {
+    const auto [lo, hi] = at::aminmax(x2);
+    range[0] = std::min(0.f, lo.item<float>());
+    range[1] = std::max(0.f, hi.item<float>());
+  }
+  const float* rp = aq.per_tensor ? range : nullptr;
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+    kern.quantize(xp, lda, bf16, m0, m1, K, qp, ldq, sp, zp, aq.asymmetric, rp);
+  });
   for (int64_t m = 0; m < M; ++m)
     TORCH_CHECK_VALUE(!std::isnan(sp[m]), "x holds Inf or NaN in row ", m,
                       " (of the input flattened to [", M, ", ", K, "]): it cannot be quantized");
@@ -152,18 +182,18 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
 at::Tensor bsr_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
                                const at::Tensor& weight_sum, const at::Tensor& crow_indices,
                                const at::Tensor& col_indices, const std::optional<at::Tensor>& bias,
-                               at::IntArrayRef shape, at::IntArrayRef block_size) {
+                               at::IntArrayRef shape, at::IntArrayRef block_size, c10::string_view act_quant) {
   TORCH_CHECK_VALUE(block_size.size() == 2 && block_size[0] > 0 && block_size[1] > 0,
                     "block_size must be a pair of positive ints, got ", block_size);
   TORCH_CHECK_VALUE(shape.size() == 2 && shape[0] >= 0 && shape[1] >= 0,
                     "shape must be (out_features, in_features) >= 0, got ", shape);
   return int8_core(x, values, weight_scale, weight_sum, crow_indices.contiguous(), col_indices.contiguous(),
-                   bias, shape[0], shape[1], block_size[0], block_size[1]);
+                   bias, shape[0], shape[1], block_size[0], block_size[1], act_quant);
 }
 
 at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
                            const at::Tensor& weight_sum, const std::optional<at::Tensor>& bias,
-                           at::IntArrayRef shape) {
+                           at::IntArrayRef shape, c10::string_view act_quant) {
   TORCH_CHECK_VALUE(shape.size() == 2 && shape[0] >= 0 && shape[1] >= 0,
                     "shape must be (out_features, in_features) >= 0, got ", shape);
   const int64_t N = shape[0], K = shape[1];
@@ -173,7 +203,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   // Every block stored: block row i holds block column 0 (all of K).
   const at::Tensor crow = at::arange(nb + 1, x.options().dtype(at::kInt));
   const at::Tensor col = at::zeros({nb}, x.options().dtype(at::kInt));
-  return int8_core(x, weight, weight_scale, weight_sum, crow, col, bias, N, K, kDenseBlockRows, bc);
+  return int8_core(x, weight, weight_scale, weight_sum, crow, col, bias, N, K, kDenseBlockRows, bc, act_quant);
 }
 
 cpu::BsrLinearFn select_weight_only(bool f32) {

@@ -65,11 +65,12 @@ struct Avx2Int8 {
   static acc_t fma(acc_t a, w_t w, x_t x) {
     return {_mm256_add_epi32(a.lo, _mm256_madd_epi16(w.lo, x)), _mm256_add_epi32(a.hi, _mm256_madd_epi16(w.hi, x))};
   }
-  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, const float* col_scale, const int32_t* col_sum,
+  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const float* col_scale, const int32_t* col_sum,
                       const float* bias) {
     // hadd: [o0 o1 o4 o5 | o2 o3 o6 o7] as 64-bit pairs; the permute puts them in order.
     const __m256i sums = _mm256_permute4x64_epi64(_mm256_hadd_epi32(a.lo, a.hi), 0xd8);
-    const __m256i corr = _mm256_sub_epi32(sums, _mm256_slli_epi32(_mm256_maskload_epi32(col_sum, k.v), 7));
+    const __m256i corr =
+        _mm256_sub_epi32(sums, _mm256_mullo_epi32(_mm256_maskload_epi32(col_sum, k.v), _mm256_set1_epi32(row_zero)));
     __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), _mm256_set1_ps(row_scale));
     v = _mm256_mul_ps(v, _mm256_maskload_ps(col_scale, k.v));
     if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(bias, k.v));
@@ -109,7 +110,7 @@ struct Avx2WeightOnly {
   }
   static x_t load_x_single(const X* p) { return load_x(p); }
   static acc_t fma(acc_t a, w_t w, x_t x) { return _mm256_fmadd_ps(w, x, a); }
-  static void store_q(Y* p, acc_t a, mask_t k, float, const float* col_scale, const int32_t*, const float* bias) {
+  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const float* col_scale, const int32_t*, const float* bias) {
     __m256 v = _mm256_mul_ps(a, _mm256_maskload_ps(col_scale, k.v));
     if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(bias, k.v));
     store8<Y>(p, v, k);

@@ -20,11 +20,12 @@ inline void store_f32x16<float>(float* p, __m512 v, __mmask16 k) { _mm512_mask_s
 template <>
 inline void store_f32x16<uint16_t>(uint16_t* p, __m512 v, __mmask16 k) { store_bf16x16(p, v, k); }
 
-// acc (int32) -> (acc - 128 * col_sum) * row_scale * col_scale + bias, stored as Y.
+// acc (int32) -> (acc - row_zero * col_sum) * row_scale * col_scale + bias, stored as Y.
 template <class Y>
-inline void dequant_store16(Y* p, __m512i acc, __mmask16 k, float row_scale, const float* col_scale,
-                            const int32_t* col_sum, const float* bias) {
-  const __m512i corr = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(k, col_sum), 7));
+inline void dequant_store16(Y* p, __m512i acc, __mmask16 k, float row_scale, int32_t row_zero,
+                            const float* col_scale, const int32_t* col_sum, const float* bias) {
+  const __m512i corr =
+      _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(k, col_sum), _mm512_set1_epi32(row_zero)));
   __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), _mm512_set1_ps(row_scale));
   v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, col_scale));
   if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias));
@@ -54,9 +55,9 @@ struct Avx512Int8Vnni {
   }
   static x_t load_x_single(const uint8_t* p) { return load_x(p); }
   static acc_t fma(acc_t a, w_t w, x_t x) { return _mm512_dpbusd_epi32(a, x, w); }
-  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, const float* col_scale,
+  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const float* col_scale,
                       const int32_t* col_sum, const float* bias) {
-    dequant_store16<Y>(p, a, k, row_scale, col_scale, col_sum, bias);
+    dequant_store16<Y>(p, a, k, row_scale, row_zero, col_scale, col_sum, bias);
   }
 };
 
@@ -85,7 +86,7 @@ struct Avx512WeightOnly {
   }
   static x_t load_x_single(const X* p) { return load_x(p); }
   static acc_t fma(acc_t a, w_t w, x_t x) { return _mm512_fmadd_ps(w, x, a); }
-  static void store_q(Y* p, acc_t a, mask_t k, float, const float* col_scale, const int32_t*, const float* bias) {
+  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const float* col_scale, const int32_t*, const float* bias) {
     __m512 v = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(k, col_scale));
     if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias));
     store_f32x16<Y>(p, v, k);
@@ -119,34 +120,56 @@ void int8_weight_only_bf16_avx512(const BsrLinearArgs& a, int64_t rb0, int64_t r
 }
 
 void quantize_rows_avx512(const void* x, int64_t lda, bool bf16, int64_t m0, int64_t m1, int64_t K,
-                          uint8_t* out, int64_t ldq, float* scale) {
-  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+                          uint8_t* out, int64_t ldq, float* scale, int32_t* zero, bool asymmetric,
+                          const float* range) {
   for (int64_t m = m0; m < m1; ++m) {
     const int64_t row = m * lda;
-    __m512 vmax = _mm512_setzero_ps();
-    __mmask16 bad = 0;  // max_ps drops NaN, so Inf and NaN are caught on their own
+    __m512 vmin = _mm512_setzero_ps(), vmax = _mm512_setzero_ps();
+    __mmask16 bad = 0;  // min/max drop NaN, so Inf and NaN are caught on their own
+    const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     for (int64_t k = 0; k < K; k += 16) {
       const __mmask16 msk = avx512_mask(static_cast<int>(min_i64(16, K - k)));
-      const __m512 a = _mm512_and_ps(load16(x, bf16, row + k, msk), abs_mask);
-      bad |= _mm512_cmp_ps_mask(a, _mm512_set1_ps(3.402823466e38f), _CMP_NLE_UQ);
-      vmax = _mm512_max_ps(vmax, a);
+      const __m512 v = load16(x, bf16, row + k, msk);
+      bad |= _mm512_cmp_ps_mask(_mm512_and_ps(v, abs_mask), _mm512_set1_ps(3.402823466e38f), _CMP_NLE_UQ);
+      vmin = _mm512_min_ps(vmin, v);
+      vmax = _mm512_max_ps(vmax, v);
     }
     if (bad) {
       scale[m] = __builtin_nanf("");  // the caller raises
       continue;
     }
-    const float amax = _mm512_reduce_max_ps(vmax);
-    const float inv = amax > 0.f ? 127.f / amax : 0.f;
-    scale[m] = amax / 127.f;
+    float lo = _mm512_reduce_min_ps(vmin), hi = _mm512_reduce_max_ps(vmax);
+    if (range) {
+      lo = range[0];
+      hi = range[1];
+    }
+    float inv, qmin, zpf;
+    if (asymmetric) {
+      inv = hi > lo ? 255.f / (hi - lo) : 0.f;
+      scale[m] = (hi - lo) / 255.f;
+      zpf = _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(-lo * inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      zpf = zpf < 0.f ? 0.f : (zpf > 255.f ? 255.f : zpf);
+      qmin = 0.f;
+    } else {
+      const float amax = -lo > hi ? -lo : hi;
+      inv = amax > 0.f ? 127.f / amax : 0.f;
+      scale[m] = amax / 127.f;
+      zpf = 128.f;
+      qmin = 1.f;
+    }
+    const int32_t zp = static_cast<int32_t>(zpf);
+    zero[m] = zp;
     const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i vzp = _mm512_set1_epi32(zp);
+    const __m512i vqmin = _mm512_set1_epi32(static_cast<int32_t>(qmin)), vqmax = _mm512_set1_epi32(255);
     uint8_t* q = out + m * ldq;
     for (int64_t k = 0; k < ldq; k += 16) {
       const int lanes = static_cast<int>(min_i64(16, ldq - k));
       const __mmask16 in = avx512_mask(static_cast<int>(min_i64(lanes, K - k)));
-      // cvtps_epi32 rounds half to even (default MXCSR), as torch.round does; lanes past K are 0.
-      __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(load16(x, bf16, row + k, in), vinv));
-      v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
-      v = _mm512_add_epi32(v, _mm512_set1_epi32(128));
+      // cvtps_epi32 rounds half to even (default MXCSR), as torch.round does; lanes past K are
+      // 0 and become the zero point.
+      __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(load16(x, bf16, row + k, in), vinv)), vzp);
+      v = _mm512_min_epi32(_mm512_max_epi32(v, vqmin), vqmax);
       _mm512_mask_cvtepi32_storeu_epi8(q + k, avx512_mask(lanes), v);
     }
   }

@@ -38,10 +38,10 @@ struct ScalarInt8 {
   static acc_t fma(acc_t a, w_t w, x_t x) {
     return a + x.x[0] * w.w[0] + x.x[1] * w.w[1] + x.x[2] * w.w[2] + x.x[3] * w.w[3];
   }
-  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, const float* col_scale,
+  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const float* col_scale,
                       const int32_t* col_sum, const float* bias) {
     if (!k) return;
-    const float v = static_cast<float>(a - 128 * col_sum[0]) * row_scale * col_scale[0];
+    const float v = static_cast<float>(a - row_zero * col_sum[0]) * row_scale * col_scale[0];
     store_float<Y>(p, bias ? v + bias[0] : v);
   }
 };
@@ -69,7 +69,7 @@ struct ScalarWeightOnly {
   }
   static x_t load_x_single(const X* p) { return load_x(p); }
   static acc_t fma(acc_t a, w_t w, x_t x) { return a + w * x; }
-  static void store_q(Y* p, acc_t a, mask_t k, float, const float* col_scale, const int32_t*, const float* bias) {
+  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const float* col_scale, const int32_t*, const float* bias) {
     if (!k) return;
     const float v = a * col_scale[0];
     store_float<Y>(p, bias ? v + bias[0] : v);
@@ -95,31 +95,52 @@ void bsr_int8_linear_bf16_scalar(const BsrLinearArgs& a, int64_t rb0, int64_t rb
 }
 
 void quantize_rows_scalar(const void* x, int64_t lda, bool bf16, int64_t m0, int64_t m1, int64_t K,
-                          uint8_t* out, int64_t ldq, float* scale) {
+                          uint8_t* out, int64_t ldq, float* scale, int32_t* zero, bool asymmetric,
+                          const float* range) {
   for (int64_t m = m0; m < m1; ++m) {
     auto at = [&](int64_t k) {
       return bf16 ? bf16_bits_to_f32(static_cast<const uint16_t*>(x)[m * lda + k])
                   : static_cast<const float*>(x)[m * lda + k];
     };
-    float amax = 0.f;
+    float lo = 0.f, hi = 0.f;
     bool bad = false;
     for (int64_t k = 0; k < K; ++k) {
       bad |= !std::isfinite(at(k));
-      amax = std::fmax(amax, std::fabs(at(k)));
+      lo = std::fmin(lo, at(k));
+      hi = std::fmax(hi, at(k));
     }
     if (bad) {
       scale[m] = std::nanf("");  // the caller raises
       continue;
     }
-    const float inv = amax > 0.f ? 127.f / amax : 0.f;
-    scale[m] = amax / 127.f;
+    if (range) {
+      lo = range[0];
+      hi = range[1];
+    }
+    float inv, qmin, qmax;
+    int32_t zp;
+    if (asymmetric) {
+      inv = hi > lo ? 255.f / (hi - lo) : 0.f;
+      scale[m] = (hi - lo) / 255.f;
+      zp = static_cast<int32_t>(std::fmin(255.f, std::fmax(0.f, std::nearbyint(-lo * inv))));
+      qmin = 0.f;
+      qmax = 255.f;
+    } else {
+      const float amax = std::fmax(-lo, hi);
+      inv = amax > 0.f ? 127.f / amax : 0.f;
+      scale[m] = amax / 127.f;
+      zp = 128;
+      qmin = 1.f;
+      qmax = 255.f;
+    }
+    zero[m] = zp;
     uint8_t* q = out + m * ldq;
     for (int64_t k = 0; k < K; ++k) {
-      float v = std::nearbyint(at(k) * inv);  // round half to even (default rounding mode)
-      v = std::fmin(127.f, std::fmax(-127.f, v));
-      q[k] = static_cast<uint8_t>(static_cast<int>(v) + 128);
+      // round half to even (default rounding mode), then the zero point
+      const float v = std::fmin(qmax, std::fmax(qmin, std::nearbyint(at(k) * inv) + static_cast<float>(zp)));
+      q[k] = static_cast<uint8_t>(v);
     }
-    for (int64_t k = K; k < ldq; ++k) q[k] = 128;
+    for (int64_t k = K; k < ldq; ++k) q[k] = static_cast<uint8_t>(zp);
   }
 }
 

@@ -63,7 +63,8 @@ struct AmxInt8 {
   SPARSEBERT_AMX_DOTS(_tile_dpbusd)
   static void epilogue(Y* y, const int32_t* acc, __mmask16 k, const BsrLinearArgs& a, int64_t m, int64_t n) {
     const __m512i corr = _mm512_sub_epi32(_mm512_load_si512(acc),
-                                          _mm512_slli_epi32(_mm512_maskz_loadu_epi32(k, a.col_sum + n), 7));
+                                          _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(k, a.col_sum + n),
+                                                             _mm512_set1_epi32(a.row_zero[m])));
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), _mm512_set1_ps(a.row_scale[m]));
     v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, a.col_scale + n));
     if (a.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, a.bias + n));

@@ -70,6 +70,7 @@ struct Tile {
   // Quantized traits only, offset to the tile's first row / output: per-row activation scale,
   // per-output weight scale and sum of quantized weights (the u8 zero-point correction).
   const float* row_scale;
+  const int32_t* row_zero;
   const float* col_scale;
   const int32_t* col_sum;
 };
@@ -151,7 +152,7 @@ void tile_kernel(const Tile<T>& t) {
     for (int v = 0; v < NV; ++v) {
       if constexpr (T::kQuantized)
         T::store_q(t.y + m * t.ldy + v * VL, acc[m][v], mask[v], t.row_scale ? t.row_scale[m] : 1.f,
-                   t.col_scale + v * VL, t.col_sum ? t.col_sum + v * VL : nullptr, t.bias ? t.bias + v * VL : nullptr);
+                   t.row_zero ? t.row_zero[m] : 0, t.col_scale + v * VL, t.col_sum ? t.col_sum + v * VL : nullptr, t.bias ? t.bias + v * VL : nullptr);
       else
         T::store(t.y + m * t.ldy + v * VL, acc[m][v], mask[v]);
     }
@@ -225,6 +226,7 @@ void bsr_linear_impl(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m
           t.y = y + m * a.ldy + n0 + lane0;
           t.prefetch = m == m0;
           t.row_scale = a.row_scale ? a.row_scale + m : nullptr;
+          t.row_zero = a.row_zero ? a.row_zero + m : nullptr;
           tile_dispatch<T>(nv, rows, t);
         }
       }

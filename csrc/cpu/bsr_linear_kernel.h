@@ -33,10 +33,12 @@ struct BsrLinearArgs {
   const float* bias;    // [N] fp32, or nullptr
   void* y;              // [M, N] same dtype as x
   int64_t ldy;          // row stride of y, in elements
-  // INT8 only (nullptr otherwise): x is then the quantized activation buffer (uint8, x_q + 128,
-  // padded with 128 past K to whole k-quads) and y = (acc - 128 * col_sum[n]) * row_scale[m] *
-  // col_scale[n] + bias[n], with acc the exact int32 sum of x_u8 * w_s8.
+  // INT8 only (nullptr otherwise): x is then the quantized activation buffer (uint8 with the
+  // row's zero point: q + 128 when symmetric, padded with the zero point past K to whole
+  // k-quads) and y = (acc - row_zero[m] * col_sum[n]) * row_scale[m] * col_scale[n] + bias[n],
+  // with acc the exact int32 sum of x_u8 * w_s8.
   const float* row_scale = nullptr;  // [M] activation scale per token
+  const int32_t* row_zero = nullptr; // [M] activation zero point per token (128 if symmetric)
   const float* col_scale = nullptr;  // [N] weight scale per output channel
   const int32_t* col_sum = nullptr;  // [N] sum over k of the int8 weights of output n
 };
@@ -83,15 +85,23 @@ void int8_weight_only_bf16_avx2(const BsrLinearArgs&, int64_t, int64_t, int64_t,
 void int8_weight_only_f32_avx512(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 void int8_weight_only_bf16_avx512(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 
-// Dynamic per-token symmetric quantization of rows [m0, m1) of x ([M, K] fp32 or bf16, row
-// stride lda): scale[m] = amax / 127, q = clamp(round_half_even(x * (127 / amax)), -127, 127),
-// stored as q + 128 in `out` (row stride ldq), columns K .. ldq-1 set to 128 (a zero). A row of
-// zeros gets scale 0 and q = 0; a row holding Inf or NaN gets scale NaN (and the caller raises).
-// The pure-torch reference computes exactly the same integers.
+// Dynamic quantization of rows [m0, m1) of x ([M, K] fp32 or bf16, row stride lda) to uint8
+// in `out` (row stride ldq; columns K .. ldq-1 hold the zero point). With range == nullptr each
+// row uses its own range (per token), else the range {lo, hi} given (per tensor).
+//   symmetric:  amax = max(|lo|, |hi|), scale = amax / 127, zero = 128,
+//               q = clamp(round(x * (127 / amax)), -127, 127) + 128
+//   asymmetric: lo <= 0 <= hi, scale = (hi - lo) / 255, zero = clamp(round(-lo * inv), 0, 255)
+//               with inv = 255 / (hi - lo), q = clamp(round(x * inv) + zero, 0, 255)
+// round is half to even; a range of 0 gives scale 0, inv 0 (every q = zero). A row holding Inf
+// or NaN gets scale NaN (and the caller raises). The pure-torch reference computes exactly the
+// same integers (sparsebert.ops.int8_format.quantize_activations).
 using QuantizeRowsFn = void (*)(const void* x, int64_t lda, bool bf16, int64_t m0, int64_t m1,
-                                int64_t K, uint8_t* out, int64_t ldq, float* scale);
-void quantize_rows_scalar(const void*, int64_t, bool, int64_t, int64_t, int64_t, uint8_t*, int64_t, float*);
-void quantize_rows_avx512(const void*, int64_t, bool, int64_t, int64_t, int64_t, uint8_t*, int64_t, float*);
+                                int64_t K, uint8_t* out, int64_t ldq, float* scale, int32_t* zero,
+                                bool asymmetric, const float* range);
+void quantize_rows_scalar(const void*, int64_t, bool, int64_t, int64_t, int64_t, uint8_t*, int64_t, float*,
+                          int32_t*, bool, const float*);
+void quantize_rows_avx512(const void*, int64_t, bool, int64_t, int64_t, int64_t, uint8_t*, int64_t, float*,
+                          int32_t*, bool, const float*);
 
 }  // namespace cpu
 }  // namespace sparsebert

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..ops.bsr_format import bsr_sparsity, bsr_to_dense, check_block_size, validate_bsr
 from ..ops.int8_format import (
+    ACT_QUANT_MODES,
     pack_int8_bsr,
     pack_int8_dense,
     pack_int8_weight_only,
@@ -46,7 +47,10 @@ class _Int8Base(nn.Module):
     """Shared parts: scales stay float32 whatever `.to(dtype)` does to the module (the ops'
     contract), optional smoothing of the input, and nn.Linear-like attributes."""
 
-    def _init_common(self, in_features, out_features, weight_scale, weight_sum_, bias, smooth):
+    def _init_common(self, in_features, out_features, weight_scale, weight_sum_, bias, smooth, act_quant):
+        if act_quant not in ACT_QUANT_MODES:
+            raise ValueError(f"act_quant must be one of {ACT_QUANT_MODES}, got {act_quant!r}")
+        self.act_quant = act_quant
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
@@ -100,15 +104,18 @@ class Int8Linear(_Int8Base):
     quantization error, for small M where the layer is bound by reading its weights).
     The mode is fixed at construction. Output in x's dtype (fp32 or bf16).
 
-    Activation quantization is per token and symmetric (the kernels' one mode); SmoothQuant
-    migration of outlier channels into the weight is the ``act_absmax`` option of
-    :meth:`from_dense` (off by default). The bias stays in the module's dtype, scales in fp32.
+    Activation quantization (dynamic mode): ``act_quant="per_token"`` (default: symmetric, one
+    scale per token), ``"per_token_asym"`` (a zero point per token: one-sided activations such
+    as GELU outputs use all 256 levels), ``"per_tensor"`` / ``"per_tensor_asym"`` (one range for
+    the whole input). SmoothQuant migration of outlier channels into the weight is the
+    ``act_absmax`` option of :meth:`from_dense` (off by default). The bias stays in the module's
+    dtype, scales in fp32.
     """
 
     def __init__(self, in_features, out_features, weight, weight_scale, weight_sum, bias=None, smooth=None,
-                 weight_only=False):
+                 weight_only=False, act_quant="per_token"):
         super().__init__()
-        self._init_common(in_features, out_features, weight_scale, weight_sum, bias, smooth)
+        self._init_common(in_features, out_features, weight_scale, weight_sum, bias, smooth, act_quant)
         self.weight_only = bool(weight_only)
         nb, k = -(-out_features // 32), max(in_features, 1)
         expected = (nb, k, 32, 1) if self.weight_only else (nb, -(-k // 4), 32, 4)
@@ -118,7 +125,7 @@ class Int8Linear(_Int8Base):
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, weight_only: bool = False, act_absmax: Tensor | None = None,
-                   alpha: float = 0.5) -> "Int8Linear":
+                   alpha: float = 0.5, act_quant: str = "per_token") -> "Int8Linear":
         """Quantizes ``linear``'s weight per output channel. ``act_absmax`` (per input feature,
         from calibration data) turns on SmoothQuant migration with strength ``alpha``."""
         if not isinstance(linear, nn.Linear):
@@ -131,7 +138,8 @@ class Int8Linear(_Int8Base):
         q, scale = quantize_symmetric(w)
         packed = pack_int8_weight_only(q) if weight_only else pack_int8_dense(q)
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(linear.in_features, linear.out_features, packed, scale, weight_sum(q), bias, smooth, weight_only)
+        return cls(linear.in_features, linear.out_features, packed, scale, weight_sum(q), bias, smooth, weight_only,
+                   act_quant)
 
     def to_dense(self) -> Tensor:
         unpack = unpack_int8_weight_only if self.weight_only else unpack_int8_dense
@@ -141,11 +149,12 @@ class Int8Linear(_Int8Base):
         x, bias = self._prepare(x)
         if self.weight_only:
             return ops.int8_weight_only_linear(x, self.weight, self.weight_scale, bias, self.shape)
-        return ops.int8_linear(x, self.weight, self.weight_scale, self.weight_sum, bias, self.shape)
+        return ops.int8_linear(x, self.weight, self.weight_scale, self.weight_sum, bias, self.shape, self.act_quant)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, weight_only={self.weight_only}, smooth={self.smooth is not None}")
+                f"bias={self.bias is not None}, weight_only={self.weight_only}, act_quant={self.act_quant!r}, "
+                f"act_quant={self.act_quant!r}, smooth={self.smooth is not None}")
 
 
 class SparseInt8Linear(_Int8Base):
@@ -153,9 +162,9 @@ class SparseInt8Linear(_Int8Base):
     quantization, in int8 per output channel; activations quantized per token in the op."""
 
     def __init__(self, in_features, out_features, values, weight_scale, weight_sum, crow_indices, col_indices,
-                 bias=None, block_size=(32, 32), smooth=None):
+                 bias=None, block_size=(32, 32), smooth=None, act_quant="per_token"):
         super().__init__()
-        self._init_common(in_features, out_features, weight_scale, weight_sum, bias, smooth)
+        self._init_common(in_features, out_features, weight_scale, weight_sum, bias, smooth, act_quant)
         self.block_size = check_block_size(block_size)
         if values.dtype != torch.int8:
             raise ValueError(f"values must be int8, got {values.dtype}")
@@ -166,8 +175,9 @@ class SparseInt8Linear(_Int8Base):
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, block_size=(32, 32), act_absmax: Tensor | None = None,
-                   alpha: float = 0.5) -> "SparseInt8Linear":
-        """Converts a pruned ``linear`` (see :func:`sparsebert.prune.block_magnitude_mask`)."""
+                   alpha: float = 0.5, act_quant: str = "per_token") -> "SparseInt8Linear":
+        """Converts a pruned ``linear`` (see :func:`sparsebert.prune.block_magnitude_mask`);
+        ``act_quant`` as for :class:`Int8Linear`."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense expects an nn.Linear, got {type(linear).__name__}")
         block_size = check_block_size(block_size)
@@ -180,7 +190,7 @@ class SparseInt8Linear(_Int8Base):
         values, crow, col = pack_int8_bsr(q, block_size)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(linear.in_features, linear.out_features, values, scale, weight_sum(q), crow, col, bias,
-                   block_size, smooth)
+                   block_size, smooth, act_quant)
 
     @property
     def sparsity(self) -> float:
@@ -194,7 +204,7 @@ class SparseInt8Linear(_Int8Base):
     def forward(self, x: Tensor) -> Tensor:
         x, bias = self._prepare(x)
         return ops.bsr_int8_linear(x, self.values, self.weight_scale, self.weight_sum, self.crow_indices,
-                                   self.col_indices, bias, self.shape, self.block_size)
+                                   self.col_indices, bias, self.shape, self.block_size, self.act_quant)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         resize_to_checkpoint(self, state_dict, prefix, ("values", "crow_indices", "col_indices"))
@@ -203,4 +213,4 @@ class SparseInt8Linear(_Int8Base):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, block_size={self.block_size}, sparsity={self.sparsity:.3f}, "
-                f"smooth={self.smooth is not None}")
+                f"act_quant={self.act_quant!r}, smooth={self.smooth is not None}")

@@ -27,7 +27,9 @@ from .bsr_format import _to_kpair, bsr_blocks, pack_bsr
 
 __all__ = [
     "DENSE_BLOCK_ROWS",
+    "ACT_QUANT_MODES",
     "quantize_symmetric",
+    "quantize_activations",
     "pack_int8_dense",
     "unpack_int8_dense",
     "pack_int8_bsr",
@@ -52,6 +54,47 @@ def quantize_symmetric(t: Tensor) -> tuple[Tensor, Tensor]:
     inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
     q = torch.round(t * inv[:, None]).clamp_(-127, 127).to(torch.int8)
     return q, amax / 127.0
+
+
+ACT_QUANT_MODES = ("per_token", "per_token_asym", "per_tensor", "per_tensor_asym")
+
+
+def quantize_activations(x: Tensor, mode: str = "per_token") -> tuple[Tensor, Tensor]:
+    """Quantizes a 2-D activation tensor as the INT8 ops do: ``(q, scale)`` with
+    ``x ~= q * scale[:, None]``, ``q`` int32 already centred (the zero point removed).
+
+    ``per_token`` (default) / ``per_tensor``: one range per row / for the whole tensor.
+    Symmetric: ``amax = max|x|``, 255 levels -127..127. ``_asym``: the range ``[min(x, 0),
+    max(x, 0)]`` on 256 levels with a zero point (better for one-sided activations such as
+    GELU outputs). The float steps match the kernels' so the integers agree exactly.
+    """
+    if mode not in ACT_QUANT_MODES:
+        raise ValueError(f"act_quant={mode!r} is not a mode; use one of {ACT_QUANT_MODES}")
+    if x.dim() != 2:
+        raise ValueError(f"expected a 2-D tensor, got shape {tuple(x.shape)}")
+    x = x.float()
+    if not torch.isfinite(x).all():
+        raise ValueError("cannot quantize activations holding Inf or NaN")
+    zeros = x.new_zeros(x.shape[0])
+    if x.shape[1] == 0:
+        lo, hi = zeros, zeros
+    elif mode.startswith("per_tensor"):
+        lo = zeros + min(x.min().item(), 0.0)
+        hi = zeros + max(x.max().item(), 0.0)
+    else:
+        lo, hi = x.amin(dim=1).clamp(max=0), x.amax(dim=1).clamp(min=0)
+    if mode.endswith("_asym"):
+        inv = torch.where(hi > lo, 255.0 / (hi - lo), zeros)
+        scale = (hi - lo) / 255.0
+        zero = torch.round(-lo * inv).clamp(0, 255)
+        q = (torch.round(x * inv[:, None]) + zero[:, None]).clamp(0, 255)
+    else:
+        amax = torch.maximum(-lo, hi)
+        inv = torch.where(amax > 0, 127.0 / amax, zeros)
+        scale = amax / 127.0
+        zero = zeros + 128
+        q = (torch.round(x * inv[:, None]) + 128).clamp(1, 255)
+    return (q - zero[:, None]).to(torch.int32), scale
 
 
 def weight_sum(q: Tensor) -> Tensor:

@@ -1,8 +1,8 @@
 """``sparsebert::int8_linear`` and ``sparsebert::bsr_int8_linear``: dynamic INT8 linear layers.
 
 ``y = (x_q @ W_q.T) * x_scale[:, None] * weight_scale[None, :] + bias`` where ``x_q, x_scale``
-quantize ``x`` per token inside the op (:func:`sparsebert.ops.int8_format.quantize_symmetric`)
-and the integer product is exact. Output in the dtype of ``x`` (float32 or bfloat16). Schemas in
+quantize ``x`` inside the op (:func:`sparsebert.ops.int8_format.quantize_activations`, per token
+and symmetric unless ``act_quant`` says otherwise) and the integer product is exact. Output in the dtype of ``x`` (float32 or bfloat16). Schemas in
 ``csrc/ops.cpp``, CPU kernels in ``csrc/cpu/bsr_int8_linear*.cpp``.
 """
 
@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .bsr_format import bsr_to_dense, check_block_size, validate_bsr
-from .int8_format import DENSE_BLOCK_ROWS, quantize_symmetric, unpack_int8_dense, unpack_int8_weight_only
+from .int8_format import ACT_QUANT_MODES, DENSE_BLOCK_ROWS, quantize_activations, unpack_int8_dense, unpack_int8_weight_only
 
 __all__ = [
     "int8_linear", "bsr_int8_linear", "int8_weight_only_linear",
@@ -21,18 +21,19 @@ __all__ = [
 
 
 def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, weight_sum: Tensor, bias: Tensor | None,
-                shape: tuple[int, int]) -> Tensor:
-    """Dense INT8 linear; ``weight`` packed by :func:`sparsebert.ops.int8_format.pack_int8_dense`."""
-    return torch.ops.sparsebert.int8_linear.default(x, weight, weight_scale, weight_sum, bias, list(shape))
+                shape: tuple[int, int], act_quant: str = "per_token") -> Tensor:
+    """Dense INT8 linear; ``weight`` packed by :func:`sparsebert.ops.int8_format.pack_int8_dense`;
+    ``act_quant`` one of :data:`~sparsebert.ops.int8_format.ACT_QUANT_MODES`."""
+    return torch.ops.sparsebert.int8_linear.default(x, weight, weight_scale, weight_sum, bias, list(shape), act_quant)
 
 
 def bsr_int8_linear(x: Tensor, values: Tensor, weight_scale: Tensor, weight_sum: Tensor, crow_indices: Tensor,
                     col_indices: Tensor, bias: Tensor | None, shape: tuple[int, int],
-                    block_size: tuple[int, int]) -> Tensor:
+                    block_size: tuple[int, int], act_quant: str = "per_token") -> Tensor:
     """Block-sparse INT8 linear; ``values`` packed by :func:`sparsebert.ops.int8_format.pack_int8_bsr`."""
     return torch.ops.sparsebert.bsr_int8_linear.default(
         x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, list(shape),
-        list(check_block_size(block_size)))
+        list(check_block_size(block_size)), act_quant)
 
 
 def int8_weight_only_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | None,
@@ -51,12 +52,12 @@ def int8_weight_only_linear_reference(x, weight, weight_scale, bias, shape):
     return y.to(x.dtype)
 
 
-def _dequant_matmul(x: Tensor, q_w: Tensor, weight_scale: Tensor, bias: Tensor | None) -> Tensor:
-    """The definition: quantize x per token, exact integer product (float64 holds it exactly),
-    scale, add bias, round to x's dtype."""
+def _dequant_matmul(x: Tensor, q_w: Tensor, weight_scale: Tensor, bias: Tensor | None, act_quant: str) -> Tensor:
+    """The definition: quantize x (act_quant), exact integer product (float64 holds it
+    exactly), scale, add bias, round to x's dtype."""
     n, k = q_w.shape
     x2 = x.reshape(-1, k)
-    q_x, x_scale = quantize_symmetric(x2)
+    q_x, x_scale = quantize_activations(x2, act_quant)
     acc = q_x.double() @ q_w.double().T  # (M, N), exact
     y = acc * x_scale.double()[:, None] * weight_scale.double()[None, :]
     if bias is not None:
@@ -64,18 +65,20 @@ def _dequant_matmul(x: Tensor, q_w: Tensor, weight_scale: Tensor, bias: Tensor |
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
-def int8_linear_reference(x, weight, weight_scale, weight_sum, bias, shape):
-    return _dequant_matmul(x, unpack_int8_dense(weight, shape), weight_scale, bias)
+def int8_linear_reference(x, weight, weight_scale, weight_sum, bias, shape, act_quant="per_token"):
+    return _dequant_matmul(x, unpack_int8_dense(weight, shape), weight_scale, bias, act_quant)
 
 
 def bsr_int8_linear_reference(x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape,
-                              block_size):
+                              block_size, act_quant="per_token"):
     validate_bsr(values, crow_indices, col_indices, shape, block_size)
     q_w = bsr_to_dense(values, crow_indices, col_indices, shape, block_size)
-    return _dequant_matmul(x, q_w, weight_scale, bias)
+    return _dequant_matmul(x, q_w, weight_scale, bias, act_quant)
 
 
-def _check_fake(x, weight_scale, weight_sum, bias, n, k):
+def _check_fake(x, weight_scale, weight_sum, bias, n, k, act_quant="per_token"):
+    if act_quant not in ACT_QUANT_MODES:
+        raise ValueError(f"act_quant={act_quant!r} is not a mode; use one of {ACT_QUANT_MODES}")
     if x.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"INT8 linear takes float32 or bfloat16 activations, got {x.dtype}")
     if x.dim() < 1 or x.shape[-1] != k:
@@ -88,12 +91,12 @@ def _check_fake(x, weight_scale, weight_sum, bias, n, k):
 
 
 @torch.library.register_fake("sparsebert::int8_linear")
-def _int8_linear_fake(x, weight, weight_scale, weight_sum, bias, shape):
+def _int8_linear_fake(x, weight, weight_scale, weight_sum, bias, shape, act_quant="per_token"):
     n, k = shape
     nb = -(-n // DENSE_BLOCK_ROWS)
     if weight.dtype != torch.int8 or weight.dim() != 4 or weight.shape[0] != nb:
         raise ValueError(f"int8_linear weight must be int8 [{nb}, ceil(K/4), {DENSE_BLOCK_ROWS}, 4]")
-    return _check_fake(x, weight_scale, weight_sum, bias, n, k)
+    return _check_fake(x, weight_scale, weight_sum, bias, n, k, act_quant)
 
 
 @torch.library.register_fake("sparsebert::int8_weight_only_linear")
@@ -108,7 +111,8 @@ def _int8_weight_only_fake(x, weight, weight_scale, bias, shape):
 
 
 @torch.library.register_fake("sparsebert::bsr_int8_linear")
-def _bsr_int8_linear_fake(x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape, block_size):
+def _bsr_int8_linear_fake(x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape, block_size,
+                          act_quant="per_token"):
     validate_bsr(values, crow_indices, col_indices, shape, block_size, check_indices=False)
     n, k = shape
-    return _check_fake(x, weight_scale, weight_sum, bias, n, k)
+    return _check_fake(x, weight_scale, weight_sum, bias, n, k, act_quant)
