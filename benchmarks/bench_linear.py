@@ -120,11 +120,8 @@ def quantized_dynamic(linear, engine, per_channel):
     qconfig = tq.per_channel_dynamic_qconfig if per_channel else tq.default_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return tq.quantize_dynamic(nn_seq(linear), {torch.nn.Linear: qconfig}, dtype=torch.qint8)
-
-
-def nn_seq(linear):
-    return torch.nn.Sequential(copy.deepcopy(linear))
+        return tq.quantize_dynamic(torch.nn.Sequential(copy.deepcopy(linear)), {torch.nn.Linear: qconfig},
+                                   dtype=torch.qint8)
 
 
 def build_int8_pools(k, n, sparsity, block, cold, cold_bytes):
@@ -136,8 +133,7 @@ def build_int8_pools(k, n, sparsity, block, cold, cold_bytes):
     pools = {}
 
     def pool(name, make, nbytes):
-        first = make()
-        pools[name] = [first] + [make() for _ in range(copies_for(nbytes, cold, cold_bytes) - 1)]
+        pools[name] = [make() for _ in range(copies_for(nbytes, cold, cold_bytes))]
 
     pool("fp32", lambda: linear.weight.detach().clone(), k * n * 4)
     pool("bf16", lambda: linear.weight.detach().bfloat16(), k * n * 2)
