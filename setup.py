@@ -1,8 +1,8 @@
 """Build of the C++ extension ``sparsebert._C``.
 
 Each ISA variant of a kernel (``csrc/cpu/*_<isa>.cpp``) is compiled with its own ``-m`` flags
-and chosen at run time from the CPU's features (csrc/cpu/isa.cpp); nothing is built with
-``-march=native``. Per-file flags need the plain (non-ninja) compile path of torch's
+and chosen at run time from the CPU's features (csrc/cpu/isa.cpp); no file is built for the
+build machine's own CPU. Per-file flags need the plain (non-ninja) compile path of torch's
 BuildExtension, which calls ``compiler._compile`` once per source file.
 
 Build against the installed torch: ``pip install --no-build-isolation -e .`` (``make install``).

@@ -62,4 +62,48 @@ void run_bsr_tasks(const cpu::BsrLinearArgs& args, int64_t nb, cpu::BsrLinearFn 
   });
 }
 
+LinearCall prepare_linear(const char* op, const at::Tensor& x, const at::Tensor& values, const at::Tensor& crow,
+                          const at::Tensor& col, const std::optional<at::Tensor>& bias, int64_t N, int64_t K,
+                          int64_t br, int64_t bc) {
+  for (const at::Tensor* t : {&x, &values, &crow, &col})
+    TORCH_CHECK_VALUE(t->device().is_cpu(), op, " CPU kernel got a tensor on ", t->device());
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x must have in_features=", K,
+                    " in its last dimension, got shape ", x.sizes());
+  LinearCall c;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [", N, "], got ",
+                      bias->sizes());
+    TORCH_CHECK_VALUE(bias->scalar_type() == x.scalar_type(), "dtype mismatch: x is ", x.scalar_type(),
+                      " but bias is ", bias->scalar_type());
+    TORCH_CHECK_VALUE(bias->device().is_cpu(), op, " CPU kernel got bias on ", bias->device());
+    c.bias_f32 = bias->to(at::kFloat).contiguous();
+  }
+  c.out_sizes.assign(x.sizes().begin(), x.sizes().end());
+  c.out_sizes.back() = N;
+  c.x2 = x.reshape({-1, K});
+  if (K > 1 && c.x2.stride(1) != 1) c.x2 = c.x2.contiguous();
+  const int64_t M = c.x2.size(0);
+  c.y = at::empty({M, N}, x.options());
+  c.values = values.contiguous();
+  c.crow = crow.contiguous();
+  c.col = col.contiguous();
+
+  cpu::BsrLinearArgs& a = c.args;
+  a.x = c.x2.data_ptr();
+  a.lda = c.x2.stride(0);
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.values = c.values.data_ptr();
+  // Untyped: the index dtypes are validated by check_indices before any kernel runs.
+  a.crow = static_cast<const int32_t*>(c.crow.data_ptr());
+  a.col = static_cast<const int32_t*>(c.col.data_ptr());
+  a.br = static_cast<int>(br);
+  a.bc = static_cast<int>(bc);
+  a.bias = c.bias_f32.defined() ? c.bias_f32.data_ptr<float>() : nullptr;
+  a.y = c.y.data_ptr();
+  a.ldy = N;
+  return c;
+}
+
 }  // namespace sparsebert

@@ -21,4 +21,21 @@ void check_indices(const at::Tensor& crow, const at::Tensor& col, int64_t nb, in
 // at::parallel_for: OpenMP threads that follow torch.set_num_threads.
 void run_bsr_tasks(const cpu::BsrLinearArgs& args, int64_t nb, cpu::BsrLinearFn fn);
 
+// What every linear op's CPU implementation shares: x flattened to [M, K] with unit column
+// stride (a view when it can be), the output y [M, N] in x's dtype, the bias as fp32, and kernel
+// arguments pointing at all of them and at the (contiguous) weight pattern.
+struct LinearCall {
+  at::Tensor x2, y, bias_f32, values, crow, col;
+  std::vector<int64_t> out_sizes;
+  cpu::BsrLinearArgs args;
+  bool empty() const { return args.M == 0 || args.N == 0; }
+  at::Tensor result() const { return y.view(out_sizes); }
+};
+
+// Checks (ValueError naming the bad value) that x has K features and every tensor is on the
+// CPU, and that the bias is [N] in x's dtype; `op` names the op in the messages.
+LinearCall prepare_linear(const char* op, const at::Tensor& x, const at::Tensor& values, const at::Tensor& crow,
+                          const at::Tensor& col, const std::optional<at::Tensor>& bias, int64_t N, int64_t K,
+                          int64_t br, int64_t bc);
+
 }  // namespace sparsebert

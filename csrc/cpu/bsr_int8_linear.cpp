@@ -60,6 +60,7 @@ Int8Kernels select_int8(bool f32, const cpu::BsrLinearArgs& args) {
 }
 
 void check_weight_scale(const at::Tensor& weight_scale, int64_t N) {
+  TORCH_CHECK_VALUE(weight_scale.device().is_cpu(), "weight_scale must be on the CPU, got ", weight_scale.device());
   TORCH_CHECK_VALUE(weight_scale.scalar_type() == at::kFloat && weight_scale.dim() == 1 &&
                         weight_scale.size(0) == N,
                     "weight_scale must be float32 of shape [", N, "], got ", weight_scale.scalar_type(),
@@ -72,6 +73,7 @@ void check_weight_scale(const at::Tensor& weight_scale, int64_t N) {
 }
 
 void check_weight_sum(const at::Tensor& weight_sum, int64_t N) {
+  TORCH_CHECK_VALUE(weight_sum.device().is_cpu(), "weight_sum must be on the CPU, got ", weight_sum.device());
   TORCH_CHECK_VALUE(weight_sum.scalar_type() == at::kInt && weight_sum.dim() == 1 && weight_sum.size(0) == N,
                     "weight_sum must be int32 of shape [", N, "], got ", weight_sum.scalar_type(),
                     " of shape ", weight_sum.sizes());
@@ -99,33 +101,16 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
                     "INT8 linear on CPU takes float32 or bfloat16 activations, got ", x.scalar_type());
   TORCH_CHECK_VALUE(values.scalar_type() == at::kChar, "int8 weights must be torch.int8, got ",
                     values.scalar_type());
-  for (const at::Tensor* t : {&x, &values, &weight_scale, &weight_sum, &crow, &col})
-    TORCH_CHECK_VALUE(t->device().is_cpu(), "INT8 linear CPU kernel got a tensor on ", t->device());
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x must have in_features=", K,
-                    " in its last dimension, got shape ", x.sizes());
+  LinearCall call = prepare_linear("INT8 linear", x, values, crow, col, bias, N, K, br, bc);
   const int64_t nb = ceil_div(N, br), ncb = ceil_div(K, bc), kb = ceil_div(bc, 4);
   TORCH_CHECK_VALUE(values.dim() == 4 && values.size(1) == kb && values.size(2) == br && values.size(3) == 4,
                     "int8 weights must have shape [nnzb, ", kb, ", ", br, ", 4] for blocks (", br, ", ", bc,
                     "), got ", values.sizes());
-  check_indices(crow, col, nb, ncb, values.size(0));
+  check_indices(call.crow, call.col, nb, ncb, values.size(0));
   check_weight_scale(weight_scale, N);
   check_weight_sum(weight_sum, N);
-  at::Tensor bias_f32;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [", N, "], got ",
-                      bias->sizes());
-    TORCH_CHECK_VALUE(bias->scalar_type() == x.scalar_type(), "dtype mismatch: x is ", x.scalar_type(),
-                      " but bias is ", bias->scalar_type());
-    bias_f32 = bias->to(at::kFloat).contiguous();
-  }
-
-  std::vector<int64_t> out_sizes(x.sizes().begin(), x.sizes().end());
-  out_sizes.back() = N;
-  at::Tensor x2 = x.reshape({-1, K});
-  const int64_t M = x2.size(0);
-  at::Tensor y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return y.view(out_sizes);
-  if (K > 1 && x2.stride(1) != 1) x2 = x2.contiguous();
+  if (call.empty()) return call.result();
+  const int64_t M = call.args.M;
 
   // Quantized activations, rows padded past the last block column (whole k-quads and whole
   // AMX A-tile rows read zeros there) to a cache-line multiple.
@@ -133,22 +118,11 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   at::Tensor q = at::empty({M, ldq}, x.options().dtype(at::kByte));
   at::Tensor row_scale = at::empty({M}, x.options().dtype(at::kFloat));
   at::Tensor row_zero = at::empty({M}, x.options().dtype(at::kInt));
-  const at::Tensor vals = values.contiguous(), cs = weight_scale.contiguous(), sums = weight_sum.contiguous();
+  const at::Tensor cs = weight_scale.contiguous(), sums = weight_sum.contiguous();
 
-  cpu::BsrLinearArgs args;
-  args.x = q.data_ptr();
+  cpu::BsrLinearArgs& args = call.args;
+  args.x = q.data_ptr();  // the kernel reads the quantized activations, not x
   args.lda = ldq;
-  args.M = M;
-  args.N = N;
-  args.K = K;
-  args.values = vals.data_ptr();
-  args.crow = crow.data_ptr<int32_t>();
-  args.col = col.data_ptr<int32_t>();
-  args.br = static_cast<int>(br);
-  args.bc = static_cast<int>(bc);
-  args.bias = bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr;
-  args.y = y.data_ptr();
-  args.ldy = N;
   args.row_scale = row_scale.data_ptr<float>();
   args.row_zero = row_zero.data_ptr<int32_t>();
   args.col_scale = cs.data_ptr<float>();
@@ -156,15 +130,15 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   const Int8Kernels kern = select_int8(x.scalar_type() == at::kFloat, args);
 
   const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const void* xp = x2.data_ptr();
-  const int64_t lda = x2.stride(0);
+  const void* xp = call.x2.data_ptr();
+  const int64_t lda = call.x2.stride(0);
   uint8_t* qp = q.data_ptr<uint8_t>();
   float* sp = row_scale.data_ptr<float>();
   int32_t* zp = row_zero.data_ptr<int32_t>();
   // Per tensor: one range for every row, including 0 so that zero stays exact.
   float range[2] = {0.f, 0.f};
   if (aq.per_tensor && K > 0) {
-    const auto [lo, hi] = at::aminmax(x2);
+    const auto [lo, hi] = at::aminmax(call.x2);
     range[0] = std::min(0.f, lo.item<float>());
     range[1] = std::max(0.f, hi.item<float>());
   }
@@ -176,7 +150,7 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
     TORCH_CHECK_VALUE(!std::isnan(sp[m]), "x holds Inf or NaN in row ", m,
                       " (of the input flattened to [", M, ", ", K, "]): it cannot be quantized");
   run_bsr_tasks(args, nb, kern.gemm);
-  return y.view(out_sizes);
+  return call.result();
 }
 
 at::Tensor bsr_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
@@ -233,46 +207,15 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& we
                         weight.size(2) == kDenseBlockRows && weight.size(3) == 1,
                     "int8_weight_only_linear weight must have shape [", nb, ", ", bc, ", ", kDenseBlockRows,
                     ", 1], got ", weight.sizes());
-  for (const at::Tensor* t : {&x, &weight, &weight_scale})
-    TORCH_CHECK_VALUE(t->device().is_cpu(), "int8_weight_only_linear CPU kernel got a tensor on ", t->device());
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x must have in_features=", K,
-                    " in its last dimension, got shape ", x.sizes());
-  check_weight_scale(weight_scale, N);
-  at::Tensor bias_f32;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [", N, "], got ", bias->sizes());
-    TORCH_CHECK_VALUE(bias->scalar_type() == x.scalar_type(), "dtype mismatch: x is ", x.scalar_type(),
-                      " but bias is ", bias->scalar_type());
-    bias_f32 = bias->to(at::kFloat).contiguous();
-  }
-  std::vector<int64_t> out_sizes(x.sizes().begin(), x.sizes().end());
-  out_sizes.back() = N;
-  at::Tensor x2 = x.reshape({-1, K});
-  const int64_t M = x2.size(0);
-  at::Tensor y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return y.view(out_sizes);
-  if (K > 1 && x2.stride(1) != 1) x2 = x2.contiguous();
-  const at::Tensor w = weight.contiguous(), cs = weight_scale.contiguous();
   const at::Tensor crow = at::arange(nb + 1, x.options().dtype(at::kInt));
   const at::Tensor col = at::zeros({nb}, x.options().dtype(at::kInt));
-
-  cpu::BsrLinearArgs args;
-  args.x = x2.data_ptr();
-  args.lda = x2.stride(0);
-  args.M = M;
-  args.N = N;
-  args.K = K;
-  args.values = w.data_ptr();
-  args.crow = crow.data_ptr<int32_t>();
-  args.col = col.data_ptr<int32_t>();
-  args.br = static_cast<int>(kDenseBlockRows);
-  args.bc = static_cast<int>(bc);
-  args.bias = bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr;
-  args.y = y.data_ptr();
-  args.ldy = N;
-  args.col_scale = cs.data_ptr<float>();
-  run_bsr_tasks(args, nb, select_weight_only(x.scalar_type() == at::kFloat));
-  return y.view(out_sizes);
+  LinearCall call = prepare_linear("int8_weight_only_linear", x, weight, crow, col, bias, N, K, kDenseBlockRows, bc);
+  check_weight_scale(weight_scale, N);
+  if (call.empty()) return call.result();
+  const at::Tensor cs = weight_scale.contiguous();
+  call.args.col_scale = cs.data_ptr<float>();
+  run_bsr_tasks(call.args, nb, select_weight_only(x.scalar_type() == at::kFloat));
+  return call.result();
 }
 
 }  // namespace

@@ -4,34 +4,16 @@
 // as q + 128 (up to 255) and 255 * 127 * 2 > 32767. Instead both operands are widened to int16
 // and vpmaddwd adds each pair into an exact int32: the weights' k-quad of one output (4 x s8)
 // becomes two int32 lanes holding (w0 x0 + w1 x1) and (w2 x2 + w3 x3), summed in the epilogue.
-#include <immintrin.h>
-
-#include "bsr_linear_impl.h"
+#include "avx2_traits.h"
 
 namespace sparsebert {
 namespace cpu {
 namespace {
 
-struct Avx2Mask {
-  __m256i v;
-  int lanes;
-};
-
 // Eight outputs per vector, each as two int32 half-sums: `lo` holds outputs 0-3, `hi` 4-7.
 struct PairAcc {
   __m256i lo, hi;
 };
-
-template <class Y>
-inline void store8(Y* p, __m256 v, const Avx2Mask& k) {
-  if constexpr (sizeof(Y) == 4) {
-    _mm256_maskstore_ps(reinterpret_cast<float*>(p), k.v, v);
-  } else {
-    alignas(32) float f[8];
-    _mm256_store_ps(f, v);
-    for (int i = 0; i < k.lanes && i < 8; ++i) p[i] = f32_to_bf16_bits(f[i]);
-  }
-}
 
 template <class Y>
 struct Avx2Int8 {
@@ -46,10 +28,7 @@ struct Avx2Int8 {
   using w_t = PairAcc;
   using x_t = __m256i;
   using mask_t = Avx2Mask;
-  static mask_t mask(int lanes) {
-    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return {_mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), idx), lanes};
-  }
+  static mask_t mask(int lanes) { return avx2_mask(lanes); }
   static acc_t zero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
   static acc_t load_bias(const float*, mask_t) { return zero(); }
   static w_t load_w(const int8_t* p, mask_t k) {
@@ -91,10 +70,7 @@ struct Avx2WeightOnly {
   using w_t = __m256;
   using x_t = __m256;
   using mask_t = Avx2Mask;
-  static mask_t mask(int lanes) {
-    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return {_mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), idx), lanes};
-  }
+  static mask_t mask(int lanes) { return avx2_mask(lanes); }
   static acc_t zero() { return _mm256_setzero_ps(); }
   static acc_t load_bias(const float*, mask_t) { return zero(); }
   static w_t load_w(const int8_t* p, mask_t k) {

@@ -50,11 +50,7 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
                     "bsr_linear on CPU supports float32 and bfloat16 inputs, got ", x.scalar_type());
   TORCH_CHECK_VALUE(values.scalar_type() == x.scalar_type(), "dtype mismatch: x is ",
                     x.scalar_type(), " but the weight values are ", values.scalar_type());
-  for (const at::Tensor* t : {&x, &values, &crow_indices, &col_indices})
-    TORCH_CHECK_VALUE(t->device().is_cpu(), "bsr_linear CPU kernel got a tensor on ", t->device());
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x must have in_features=", K,
-                    " in its last dimension, got shape ", x.sizes());
-
+  LinearCall call = prepare_linear("bsr_linear", x, values, crow_indices, col_indices, bias, N, K, br, bc);
   const int64_t kp = x.scalar_type() == at::kFloat ? 1 : 2;
   const int64_t nb = ceil_div(N, br), ncb = ceil_div(K, bc);
   TORCH_CHECK_VALUE(values.dim() == 4 && values.size(1) == ceil_div(bc, kp) && values.size(2) == br &&
@@ -62,48 +58,11 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
                     "values must have shape [nnzb, ", ceil_div(bc, kp), ", ", br, ", ", kp,
                     "] for block_size (", br, ", ", bc, ") and dtype ", x.scalar_type(), ", got ",
                     values.sizes());
-  const int64_t nnzb = values.size(0);
-  const at::Tensor crow = crow_indices.contiguous();
-  const at::Tensor col = col_indices.contiguous();
-  check_indices(crow, col, nb, ncb, nnzb);
-
-  at::Tensor bias_f32;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [", N,
-                      "], got ", bias->sizes());
-    TORCH_CHECK_VALUE(bias->scalar_type() == x.scalar_type(), "dtype mismatch: x is ",
-                      x.scalar_type(), " but bias is ", bias->scalar_type());
-    TORCH_CHECK_VALUE(bias->device().is_cpu(), "bsr_linear CPU kernel got bias on ", bias->device());
-    bias_f32 = bias->to(at::kFloat).contiguous();
-  }
-
-  std::vector<int64_t> out_sizes(x.sizes().begin(), x.sizes().end());
-  out_sizes.back() = N;
-  at::Tensor x2 = x.reshape({-1, K});
-  const int64_t M = x2.size(0);
-  at::Tensor y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return y.view(out_sizes);
-  if (K > 1 && x2.stride(1) != 1) x2 = x2.contiguous();
-  const at::Tensor vals = values.contiguous();
-
-  cpu::BsrLinearArgs args;
-  args.x = x2.data_ptr();
-  args.lda = x2.stride(0);
-  args.M = M;
-  args.N = N;
-  args.K = K;
-  args.values = vals.data_ptr();
-  args.crow = crow.data_ptr<int32_t>();
-  args.col = col.data_ptr<int32_t>();
-  args.br = static_cast<int>(br);
-  args.bc = static_cast<int>(bc);
-  args.bias = bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr;
-  args.y = y.data_ptr();
-  args.ldy = N;
-  const cpu::BsrLinearFn fn = select_kernel(x.scalar_type(), args);
-
-  run_bsr_tasks(args, nb, fn);
-  return y.view(out_sizes);
+  check_indices(call.crow, call.col, nb, ncb, values.size(0));
+  if (call.empty()) return call.result();
+  const cpu::BsrLinearFn fn = select_kernel(x.scalar_type(), call.args);
+  run_bsr_tasks(call.args, nb, fn);
+  return call.result();
 }
 
 }  // namespace

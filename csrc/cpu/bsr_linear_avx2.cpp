@@ -1,24 +1,12 @@
 // bsr_linear for AVX2 + FMA (compiled with -mavx2 -mfma). bf16 is widened to fp32 in registers:
 // AVX2 has no bf16 arithmetic.
-#include <immintrin.h>
-
-#include "bsr_linear_impl.h"
+#include "avx2_traits.h"
 
 namespace sparsebert {
 namespace cpu {
 namespace {
 
 // 16 ymm registers: a tile of MR x NV accumulators plus NV weight vectors plus one broadcast.
-struct Avx2Mask {
-  __m256i v;
-  int lanes;
-};
-
-inline Avx2Mask avx2_mask(int lanes) {
-  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return {_mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), idx), lanes};
-}
-
 struct Avx2F32 {
   using xelem = float;
   using welem = float;
@@ -71,11 +59,7 @@ struct Avx2Bf16 {
   static acc_t fma(acc_t a, w_t w, x_t x) {
     return _mm256_fmadd_ps(w.odd, x.hi, _mm256_fmadd_ps(w.even, x.lo, a));
   }
-  static void store(uint16_t* p, acc_t a, mask_t k) {
-    alignas(32) float f[8];
-    _mm256_store_ps(f, a);
-    for (int i = 0; i < k.lanes && i < 8; ++i) p[i] = f32_to_bf16_bits(f[i]);
-  }
+  static void store(uint16_t* p, acc_t a, mask_t k) { store8<uint16_t>(p, a, k); }
 };
 
 }  // namespace
