@@ -4,9 +4,10 @@
 // vpdpbusd multiplies the four u8 of each 32-bit lane of the broadcast activations by the four
 // s8 weights of the lane (one output, four consecutive inputs: the k-quad packing) and adds the
 // four products to the int32 accumulator, exactly: 64 multiply-adds per instruction. u8 x s8
-// needs unsigned activations: they are stored as q + 128 and the epilogue subtracts
-// 128 * sum_k w[n, k] (precomputed at pack time). No int16 step, so no saturation (the
-// vpmaddubsw trap): each int32 sum is exact for K < 2^31 / (255 * 128).
+// needs unsigned activations: they are stored with the row's zero point (q + 128 when
+// symmetric) and the epilogue subtracts zero * sum_k w[n, k] (the sum precomputed at pack
+// time). No int16 step, so no saturation (the vpmaddubsw trap): each int32 sum is exact for
+// K < 2^31 / (255 * 128).
 #include "avx512_traits.h"
 
 namespace sparsebert {

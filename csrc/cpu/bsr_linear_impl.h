@@ -1,7 +1,8 @@
-// The bsr_linear micro-kernel and its driver, written once over a "vector traits" type T and
-// instantiated by each ISA translation unit (scalar, AVX2, AVX-512, AVX-512 BF16).
+// The micro-kernel and driver of every linear op (bsr_linear, the INT8 ops), written once over a
+// "vector traits" type T and instantiated by each ISA translation unit (scalar, AVX2, AVX-512,
+// AVX-512 BF16, AVX-512 VNNI) for fp32, bf16, int8 and weight-only int8 operands.
 //
-// Include only from bsr_linear_<isa>.cpp: everything here has internal linkage so that each
+// Include only from the ISA files (bsr_*_<isa>.cpp): everything here has internal linkage so each
 // instantiation keeps the instruction set of the file that compiled it.
 //
 // A traits type T provides:
