@@ -43,6 +43,18 @@ def smoothing_factors(act_absmax: Tensor, weight: Tensor, alpha: float = 0.5) ->
     return s.clamp(min=1e-5)
 
 
+def _quantize_weight(linear: nn.Linear, act_absmax: Tensor | None, alpha: float):
+    """``linear``'s weight, SmoothQuant-migrated when ``act_absmax`` is given, quantized per
+    output channel: ``(q int8, scale, smooth or None)``."""
+    w = linear.weight.detach().float()
+    smooth = None
+    if act_absmax is not None:
+        s = smoothing_factors(act_absmax, w, alpha)
+        w, smooth = w * s[None, :], 1.0 / s
+    q, scale = quantize_symmetric(w)
+    return q, scale, smooth
+
+
 class _Int8Base(nn.Module):
     """Shared parts: scales stay float32 whatever `.to(dtype)` does to the module (the ops'
     contract), optional smoothing of the input, and nn.Linear-like attributes."""
@@ -130,12 +142,7 @@ class Int8Linear(_Int8Base):
         from calibration data) turns on SmoothQuant migration with strength ``alpha``."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense expects an nn.Linear, got {type(linear).__name__}")
-        w = linear.weight.detach().float()
-        smooth = None
-        if act_absmax is not None:
-            s = smoothing_factors(act_absmax, w, alpha)
-            w, smooth = w * s[None, :], 1.0 / s
-        q, scale = quantize_symmetric(w)
+        q, scale, smooth = _quantize_weight(linear, act_absmax, alpha)
         packed = pack_int8_weight_only(q) if weight_only else pack_int8_dense(q)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(linear.in_features, linear.out_features, packed, scale, weight_sum(q), bias, smooth, weight_only,
@@ -181,12 +188,7 @@ class SparseInt8Linear(_Int8Base):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense expects an nn.Linear, got {type(linear).__name__}")
         block_size = check_block_size(block_size)
-        w = linear.weight.detach().float()
-        smooth = None
-        if act_absmax is not None:
-            s = smoothing_factors(act_absmax, w, alpha)
-            w, smooth = w * s[None, :], 1.0 / s
-        q, scale = quantize_symmetric(w)
+        q, scale, smooth = _quantize_weight(linear, act_absmax, alpha)
         values, crow, col = pack_int8_bsr(q, block_size)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(linear.in_features, linear.out_features, values, scale, weight_sum(q), crow, col, bias,
