@@ -27,16 +27,19 @@ inline void store_bf16x16(uint16_t* p, __m512 a, __mmask16 k) {
   _mm256_mask_storeu_epi16(p, k, _mm512_cvtepi32_epi16(r));
 }
 
-// Tile sizes: 32 zmm registers. NV=2 (32 outputs): 12 x 2 accumulators + 2 weights + 1
-// broadcast = 27 registers; NV=1: 14 accumulators. Larger tiles spill (checked in the
-// generated code); smaller ones reload each weight vector for fewer rows.
+// Rows per tile for one-register weights and broadcasts: 32 zmm registers. NV=2 (32 outputs):
+// 12 x 2 accumulators + 2 weights + 1 broadcast = 27 registers; NV=1: 14 accumulators. Larger
+// tiles spill (checked in the generated code); smaller ones reload each weight vector for fewer
+// rows.
+constexpr int avx512_mr_max(int nv) { return nv == 1 ? 14 : 12; }
+
 struct Avx512F32 {
   using xelem = float;
   using welem = float;
   using yelem = float;
   static constexpr bool kQuantized = false, kWholeGroups = false;
   static constexpr int VL = 16, KP = 1, NVMAX = 2;
-  static constexpr int mr_max(int nv) { return nv == 1 ? 14 : 12; }
+  static constexpr int mr_max(int nv) { return avx512_mr_max(nv); }
   using acc_t = __m512;
   using w_t = __m512;
   using x_t = __m512;

@@ -30,7 +30,6 @@ struct Avx2Int8 {
   using mask_t = Avx2Mask;
   static mask_t mask(int lanes) { return avx2_mask(lanes); }
   static acc_t zero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
-  static acc_t load_bias(const float*, mask_t) { return zero(); }
   static w_t load_w(const int8_t* p, mask_t k) {
     const __m256i quads = _mm256_maskload_epi32(reinterpret_cast<const int*>(p), k.v);  // 8 outputs x 4
     return {_mm256_cvtepi8_epi16(_mm256_castsi256_si128(quads)),
@@ -72,7 +71,6 @@ struct Avx2WeightOnly {
   using mask_t = Avx2Mask;
   static mask_t mask(int lanes) { return avx2_mask(lanes); }
   static acc_t zero() { return _mm256_setzero_ps(); }
-  static acc_t load_bias(const float*, mask_t) { return zero(); }
   static w_t load_w(const int8_t* p, mask_t k) {
     alignas(8) int8_t b[8] = {};
     for (int i = 0; i < k.lanes && i < 8; ++i) b[i] = p[i];  // AVX2 has no byte-masked load

@@ -40,14 +40,13 @@ struct Avx512Int8Vnni {
   using yelem = Y;
   static constexpr bool kQuantized = true, kWholeGroups = true;
   static constexpr int VL = 16, KP = 4, NVMAX = 2;
-  static constexpr int mr_max(int nv) { return nv == 1 ? 14 : 12; }
+  static constexpr int mr_max(int nv) { return avx512_mr_max(nv); }
   using acc_t = __m512i;
   using w_t = __m512i;
   using x_t = __m512i;
   using mask_t = __mmask16;
   static mask_t mask(int lanes) { return avx512_mask(lanes); }
   static acc_t zero() { return _mm512_setzero_si512(); }
-  static acc_t load_bias(const float*, mask_t) { return _mm512_setzero_si512(); }
   static w_t load_w(const int8_t* p, mask_t k) { return _mm512_maskz_loadu_epi32(k, p); }
   static x_t load_x(const uint8_t* p) {
     uint32_t quad;
@@ -70,14 +69,13 @@ struct Avx512WeightOnly {
   using yelem = Y;
   static constexpr bool kQuantized = true, kWholeGroups = false;
   static constexpr int VL = 16, KP = 1, NVMAX = 2;
-  static constexpr int mr_max(int nv) { return nv == 1 ? 14 : 12; }
+  static constexpr int mr_max(int nv) { return avx512_mr_max(nv); }
   using acc_t = __m512;
   using w_t = __m512;
   using x_t = __m512;
   using mask_t = __mmask16;
   static mask_t mask(int lanes) { return avx512_mask(lanes); }
   static acc_t zero() { return _mm512_setzero_ps(); }
-  static acc_t load_bias(const float*, mask_t) { return zero(); }
   static w_t load_w(const int8_t* p, mask_t k) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, p)));
   }

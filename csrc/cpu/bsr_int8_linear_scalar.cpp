@@ -28,7 +28,6 @@ struct ScalarInt8 {
   using mask_t = bool;
   static mask_t mask(int lanes) { return lanes > 0; }
   static acc_t zero() { return 0; }
-  static acc_t load_bias(const float*, mask_t) { return 0; }
   static w_t load_w(const int8_t* p, mask_t k) {
     if (!k) return {{0, 0, 0, 0}};
     return {{p[0], p[1], p[2], p[3]}};
@@ -61,7 +60,6 @@ struct ScalarWeightOnly {
   using mask_t = bool;
   static mask_t mask(int lanes) { return lanes > 0; }
   static acc_t zero() { return 0.f; }
-  static acc_t load_bias(const float*, mask_t) { return 0.f; }
   static w_t load_w(const int8_t* p, mask_t k) { return k ? static_cast<float>(*p) : 0.f; }
   static x_t load_x(const X* p) {
     if constexpr (sizeof(X) == 2) return bf16_bits_to_f32(*p);

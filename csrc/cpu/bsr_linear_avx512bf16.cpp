@@ -13,7 +13,7 @@ struct Avx512Bf16Dot {
   using yelem = uint16_t;
   static constexpr bool kQuantized = false, kWholeGroups = false;
   static constexpr int VL = 16, KP = 2, NVMAX = 2;
-  static constexpr int mr_max(int nv) { return nv == 1 ? 14 : 12; }
+  static constexpr int mr_max(int nv) { return avx512_mr_max(nv); }
   using acc_t = __m512;
   using w_t = __m512bh;
   using x_t = __m512bh;

@@ -100,7 +100,9 @@ void tile_kernel(const Tile<T>& t) {
   acc_t acc[MR][NV];
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
-    const acc_t b = t.bias ? T::load_bias(t.bias + v * VL, mask[v]) : T::zero();
+    acc_t b = T::zero();  // quantized traits add the bias in store_q, after dequantizing
+    if constexpr (!T::kQuantized)
+      if (t.bias) b = T::load_bias(t.bias + v * VL, mask[v]);
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m) acc[m][v] = b;
   }
