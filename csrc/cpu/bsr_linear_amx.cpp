@@ -13,6 +13,7 @@
 // multiple of 16, bc a multiple of kp with bc <= kstep or bc a multiple of kstep, and A tiles
 // that never read past a row of x. Rows past the last whole 16-row tile go to the AVX-512 kernel
 // of the same op.
+#include "amx_tiles.h"
 #include "avx512_traits.h"
 
 namespace sparsebert {
@@ -26,14 +27,6 @@ namespace {
   static void dot_1_4_7() { OP(1, 4, 7); } \
   static void dot_2_5_6() { OP(2, 5, 6); } \
   static void dot_3_5_7() { OP(3, 5, 7); }
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 // bf16 in, bf16 out: TDPBF16PS, fp32 accumulators; bias added in the epilogue.
 struct AmxBf16 {
