@@ -33,6 +33,16 @@ TORCH_LIBRARY(sparsebert, m) {
   // float32/bfloat16 as it is; weight [ceil(N/32), K, 32, 1] int8 (sparsebert.ops.int8_format).
   m.def(
       "int8_weight_only_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias, int[2] shape) -> Tensor");
+  // softmax(scale * q @ k^T + mask) @ v for q, k, v [batch, heads, seq, head_dim]; scale defaults
+  // to 1/sqrt(head_dim). mask: none, a key-padding mask [batch, key_seq] (nonzero = keep), or a
+  // bool (True = keep) or additive float mask broadcastable to [batch, heads, q_seq, key_seq].
+  // A query row with no kept key gets zeros (as torch's scaled_dot_product_attention).
+  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? mask=None, float? scale=None) -> Tensor");
+  // The same over packed tokens [total_tokens, heads, head_dim]: sequence b is tokens
+  // cu_seqlens[b] .. cu_seqlens[b + 1] (int32, non-decreasing, from 0 to total_tokens) and attends
+  // to itself only; max_seqlen >= the longest sequence. No padding anywhere.
+  m.def(
+      "attention_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, float? scale=None) -> Tensor");
 }
 
 namespace {

@@ -1,0 +1,264 @@
+// attention for bf16 with AMX tiles (compiled with the AMX and AVX-512 BF16 flags). Both matmuls
+// run as bf16 x bf16 -> fp32 tile multiplies; the online softmax runs in AVX-512 fp32 between
+// them, with the helpers of attention_impl.h (W = 16).
+//
+// Per (sequence, head) task, with Dp = head_dim rounded up to 32 (one A-tile row of bf16):
+//   K is packed per key block as B tiles of S = Q K^T: [block][Dp / 2][NK][2] (row = one pair of
+//   head dims, 16 keys x 2 per 64-byte tile row); V as B tiles of P V: [Sk / 2][Dp][2] (row = one
+//   pair of keys). Q (32 rows per block, unscaled) is read as A tiles straight from its packed copy.
+//   For each kept key block: S (fp32, tiles C0..C3 = 2 row tiles x 2 key tiles, 32 keys a pass),
+//   then scale, mask and the online softmax, P written as bf16 (vcvtneps2bf16; P lies in [0, 1]),
+//   then P V into C0..C3 (2 row tiles x 2 head-dim tiles, 32 keys a step), added to the fp32 output
+//   accumulator after rescaling it by exp(m_old - m_new).
+// Tiles: C 0..3, A 4..5, B 6..7, every tile 16 rows x 64 bytes.
+#include <immintrin.h>
+
+#define SPARSEBERT_ATTN_W 16
+#define SPARSEBERT_ATTN_RR 6
+#define SPARSEBERT_ATTN_CN 4
+#include "amx_tiles.h"
+#include "attention_impl.h"
+
+namespace sparsebert {
+namespace cpu {
+namespace {
+
+constexpr int QR = 32;  // query rows per block: two 16-row tiles
+
+struct AmxScratch {
+  std::vector<uint16_t> kb, vb, q, p;
+  std::vector<float> s, o, otmp, m, l, alpha, mnew;
+};
+
+// e^x for x <= 0 (scores minus their row max), relative error below 2e-6: ample for P, which is
+// rounded to bf16 (2^-9) right after. Below -86.5 (-inf included) the result is exactly 0, never a
+// denormal (denormal arithmetic costs a microcode assist per instruction). NaN stays NaN.
+inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-86.5f);
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);  // x >= lo, or NaN
+  x = _mm512_max_ps(lo, x);  // NaN passes (vmaxps returns its second operand)
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147180559945f), x);
+  __m512 p = _mm512_set1_ps(1.f / 120);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_maskz_scalef_ps(keep, p, n);
+}
+
+// C0..C3 += A4 x B6, A4 x B7, A5 x B6, A5 x B7 (GCC's tile intrinsics need literal tile ids).
+inline void dots_2x2() {
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_dpbf16ps(1, 4, 7);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_dpbf16ps(3, 5, 7);
+}
+
+inline void store_2x2(float* c, int64_t ldc) {
+  const int64_t bytes = ldc * 4;
+  _tile_stored(0, c, bytes);
+  _tile_stored(1, c + 16, bytes);
+  _tile_stored(2, c + 16 * ldc, bytes);
+  _tile_stored(3, c + 16 * ldc + 16, bytes);
+}
+
+inline void zero_2x2() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+
+void run_task_amx(const AttentionArgs& a, int64_t task, AmxScratch& w, Scratch& blocks) {
+  const TaskView t = task_view(a, task);
+  if (t.lq == 0) return;
+  const int64_t D = a.D, dp = round_up(D, 32), dp2 = dp / 2;
+  const int64_t nkb = (t.lk + NK - 1) / NK, skp = nkb * NK;
+  classify_key_blocks(a, t, nkb, blocks);
+
+  // Pack K and V of the kept key blocks (bf16 bits, zero-padded).
+  w.kb.assign(skp * dp, 0);
+  w.vb.assign(skp * dp, 0);
+  const uint16_t* kbase = static_cast<const uint16_t*>(a.k) + t.koff;
+  const uint16_t* vbase = static_cast<const uint16_t*>(a.v) + t.voff;
+  // Both layouts pair bf16 values into 32-bit words: K (d, d+1) of one key, V (j, j+1) of one dim.
+  uint32_t* kb32 = reinterpret_cast<uint32_t*>(w.kb.data());
+  uint32_t* vb32 = reinterpret_cast<uint32_t*>(w.vb.data());
+  const int64_t dpairs = D / 2;
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    if (blocks.kind[kb] == kSkip) continue;
+    const int64_t j1 = (kb + 1) * NK < t.lk ? (kb + 1) * NK : t.lk;
+    uint32_t* kdst = kb32 + kb * NK * dp2;
+    for (int64_t j = kb * NK; j < j1; ++j) {
+      const uint16_t* kr = kbase + j * a.k_ss;
+      const int64_t jj = j - kb * NK;
+      for (int64_t p = 0; p < dpairs; ++p) {
+        uint32_t word;
+        std::memcpy(&word, kr + 2 * p, 4);
+        kdst[p * NK + jj] = word;
+      }
+      if (D & 1) kdst[dpairs * NK + jj] = kr[D - 1];
+    }
+    for (int64_t j = kb * NK; j < j1; j += 2) {
+      const uint16_t* v0 = vbase + j * a.v_ss;
+      uint32_t* vdst = vb32 + (j / 2) * dp;
+      if (j + 1 < j1) {
+        const uint16_t* v1 = v0 + a.v_ss;
+        for (int64_t d = 0; d < D; ++d) vdst[d] = uint32_t(v0[d]) | (uint32_t(v1[d]) << 16);
+      } else {
+        for (int64_t d = 0; d < D; ++d) vdst[d] = v0[d];
+      }
+    }
+  }
+
+  w.q.resize(QR * dp);
+  w.p.resize(QR * NK);
+  w.s.resize(QR * NK);
+  w.o.resize(QR * dp);
+  w.otmp.resize(QR * dp);
+  w.m.resize(QR);
+  w.l.resize(QR);
+  w.alpha.resize(QR);
+  w.mnew.resize(QR);
+  const uint16_t* qbase = static_cast<const uint16_t*>(a.q) + t.qoff;
+  const vf scale = splat(a.scale);
+
+  for (int64_t q0 = 0; q0 < t.lq; q0 += QR) {
+    const int nr = static_cast<int>(t.lq - q0 < QR ? t.lq - q0 : QR);
+    std::fill(w.q.begin(), w.q.end(), uint16_t(0));
+    for (int r = 0; r < nr; ++r) std::memcpy(&w.q[r * dp], qbase + (q0 + r) * a.q_ss, D * sizeof(uint16_t));
+    std::fill(w.o.begin(), w.o.end(), 0.f);
+    for (int r = 0; r < QR; ++r) {
+      w.m[r] = kNegInf;
+      w.l[r] = 0.f;
+    }
+
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const uint8_t kind = blocks.kind[kb];
+      if (kind == kSkip) continue;
+      const int64_t k0 = kb * NK;
+      const int64_t nk = t.lk - k0 < NK ? t.lk - k0 : NK;
+      // Columns computed: up to the last kept key, in whole 32-key steps.
+      int64_t last = nk;
+      if (kind == kBias)
+        while (last > 0 && blocks.bias[k0 + last - 1] != 0.f) --last;
+      const int ncols = static_cast<int>(round_up(last, 32));
+
+      // S = Q K^T, 32 keys a pass.
+      const uint16_t* kblk = w.kb.data() + kb * NK * dp;
+      for (int j0 = 0; j0 < ncols; j0 += 32) {
+        zero_2x2();
+        for (int64_t d0 = 0; d0 < dp; d0 += 32) {
+          _tile_loadd(4, w.q.data() + d0, dp * 2);
+          _tile_loadd(5, w.q.data() + 16 * dp + d0, dp * 2);
+          _tile_loadd(6, kblk + ((d0 / 2) * NK + j0) * 2, NK * 4);
+          _tile_loadd(7, kblk + ((d0 / 2) * NK + j0 + 16) * 2, NK * 4);
+          dots_2x2();
+        }
+        store_2x2(w.s.data() + j0, NK);
+      }
+
+      // Scale and mask in place (for plain blocks with scale > 0 the scale is applied in the
+      // exp pass instead), row maxima; then every row's rescale factor at once.
+      const bool deferred = kind == kPlain && a.scale > 0.f;
+      for (int r = 0; r < QR; ++r) {
+        float* sr = w.s.data() + r * NK;
+        if (kind == kMask) {
+          for (int c = 0; c < ncols; c += W) storeu(sr + c, loadu(sr + c) * scale);
+          if (r < nr)
+            add_mask_row(a, t, q0 + r, k0, nk, sr);
+          else
+            for (int64_t j = nk; j < NK; ++j) sr[j] = kNegInf;
+        }
+        vf mv = splat(kNegInf);
+        for (int c = 0; c < ncols; c += W) {
+          vf x = loadu(sr + c);
+          if (kind == kBias) {
+            x = x * scale + loadu(&blocks.bias[k0 + c]);
+            storeu(sr + c, x);
+          } else if (kind == kPlain && !deferred) {
+            x = x * scale;
+            storeu(sr + c, x);
+          }
+          mv = x > mv ? x : mv;
+        }
+        w.mnew[r] = deferred ? hmax(mv) * a.scale : hmax(mv);
+      }
+      for (int r = 0; r < QR; r += W) {
+        const vf mo = loadu(&w.m[r]), mb = loadu(&w.mnew[r]);
+        const vf mn = mb > mo ? mb : mo;
+        const vf al = vexp(mo - mn);
+        storeu(&w.alpha[r], mn == kNegInf ? splat(1.f) : al);  // nothing kept yet: O stays 0
+        storeu(&w.mnew[r], mn);
+      }
+
+      // P = exp(S - m_new) as bf16; l = alpha * l + row sum of P.
+      for (int r = 0; r < QR; ++r) {
+        const float* sr = w.s.data() + r * NK;
+        uint16_t* pr = w.p.data() + r * NK;
+        const float mnew = w.mnew[r];
+        if (mnew == kNegInf) {
+          std::memset(pr, 0, NK * sizeof(uint16_t));
+          continue;
+        }
+        const __m512 mb = _mm512_set1_ps(mnew), sc = _mm512_set1_ps(deferred ? a.scale : 1.f);
+        __m512 sum = _mm512_setzero_ps();
+        for (int c = 0; c < ncols; c += W) {
+          const __m512 pv = exp_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(sr + c), sc, mb));
+          sum = _mm512_add_ps(sum, pv);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + c), (__m256i)_mm512_cvtneps_pbh(pv));
+        }
+        w.l[r] = w.l[r] * w.alpha[r] + _mm512_reduce_add_ps(sum);
+        w.m[r] = mnew;
+      }
+
+      // Otmp = P V, 32 head dims a pass, 32 keys a step; O = alpha * O + Otmp.
+      const uint16_t* vblk = w.vb.data() + k0 * dp;
+      for (int64_t c0 = 0; c0 < dp; c0 += 32) {
+        zero_2x2();
+        for (int64_t j0 = 0; j0 < ncols; j0 += 32) {
+          _tile_loadd(4, w.p.data() + j0, NK * 2);
+          _tile_loadd(5, w.p.data() + 16 * NK + j0, NK * 2);
+          _tile_loadd(6, vblk + ((j0 / 2) * dp + c0) * 2, dp * 4);
+          _tile_loadd(7, vblk + ((j0 / 2) * dp + c0 + 16) * 2, dp * 4);
+          dots_2x2();
+        }
+        store_2x2(w.otmp.data() + c0, dp);
+      }
+      for (int r = 0; r < QR; ++r) {
+        const vf al = splat(w.alpha[r]);
+        float* orow = w.o.data() + r * dp;
+        const float* trow = w.otmp.data() + r * dp;
+        for (int64_t c = 0; c < dp; c += W) storeu(orow + c, loadu(orow + c) * al + loadu(trow + c));
+      }
+    }
+
+    for (int r = 0; r < nr; ++r) {
+      const float inv = w.l[r] > 0.f ? 1.f / w.l[r] : 0.f;
+      const float* orow = w.o.data() + r * dp;
+      uint16_t* out = static_cast<uint16_t*>(a.out) + t.ooff + (q0 + r) * a.o_ss;
+      for (int64_t d = 0; d < D; ++d) out[d] = f32_to_bf16_bits(orow[d] * inv);
+    }
+  }
+}
+
+}  // namespace
+
+void attention_bf16_amx(const AttentionArgs& a, const int64_t* tasks, int64_t n) {
+  thread_local AmxScratch scratch;
+  thread_local Scratch blocks;
+  TileConfig cfg;
+  for (int i = 0; i < 8; ++i) {
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  for (int64_t i = 0; i < n; ++i) run_task_amx(a, tasks[i], scratch, blocks);
+  _tile_release();
+}
+
+}  // namespace cpu
+}  // namespace sparsebert

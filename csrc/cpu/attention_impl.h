@@ -1,0 +1,357 @@
+// Fused attention on the CPU, written once over GCC vector types of W floats and built by each ISA
+// translation unit (attention_<isa>.cpp) with its own -m flags: W = 16 is one zmm register under
+// AVX-512, W = 8 one ymm under AVX2, W = 4 one xmm in the baseline (SSE2) build.
+//
+// Per (sequence, head) task:
+//   1. K is packed transposed, per block of NK keys ([block][D][NK], fp32, zero-padded) and V
+//      row-major ([Sk padded][Dp], fp32, zero-padded to Dp = D rounded up to W); bf16 inputs are
+//      widened here, so every matmul below is fp32 x fp32 -> fp32.
+//   2. For every block of QB query rows (packed and pre-multiplied by `scale`), for every key block:
+//      S = Q K^T (register tiles of RR rows x CN vectors), the mask added, then the online softmax
+//      (running row max m and sum l; P = exp(S - m) overwrites S; the output accumulator O is
+//      rescaled by exp(m_old - m_new) inside the P V tile, which adds P V to it).
+//   3. O / l is written out (zeros where l == 0: a row none of whose keys is kept).
+// Key blocks that are all padding (key-padding mask) are skipped: no padded key costs anything.
+//
+// Include only from the ISA files: everything has internal linkage, so each build keeps its own
+// instruction set. Needs SPARSEBERT_ATTN_W, SPARSEBERT_ATTN_RR and SPARSEBERT_ATTN_CN defined;
+// SPARSEBERT_ATTN_NK (keys per block, default 128) may be.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "attention_kernel.h"
+#include "bf16_bits.h"
+
+namespace sparsebert {
+namespace cpu {
+namespace {
+
+constexpr int W = SPARSEBERT_ATTN_W;    // floats per vector
+constexpr int RR = SPARSEBERT_ATTN_RR;  // rows per register tile
+constexpr int CN = SPARSEBERT_ATTN_CN;  // vectors per register tile row
+#ifndef SPARSEBERT_ATTN_NK
+#define SPARSEBERT_ATTN_NK 128
+#endif
+constexpr int NK = SPARSEBERT_ATTN_NK;  // keys per key block
+constexpr int QB = 8 * RR;              // query rows per query block
+static_assert(NK % (W * CN) == 0, "a key block must be whole register tiles wide");
+
+typedef float vf __attribute__((vector_size(W * sizeof(float))));
+typedef float vfu __attribute__((vector_size(W * sizeof(float)), aligned(4)));  // unaligned access
+typedef int32_t vi __attribute__((vector_size(W * sizeof(float))));
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+inline vf loadu(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+inline void storeu(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
+inline vf splat(float s) { return s - vf{}; }  // s - 0 folds to a broadcast; s + 0 would not (-0)
+inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
+
+// e^x, within 2 ulp of expf above -86.5; below (-inf included) exactly 0, so that no
+// intermediate is ever a denormal (each denormal result costs a microcode assist). NaN stays NaN.
+inline vf vexp(vf x) {
+  const vf hi = splat(88.3762626647949f), lo = splat(-86.5f);
+  vf xc = x < hi ? x : hi;
+  xc = xc > lo ? xc : lo;
+  const vf round = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting rounds to an integer
+  const vf n = (xc * 1.44269504088896341f + round) - round;
+  const vf r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf y = p * (vf)bits;
+  y = x < lo ? splat(0.f) : y;
+  return x == x ? y : x;
+}
+
+// Lane i of the result is lane i ^ step of v (a butterfly step of a horizontal reduction).
+inline vf swap_lanes(vf v, int step) {
+  vi idx;
+  for (int i = 0; i < W; ++i) idx[i] = i ^ step;
+  return __builtin_shuffle(v, idx);
+}
+
+inline float hmax(vf v) {
+#pragma GCC unroll 8
+  for (int step = W / 2; step > 0; step /= 2) {
+    const vf u = swap_lanes(v, step);
+    v = u > v ? u : v;
+  }
+  return v[0];
+}
+
+inline float hsum(vf v) {
+#pragma GCC unroll 8
+  for (int step = W / 2; step > 0; step /= 2) v += swap_lanes(v, step);
+  return v[0];
+}
+
+inline float load_elem(const void* base, int64_t i, bool bf16) {
+  return bf16 ? bf16_bits_to_f32(static_cast<const uint16_t*>(base)[i]) : static_cast<const float*>(base)[i];
+}
+
+// S[r0 .. r0+RR) x [c0 .. c0 + NC*W) = Q K^T over the D head dims; K^T block rows have NK floats.
+template <int NC>
+inline void qk_tile(const float* q, int64_t dp, const float* kt, int64_t d_len, float* s, int r0, int c0) {
+  vf acc[RR][NC];
+#pragma GCC unroll 8
+  for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) acc[r][c] = splat(0.f);
+  for (int64_t d = 0; d < d_len; ++d) {
+    vf kv[NC];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) kv[c] = loadu(kt + d * NK + c0 + c * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < RR; ++r) {
+      const vf qb = splat(q[(r0 + r) * dp + d]);
+#pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c) acc[r][c] += qb * kv[c];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) storeu(s + (r0 + r) * NK + c0 + c * W, acc[r][c]);
+}
+
+// O[r0 .. r0+RR) x [c0 .. c0 + NC*W) = alpha * O + P V over the nk keys of the block.
+template <int NC>
+inline void pv_tile(float* o, int64_t dp, const float* p, const float* v, int64_t nk, const float* alpha, int r0,
+                    int64_t c0) {
+  vf acc[RR][NC];
+#pragma GCC unroll 8
+  for (int r = 0; r < RR; ++r) {
+    const vf al = splat(alpha[r0 + r]);
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) acc[r][c] = loadu(o + (r0 + r) * dp + c0 + c * W) * al;
+  }
+  for (int64_t j = 0; j < nk; ++j) {
+    vf vv[NC];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) vv[c] = loadu(v + j * dp + c0 + c * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < RR; ++r) {
+      const vf pb = splat(p[(r0 + r) * NK + j]);
+#pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c) acc[r][c] += pb * vv[c];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) storeu(o + (r0 + r) * dp + c0 + c * W, acc[r][c]);
+}
+
+template <int NC>
+inline void pv_cols(float* o, int64_t dp, const float* p, const float* v, int64_t nk, const float* alpha, int nrr,
+                    int64_t c0) {
+  for (int r0 = 0; r0 < nrr; r0 += RR) pv_tile<NC>(o, dp, p, v, nk, alpha, r0, c0);
+}
+
+// Key block kinds.
+enum : uint8_t { kSkip = 0, kPlain = 1, kBias = 2, kMask = 3 };
+
+struct Scratch {
+  std::vector<float> kt, v, q, s, o, m, l, alpha, bias;
+  std::vector<uint8_t> kind;
+};
+
+// Where one task's sequence lies: lq query rows and lk key rows, and the offsets (in elements)
+// of its first row in q, k, v and out.
+struct TaskView {
+  int64_t b, h, lq, lk, qoff, koff, voff, ooff;
+};
+
+inline TaskView task_view(const AttentionArgs& a, int64_t task) {
+  TaskView t;
+  t.b = task / a.H;
+  t.h = task % a.H;
+  if (a.cu_seqlens != nullptr) {
+    const int64_t t0 = a.cu_seqlens[t.b];
+    t.lq = t.lk = a.cu_seqlens[t.b + 1] - t0;
+    t.qoff = t0 * a.q_ss + t.h * a.q_sh;
+    t.koff = t0 * a.k_ss + t.h * a.k_sh;
+    t.voff = t0 * a.v_ss + t.h * a.v_sh;
+    t.ooff = t0 * a.o_ss + t.h * a.o_sh;
+  } else {
+    t.lq = a.Sq;
+    t.lk = a.Sk;
+    t.qoff = t.b * a.q_sb + t.h * a.q_sh;
+    t.koff = t.b * a.k_sb + t.h * a.k_sh;
+    t.voff = t.b * a.v_sb + t.h * a.v_sh;
+    t.ooff = t.b * a.o_sb + t.h * a.o_sh;
+  }
+  return t;
+}
+
+// Sets w.kind (one per key block of NK) and w.bias (0 / -inf per key, -inf past lk).
+inline void classify_key_blocks(const AttentionArgs& a, const TaskView& t, int64_t nkb, Scratch& w) {
+  w.kind.assign(nkb, kPlain);
+  w.bias.assign(nkb * NK, 0.f);
+  const float* kbias = a.key_bias != nullptr ? a.key_bias + t.b * a.Sk : nullptr;
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    bool any_kept = false, all_kept = true;
+    for (int64_t j = kb * NK; j < (kb + 1) * NK; ++j) {
+      const bool kept = j < t.lk && (kbias == nullptr || kbias[j] == 0.f);
+      w.bias[j] = kept ? 0.f : kNegInf;
+      any_kept |= kept;
+      all_kept &= kept;
+    }
+    if (a.mask != nullptr)
+      w.kind[kb] = kMask;
+    else
+      w.kind[kb] = !any_kept ? kSkip : all_kept ? kPlain : kBias;
+  }
+}
+
+// Adds row `row` of the additive mask to the nk scores of key block k0 and sets the rest of the
+// NK scores to -inf.
+inline void add_mask_row(const AttentionArgs& a, const TaskView& t, int64_t row, int64_t k0, int64_t nk, float* sr) {
+  const float* mr = a.mask + t.b * a.m_sb + t.h * a.m_sh + row * a.m_sq + k0 * a.m_sk;
+  for (int64_t j = 0; j < nk; ++j) sr[j] += mr[j * a.m_sk];
+  for (int64_t j = nk; j < NK; ++j) sr[j] = kNegInf;
+}
+
+inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
+  const TaskView t = task_view(a, task);
+  const int64_t lq = t.lq, lk = t.lk, qoff = t.qoff, koff = t.koff, voff = t.voff, ooff = t.ooff;
+  if (lq == 0) return;
+  const int64_t D = a.D, dp = round_up(D, W);
+  const int64_t nkb = (lk + NK - 1) / NK, skp = nkb * NK;
+  classify_key_blocks(a, t, nkb, w);
+
+  // K^T per key block and V, widened to fp32, zero-padded.
+  w.kt.assign(skp * D, 0.f);
+  w.v.assign(skp * dp, 0.f);
+  const void* kbase = static_cast<const char*>(a.k) + koff * (a.bf16 ? 2 : 4);
+  const void* vbase = static_cast<const char*>(a.v) + voff * (a.bf16 ? 2 : 4);
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    if (w.kind[kb] == kSkip) continue;
+    const int64_t j1 = (kb + 1) * NK < lk ? (kb + 1) * NK : lk;
+    float* ktb = w.kt.data() + kb * NK * D;
+    for (int64_t j = kb * NK; j < j1; ++j) {
+      for (int64_t d = 0; d < D; ++d) {
+        ktb[d * NK + (j - kb * NK)] = load_elem(kbase, j * a.k_ss + d, a.bf16);
+        w.v[j * dp + d] = load_elem(vbase, j * a.v_ss + d, a.bf16);
+      }
+    }
+  }
+
+  w.q.resize(QB * dp);
+  w.s.resize(QB * NK);
+  w.o.resize(QB * dp);
+  w.m.resize(QB);
+  w.l.resize(QB);
+  w.alpha.resize(QB);
+  const void* qbase = static_cast<const char*>(a.q) + qoff * (a.bf16 ? 2 : 4);
+  const int64_t nvec = dp / W, nfull = nvec / CN * CN;
+
+  for (int64_t q0 = 0; q0 < lq; q0 += QB) {
+    const int nr = static_cast<int>(lq - q0 < QB ? lq - q0 : QB);
+    const int nrr = static_cast<int>(round_up(nr, RR));
+    std::memset(w.q.data(), 0, sizeof(float) * nrr * dp);
+    for (int r = 0; r < nr; ++r)
+      for (int64_t d = 0; d < D; ++d) w.q[r * dp + d] = load_elem(qbase, (q0 + r) * a.q_ss + d, a.bf16) * a.scale;
+    std::memset(w.o.data(), 0, sizeof(float) * nrr * dp);
+    for (int r = 0; r < nrr; ++r) {
+      w.m[r] = kNegInf;
+      w.l[r] = 0.f;
+    }
+
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const uint8_t kind = w.kind[kb];
+      if (kind == kSkip) continue;
+      const int64_t k0 = kb * NK;
+      const int64_t nk = lk - k0 < NK ? lk - k0 : NK;
+      float* s = w.s.data();
+      const float* ktb = w.kt.data() + kb * NK * D;
+      for (int r0 = 0; r0 < nrr; r0 += RR)
+        for (int c0 = 0; c0 < NK; c0 += CN * W) qk_tile<CN>(w.q.data(), dp, ktb, D, s, r0, c0);
+
+      if (kind == kBias) {
+        for (int r = 0; r < nrr; ++r)
+          for (int c = 0; c < NK; c += W) storeu(s + r * NK + c, loadu(s + r * NK + c) + loadu(&w.bias[k0 + c]));
+      } else if (kind == kMask) {
+        for (int r = 0; r < nr; ++r) add_mask_row(a, t, q0 + r, k0, nk, s + r * NK);
+      }
+
+      // Online softmax: P = exp(S - m_new) in place of S; alpha rescales what O holds.
+      for (int r = 0; r < nrr; ++r) {
+        float* sr = s + r * NK;
+        vf mv = loadu(sr);
+        for (int c = W; c < NK; c += W) {
+          const vf x = loadu(sr + c);
+          mv = x > mv ? x : mv;
+        }
+        const float mx = hmax(mv);
+        const float mnew = mx > w.m[r] ? mx : w.m[r];
+        if (mnew == kNegInf) {  // nothing kept in this row yet
+          w.alpha[r] = 1.f;
+          for (int c = 0; c < NK; c += W) storeu(sr + c, splat(0.f));
+          continue;
+        }
+        const float alpha = std::exp(w.m[r] - mnew);
+        const vf mb = splat(mnew);
+        vf sum = splat(0.f);
+        for (int c = 0; c < NK; c += W) {
+          const vf pv = vexp(loadu(sr + c) - mb);
+          storeu(sr + c, pv);
+          sum += pv;
+        }
+        w.l[r] = w.l[r] * alpha + hsum(sum);
+        w.m[r] = mnew;
+        w.alpha[r] = alpha;
+      }
+
+      const float* vb = w.v.data() + k0 * dp;
+      for (int64_t c = 0; c < nfull; c += CN) pv_cols<CN>(w.o.data(), dp, s, vb, nk, w.alpha.data(), nrr, c * W);
+      switch (nvec - nfull) {
+        case 0: break;
+#if SPARSEBERT_ATTN_CN > 1
+        case 1: pv_cols<1>(w.o.data(), dp, s, vb, nk, w.alpha.data(), nrr, nfull * W); break;
+#endif
+#if SPARSEBERT_ATTN_CN > 2
+        case 2: pv_cols<2>(w.o.data(), dp, s, vb, nk, w.alpha.data(), nrr, nfull * W); break;
+#endif
+#if SPARSEBERT_ATTN_CN > 3
+        case 3: pv_cols<3>(w.o.data(), dp, s, vb, nk, w.alpha.data(), nrr, nfull * W); break;
+#endif
+        default: break;
+      }
+    }
+
+    // O / l, written in the output dtype.
+    for (int r = 0; r < nr; ++r) {
+      const float inv = w.l[r] > 0.f ? 1.f / w.l[r] : 0.f;
+      const float* orow = w.o.data() + r * dp;
+      const int64_t base = ooff + (q0 + r) * a.o_ss;
+      if (a.bf16) {
+        uint16_t* out = static_cast<uint16_t*>(a.out) + base;
+        for (int64_t d = 0; d < D; ++d) out[d] = f32_to_bf16_bits(orow[d] * inv);
+      } else {
+        float* out = static_cast<float*>(a.out) + base;
+        for (int64_t d = 0; d < D; ++d) out[d] = orow[d] * inv;
+      }
+    }
+  }
+}
+
+inline void attention_run(const AttentionArgs& a, const int64_t* tasks, int64_t n) {
+  thread_local Scratch scratch;
+  for (int64_t i = 0; i < n; ++i) run_task(a, tasks[i], scratch);
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace sparsebert
