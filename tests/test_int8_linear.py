@@ -8,6 +8,8 @@ quantization error itself is measured against nn.Linear in test_int8_modules.py.
 import pytest
 import torch
 
+import sparsebert
+
 from conftest import assert_linear_close
 from sparsebert.ops import (
     bsr_int8_linear,
@@ -276,3 +278,12 @@ def test_bad_act_quant():
     packed, s, sums, b = dense_case(32, 64, torch.float32)
     with pytest.raises(ValueError, match="act_quant='int4' is not a mode"):
         int8_linear(torch.randn(2, 64), packed, s, sums, b, (32, 64), "int4")
+
+
+def test_backward_raises_instead_of_wrong_gradients():
+    """No derivative: backward through an INT8 op raises, never a silently constant op."""
+    lin = torch.nn.Linear(64, 32)
+    mod = sparsebert.Int8Linear.from_dense(lin)
+    x = torch.randn(4, 64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="sparsebert::int8_linear is inference-only"):
+        mod(x).sum().backward()

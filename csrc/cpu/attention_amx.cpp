@@ -93,6 +93,7 @@ void run_task_amx(const AttentionArgs& a, int64_t task, AmxScratch& w, Scratch& 
     const int64_t j1 = (kb + 1) * NK < t.lk ? (kb + 1) * NK : t.lk;
     uint32_t* kdst = kb32 + kb * NK * dp2;
     for (int64_t j = kb * NK; j < j1; ++j) {
+      if (blocks.bias[j] != 0.f) continue;  // padding: stays zero, whatever k and v hold there
       const uint16_t* kr = kbase + j * a.k_ss;
       const int64_t jj = j - kb * NK;
       for (int64_t p = 0; p < dpairs; ++p) {
@@ -103,13 +104,16 @@ void run_task_amx(const AttentionArgs& a, int64_t task, AmxScratch& w, Scratch& 
       if (D & 1) kdst[dpairs * NK + jj] = kr[D - 1];
     }
     for (int64_t j = kb * NK; j < j1; j += 2) {
+      const bool keep0 = blocks.bias[j] == 0.f, keep1 = j + 1 < j1 && blocks.bias[j + 1] == 0.f;
       const uint16_t* v0 = vbase + j * a.v_ss;
+      const uint16_t* v1 = v0 + a.v_ss;
       uint32_t* vdst = vb32 + (j / 2) * dp;
-      if (j + 1 < j1) {
-        const uint16_t* v1 = v0 + a.v_ss;
+      if (keep0 && keep1) {
         for (int64_t d = 0; d < D; ++d) vdst[d] = uint32_t(v0[d]) | (uint32_t(v1[d]) << 16);
-      } else {
+      } else if (keep0) {
         for (int64_t d = 0; d < D; ++d) vdst[d] = v0[d];
+      } else if (keep1) {
+        for (int64_t d = 0; d < D; ++d) vdst[d] = uint32_t(v1[d]) << 16;
       }
     }
   }

@@ -11,7 +11,8 @@
 //      (running row max m and sum l; P = exp(S - m) overwrites S; the output accumulator O is
 //      rescaled by exp(m_old - m_new) inside the P V tile, which adds P V to it).
 //   3. O / l is written out (zeros where l == 0: a row none of whose keys is kept).
-// Key blocks that are all padding (key-padding mask) are skipped: no padded key costs anything.
+// Key blocks that are all padding (key-padding mask) are skipped, and padded keys are never read:
+// whatever k and v hold there (even NaN) cannot reach the output.
 //
 // Include only from the ISA files: everything has internal linkage, so each build keeps its own
 // instruction set. Needs SPARSEBERT_ATTN_W, SPARSEBERT_ATTN_RR and SPARSEBERT_ATTN_CN defined;
@@ -241,6 +242,7 @@ inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
     const int64_t j1 = (kb + 1) * NK < lk ? (kb + 1) * NK : lk;
     float* ktb = w.kt.data() + kb * NK * D;
     for (int64_t j = kb * NK; j < j1; ++j) {
+      if (w.bias[j] != 0.f) continue;  // padding: stays zero, whatever k and v hold there
       for (int64_t d = 0; d < D; ++d) {
         ktb[d * NK + (j - kb * NK)] = load_elem(kbase, j * a.k_ss + d, a.bf16);
         w.v[j * dp + d] = load_elem(vbase, j * a.v_ss + d, a.bf16);

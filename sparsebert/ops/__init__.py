@@ -5,6 +5,7 @@ implementations with ``torch.library`` under the namespace ``sparsebert``.
 """
 
 from .. import _extension  # noqa: F401  (registers the schemas and CPU kernels)
+from .attention import attention, attention_reference, attention_varlen, attention_varlen_reference
 from .bsr_format import bsr_to_dense, pack_bsr
 from .bsr_linear import bsr_linear, bsr_linear_reference
 from .int8_linear import (
@@ -20,4 +21,5 @@ __all__ = [
     "bsr_linear", "bsr_linear_reference", "pack_bsr", "bsr_to_dense",
     "int8_linear", "int8_linear_reference", "bsr_int8_linear", "bsr_int8_linear_reference",
     "int8_weight_only_linear", "int8_weight_only_linear_reference",
+    "attention", "attention_reference", "attention_varlen", "attention_varlen_reference",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._inference_only import register_inference_only
 from .bsr_format import bsr_to_dense, check_block_size, validate_bsr
 from .int8_format import ACT_QUANT_MODES, DENSE_BLOCK_ROWS, quantize_activations, unpack_int8_dense, unpack_int8_weight_only
 
@@ -116,3 +117,7 @@ def _bsr_int8_linear_fake(x, values, weight_scale, weight_sum, crow_indices, col
     validate_bsr(values, crow_indices, col_indices, shape, block_size, check_indices=False)
     n, k = shape
     return _check_fake(x, weight_scale, weight_sum, bias, n, k, act_quant)
+
+
+for _op in ("int8_linear", "int8_weight_only_linear", "bsr_int8_linear"):
+    register_inference_only(_op)

@@ -1,0 +1,146 @@
+"""``sparsebert::attention`` and ``sparsebert::attention_varlen``: fused softmax attention.
+
+The schemas are in ``csrc/ops.cpp``; the CPU kernels in ``csrc/cpu/attention*.cpp`` (an online
+softmax over tiles of keys, so no ``S x S`` matrix is stored; key blocks that are all padding
+are skipped). This file holds the public wrappers, the fake functions used by
+``torch.compile``/``torch.export``, and the pure-torch references that define the ops.
+
+Masks (``attention``), one of:
+
+* ``None``: every key is attended.
+* a key-padding mask ``[batch, key_seq]`` as Hugging Face passes it: nonzero / ``True`` keeps
+  the key, ``0`` / ``False`` pads it (bool, integer or float holding only 0 and 1);
+* a bool mask broadcastable to ``[batch, heads, q_seq, key_seq]``, ``True`` keeps;
+* an additive float mask broadcastable to ``[batch, heads, q_seq, key_seq]`` (float32 or the
+  dtype of ``q``), added to the scaled scores.
+
+A query row none of whose keys is kept gets zeros, as in ``F.scaled_dot_product_attention`` and
+Hugging Face's default (sdpa) BERT. An additive mask of ``finfo.min`` (Hugging Face's eager masks)
+is a finite number: a row masked that way everywhere averages all values, as eager attention does.
+
+Inference only: the ops have no autograd formula (backward raises).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._inference_only import register_inference_only
+
+__all__ = ["attention", "attention_reference", "attention_varlen", "attention_varlen_reference"]
+
+MAX_HEAD_DIM = 256
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+    """``softmax(scale * q @ k^T + mask) @ v`` for ``q``, ``k``, ``v`` ``[batch, heads, seq, head_dim]``.
+
+    float32 or bfloat16 (bf16 accumulates in fp32), any strides, ``head_dim`` 1..256, ``q_seq``
+    and ``key_seq`` may differ; ``scale`` defaults to ``1/sqrt(head_dim)``. Returns
+    ``[batch, heads, q_seq, head_dim]`` in q's dtype. See the module docstring for ``mask``.
+    """
+    return torch.ops.sparsebert.attention.default(q, k, v, mask, scale)
+
+
+def attention_varlen(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float | None = None
+) -> Tensor:
+    """Attention over packed tokens ``[total_tokens, heads, head_dim]``, no padding anywhere.
+
+    Sequence ``b`` is tokens ``cu_seqlens[b]:cu_seqlens[b + 1]`` and attends to itself only;
+    ``cu_seqlens`` is int32, non-decreasing, from 0 to ``total_tokens`` (length batch + 1);
+    ``max_seqlen`` is at least the longest sequence. Returns ``[total_tokens, heads, head_dim]``.
+    """
+    return torch.ops.sparsebert.attention_varlen.default(q, k, v, cu_seqlens, int(max_seqlen), scale)
+
+
+def _additive(mask: Tensor | None, shape: tuple[int, int, int, int], dtype: torch.dtype) -> Tensor | None:
+    """The mask as an additive tensor broadcastable to ``shape`` (-inf where a key is not kept)."""
+    if mask is None:
+        return None
+    b, _, _, sk = shape
+    if mask.dim() == 2:
+        keep = mask.bool() if mask.dtype == torch.bool else mask != 0
+        return torch.zeros(b, 1, 1, sk, dtype=dtype).masked_fill(~keep[:, None, None, :], float("-inf"))
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, float("-inf"))
+    return mask.to(dtype)
+
+
+def attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None
+) -> Tensor:
+    """The definition of ``attention``: eager softmax attention in q's dtype if float64, else
+    in float32, rounded to q's dtype; rows with no kept key give zeros."""
+    cdtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qc, kc, vc = (t.to(cdtype) for t in (q, k, v))
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = (qc @ kc.transpose(-1, -2)) * scale
+    add = _additive(mask, tuple(s.shape), cdtype)
+    if add is not None:
+        s = s + add
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # all -inf rows: NaN -> 0
+    return (p @ vc).to(q.dtype)
+
+
+def attention_varlen_reference(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float | None = None
+) -> Tensor:
+    """The definition of ``attention_varlen``: ``attention_reference`` per sequence."""
+    out = torch.empty_like(q)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            sl = slice(start, end)
+            out[sl] = attention_reference(
+                q[sl].transpose(0, 1), k[sl].transpose(0, 1), v[sl].transpose(0, 1), None, scale
+            ).transpose(0, 1)
+    return out
+
+
+def _check_qkv(op: str, q: Tensor, k: Tensor, v: Tensor) -> None:
+    if q.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"{op} supports float32 and bfloat16, got q of dtype {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"{op}: q, k and v must have one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    d = q.shape[-1]
+    if not 1 <= d <= MAX_HEAD_DIM:
+        raise ValueError(f"{op}: head_dim must be in 1..{MAX_HEAD_DIM}, got {d}")
+
+
+@torch.library.register_fake("sparsebert::attention")
+def _attention_fake(q, k, v, mask=None, scale=None):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"attention: q, k and v must be [batch, heads, seq, head_dim], got shapes "
+            f"{tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}"
+        )
+    _check_qkv("attention", q, k, v)
+    b, h, _, d = q.shape
+    if k.shape[0] != b or k.shape[1] != h or k.shape[3] != d:
+        raise ValueError(f"attention: k must be [{b}, {h}, seq, {d}] to match q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.shape != k.shape:
+        raise ValueError(f"attention: v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
+    if mask is not None and mask.dim() not in (2, 4):
+        raise ValueError(f"attention: mask must be 2-D (key padding) or 4-D, got {mask.dim()}-D")
+    return q.new_empty(q.shape)  # contiguous
+
+
+@torch.library.register_fake("sparsebert::attention_varlen")
+def _attention_varlen_fake(q, k, v, cu_seqlens, max_seqlen, scale=None):
+    if q.dim() != 3 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            "attention_varlen: q, k and v must be packed tokens [total_tokens, heads, head_dim] of one "
+            f"shape, got {tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}"
+        )
+    _check_qkv("attention_varlen", q, k, v)
+    if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1:
+        raise ValueError(f"attention_varlen: cu_seqlens must be a 1-D int32 tensor, got {cu_seqlens.dtype}")
+    return q.new_empty(q.shape)  # contiguous
+
+
+register_inference_only("attention")
+register_inference_only("attention_varlen")

@@ -1,0 +1,304 @@
+"""sparsebert::attention and sparsebert::attention_varlen against float64 eager attention, on
+every ISA path, with every mask form; compile/export plumbing; bad input."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sparsebert
+from sparsebert.ops import attention, attention_reference, attention_varlen, attention_varlen_reference
+
+
+def sdpa_mask(mask, shape):
+    """The same mask in the form F.scaled_dot_product_attention takes (bool True = keep, or additive)."""
+    if mask is None:
+        return None
+    if mask.dim() == 2:
+        return (mask != 0)[:, None, None, :].expand(shape[0], 1, shape[2], mask.shape[1])
+    return mask
+
+
+def assert_attention_close(out, q, k, v, mask=None, scale=None):
+    """flash-attention's rule: the error against float64 eager attention is at most twice the
+    error of torch's own scaled_dot_product_attention in the same dtype, plus a few rounding units
+    of the output scale. A wrong key, row or mask gives errors of order 1."""
+    assert out.dtype == q.dtype and out.shape == q.shape
+    ref = attention_reference(q.double(), k.double(), v.double(), mask, scale)
+    if ref.numel() == 0:
+        return
+    same = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask(mask, q.shape), scale=scale)
+    same = same.nan_to_num(0.0)  # torch versions differ on rows with no kept key
+    err = (out.double() - ref).abs().max().item()
+    base = (same.double() - ref).abs().max().item()
+    unit = 4 * torch.finfo(q.dtype).eps * max(1.0, ref.abs().max().item())
+    assert err <= 2 * base + unit, f"max error {err:.3g} > 2 * torch's {base:.3g} + {unit:.3g}"
+
+
+def qkv(b, h, sq, d, dtype=torch.float32, sk=None):
+    sk = sq if sk is None else sk
+    return (torch.randn(b, h, sq, d).to(dtype), torch.randn(b, h, sk, d).to(dtype), torch.randn(b, h, sk, d).to(dtype))
+
+
+def padding_mask(b, s, lengths=None, dtype=torch.long):
+    lengths = torch.randint(0, s + 1, (b,)) if lengths is None else torch.tensor(lengths)
+    return (torch.arange(s)[None, :] < lengths[:, None]).to(dtype)
+
+
+MASKS = ["none", "padding", "bool4d", "additive"]
+
+
+def make_mask(kind, b, h, sq, sk, dtype):
+    if kind == "none":
+        return None
+    if kind == "padding":
+        return padding_mask(b, sk)
+    if kind == "bool4d":
+        return torch.rand(b, 1, sq, sk) > 0.3
+    return (torch.randn(b, h, sq, sk) * 2).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("s,d", [(1, 32), (7, 59), (97, 64), (513, 80), (97, 128), (7, 256), (130, 64)])
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_attention_matches_reference(isa, dtype, s, d, mask_kind):
+    b, h = 2, 3
+    q, k, v = qkv(b, h, s, d, dtype)
+    mask = make_mask(mask_kind, b, h, s, s, dtype)
+    assert_attention_close(attention(q, k, v, mask), q, k, v, mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_lengths_and_scale(isa, dtype):
+    q, k, v = qkv(2, 2, 7, 64, dtype, sk=97)
+    mask = padding_mask(2, 97, [50, 97])
+    assert_attention_close(attention(q, k, v, mask, scale=0.3), q, k, v, mask, scale=0.3)
+    assert_attention_close(attention(q, k, v, None, scale=-0.2), q, k, v, None, scale=-0.2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_mask_form_agrees(isa, dtype):
+    """The same padding as [B, S] long / bool / float, [B, 1, 1, S] and [B, 1, S, S] bool, and an
+    additive -inf mask: one answer."""
+    b, h, s = 3, 2, 70
+    q, k, v = qkv(b, h, s, 32, dtype)
+    keep = padding_mask(b, s, [70, 33, 64], torch.bool)
+    forms = [
+        keep.long(), keep, keep.float(),
+        keep[:, None, None, :], keep[:, None, None, :].expand(b, 1, s, s),
+        torch.zeros(b, 1, 1, s).masked_fill(~keep[:, None, None, :], float("-inf")),
+    ]
+    outs = [attention(q, k, v, m) for m in forms]
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0], rtol=0, atol=0)
+    assert_attention_close(outs[0], q, k, v, keep)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fully_masked_rows(isa, dtype):
+    """No kept key: zeros, as torch's SDPA and Hugging Face's default (sdpa) BERT give. An
+    additive finfo.min mask (Hugging Face eager) is finite: the row averages every value."""
+    q, k, v = qkv(2, 2, 9, 16, dtype)
+    pad = padding_mask(2, 9, [0, 9])
+    out = attention(q, k, v, pad)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert_attention_close(out, q, k, v, pad)
+    bool4d = torch.ones(2, 1, 9, 9, dtype=torch.bool)
+    bool4d[1, :, 3] = False  # one query row with nothing kept
+    out = attention(q, k, v, bool4d)
+    assert torch.equal(out[1, :, 3], torch.zeros_like(out[1, :, 3]))
+    eager_min = torch.zeros(2, 1, 1, 9).masked_fill(pad[:, None, None, :] == 0, torch.finfo(torch.float32).min)
+    out = attention(q, k, v, eager_min)
+    expect = v[0].float().mean(dim=1, keepdim=True).expand(2, 9, 16)
+    torch.testing.assert_close(out[0].float(), expect, atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
+
+
+def test_padding_changes_only_what_it_should(isa):
+    """Keys past a sequence's length do not affect it: garbage there changes nothing."""
+    q, k, v = qkv(2, 2, 100, 64)
+    pad = padding_mask(2, 100, [40, 100])
+    out = attention(q, k, v, pad)
+    k2, v2 = k.clone(), v.clone()
+    k2[0, :, 40:] = 1e4
+    v2[0, :, 40:] = float("nan")
+    torch.testing.assert_close(attention(q, k2, v2, pad), out, rtol=0, atol=0)
+
+
+def test_strided_inputs(isa):
+    """Hugging Face's layout ([B, S, H, D] transposed to [B, H, S, D]) and a non-unit last stride."""
+    b, s, h, d = 2, 33, 4, 32
+    x = torch.randn(3, b, s, h, d)
+    q, k, v = (t.transpose(1, 2) for t in x)
+    mask = padding_mask(b, s, [33, 20])
+    assert_attention_close(attention(q, k, v, mask), q, k, v, mask)
+    qt = torch.randn(b, h, d, s).transpose(-1, -2)  # last-dim stride s
+    assert_attention_close(attention(qt, k, v, mask), qt, k, v, mask)
+
+
+def test_threads_do_not_change_results():
+    q, k, v = qkv(3, 5, 150, 64)
+    mask = padding_mask(3, 150, [150, 3, 77])
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = attention(q, k, v, mask)
+        torch.set_num_threads(2)
+        two = attention(q, k, v, mask)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(one, two)
+
+
+def test_empty_shapes():
+    for b, h, s in [(0, 2, 5), (2, 0, 5), (2, 2, 0)]:
+        q, k, v = qkv(b, h, s, 16)
+        assert attention(q, k, v).shape == (b, h, s, 16)
+    q, _, _ = qkv(1, 2, 4, 16)
+    k = v = torch.randn(1, 2, 0, 16)
+    assert torch.equal(attention(q, k, v), torch.zeros(1, 2, 4, 16))
+
+
+# --- varlen ---------------------------------------------------------------------------------------
+
+
+def packed(lengths, h, d, dtype=torch.float32):
+    t = sum(lengths)
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
+    return tuple(torch.randn(t, h, d).to(dtype) for _ in range(3)) + (cu,)
+
+
+def assert_varlen_close(out, q, k, v, cu, scale=None):
+    """Each sequence checked like the padded op: against float64, within twice torch's SDPA error."""
+    bounds = cu.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end == start:
+            continue
+        sl = slice(start, end)
+        per = [t[sl].transpose(0, 1)[None] for t in (q, k, v)]
+        assert_attention_close(out[sl].transpose(0, 1)[None], *per, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [32, 59, 64, 128])
+def test_varlen_matches_reference(isa, dtype, d):
+    q, k, v, cu = packed([5, 0, 130, 1, 64, 97], 3, d, dtype)
+    out = attention_varlen(q, k, v, cu, 130)
+    assert out.shape == q.shape and out.dtype == dtype
+    assert_varlen_close(out, q, k, v, cu)
+    torch.testing.assert_close(out.float(), attention_varlen_reference(q, k, v, cu, 130).float(),
+                               atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
+
+
+def test_varlen_equals_padded_on_real_tokens(isa):
+    lengths = [17, 64, 3]
+    q, k, v, cu = packed(lengths, 2, 64)
+    out = attention_varlen(q, k, v, cu, 64, scale=0.2)
+    s = max(lengths)
+    pad = torch.zeros(3, 3, 2, s, 64)
+    for i, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        for j, t in enumerate((q, k, v)):
+            pad[j, i, :, : b - a] = t[a:b].transpose(0, 1)
+    keep = padding_mask(3, s, lengths)
+    ref = attention(pad[0], pad[1], pad[2], keep, scale=0.2)
+    for i, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        torch.testing.assert_close(out[a:b], ref[i, :, : b - a].transpose(0, 1), atol=1e-6, rtol=1e-5)
+
+
+def test_varlen_strided_heads():
+    """q, k, v as views of one fused [T, 3, H, D] projection."""
+    qkv_ = torch.randn(40, 3, 4, 32)
+    q, k, v = qkv_.unbind(1)
+    cu = torch.tensor([0, 10, 40], dtype=torch.int32)
+    assert_varlen_close(attention_varlen(q, k, v, cu, 30), q, k, v, cu)
+
+
+# --- compile, export, opcheck ---------------------------------------------------------------------
+
+
+def test_opcheck():
+    q, k, v = qkv(2, 3, 20, 32)
+    torch.library.opcheck(torch.ops.sparsebert.attention.default, (q, k, v, padding_mask(2, 20, [20, 5]), None))
+    torch.library.opcheck(torch.ops.sparsebert.attention.default, (q, k, v, None, 0.5))
+    qp, kp, vp, cu = packed([5, 15], 3, 32)
+    torch.library.opcheck(torch.ops.sparsebert.attention_varlen.default, (qp, kp, vp, cu, 15, None))
+
+
+def test_torch_compile_fullgraph():
+    q, k, v = qkv(2, 3, 20, 32)
+    mask = padding_mask(2, 20, [20, 5])
+    fn = torch.compile(lambda q, k, v, m: attention(q, k, v, m) * 2, fullgraph=True)
+    torch.testing.assert_close(fn(q, k, v, mask), attention(q, k, v, mask) * 2)
+    qp, kp, vp, cu = packed([5, 15], 3, 32)
+    fv = torch.compile(lambda q, k, v, cu: attention_varlen(q, k, v, cu, 15) + 1, fullgraph=True)
+    torch.testing.assert_close(fv(qp, kp, vp, cu), attention_varlen(qp, kp, vp, cu, 15) + 1)
+
+
+def test_no_autograd():
+    q, k, v = qkv(1, 1, 4, 8)
+    q.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="sparsebert::attention is inference-only"):
+        attention(q, k, v).sum().backward()
+    with torch.no_grad():
+        assert attention(q, k, v).shape == q.shape
+
+
+# --- bad input --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: (torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.randn(2, 3, 5), None), "batch, heads, seq"),
+        (lambda: (*qkv(2, 3, 5, 16)[:1], torch.randn(2, 4, 5, 16), torch.randn(2, 4, 5, 16), None), r"k must be \[2, 3"),
+        (lambda: (*qkv(2, 3, 5, 16)[:2], torch.randn(2, 3, 6, 16), None), "v must have k's shape"),
+        (lambda: (*qkv(2, 3, 5, 300), None), "head_dim must be in 1..256, got 300"),
+        (lambda: (*qkv(2, 3, 5, 16, torch.float16), None), "float32 and bfloat16, got q of dtype"),
+        (lambda: (*qkv(2, 3, 5, 16)[:2], torch.randn(2, 3, 5, 16).bfloat16(), None), "one dtype"),
+        (lambda: (*qkv(2, 3, 5, 16), torch.ones(2, 6)), r"key-padding mask and must be \[batch, key_seq\] = \[2, 5\]"),
+        (lambda: (*qkv(2, 3, 5, 16), torch.ones(3, 5)), r"= \[2, 5\], got \[3, 5\]"),
+        (lambda: (*qkv(2, 3, 5, 16), torch.full((2, 5), 2.0)), "holds 1 \\(keep\\) and 0 \\(padding\\) only"),
+        (lambda: (*qkv(2, 3, 5, 16), torch.zeros(2, 2, 5, 5)), r"broadcastable to \[batch, heads, q_seq, key_seq\] = \[2, 3, 5, 5\]"),
+        (lambda: (*qkv(2, 3, 5, 16), torch.zeros(2, 1, 5, 5, dtype=torch.float64)), "additive mask must be float32"),
+        (lambda: (*qkv(2, 3, 5, 16), torch.zeros(1, 5, 5)), "got 3-D"),
+    ],
+)
+def test_bad_input(make, match):
+    q, k, v, mask = make()
+    with pytest.raises(ValueError, match=match):
+        attention(q, k, v, mask)
+
+
+def test_bad_scale():
+    with pytest.raises(ValueError, match="scale must be finite, got inf"):
+        attention(*qkv(1, 1, 3, 8), None, math.inf)
+
+
+@pytest.mark.parametrize(
+    "cu, max_len, match",
+    [
+        ([0, 5, 3, 10], 10, r"non-decreasing, got cu_seqlens\[1\] = 5 > cu_seqlens\[2\] = 3"),
+        ([0, 5, 9], 10, "must end at the number of tokens 10, got 9"),
+        ([1, 5, 10], 10, "must start at 0, got 1"),
+        ([0, 5, 10], 4, r"at least the longest sequence \(5\), got 4"),
+    ],
+)
+def test_varlen_bad_cu_seqlens(cu, max_len, match):
+    q = torch.randn(10, 2, 16)
+    with pytest.raises(ValueError, match=match):
+        attention_varlen(q, q, q, torch.tensor(cu, dtype=torch.int32), max_len)
+
+
+def test_varlen_bad_input():
+    q = torch.randn(10, 2, 16)
+    with pytest.raises(ValueError, match="1-D int32 tensor"):
+        attention_varlen(q, q, q, torch.tensor([0, 10]), 10)
+    with pytest.raises(ValueError, match="packed tokens"):
+        attention_varlen(q, q, torch.randn(11, 2, 16), torch.tensor([0, 10], dtype=torch.int32), 10)
+    with pytest.raises(ValueError, match="head_dim must be in 1..256"):
+        z = torch.randn(4, 1, 257)
+        attention_varlen(z, z, z, torch.tensor([0, 4], dtype=torch.int32), 4)
+
+
+def test_isa_reported():
+    assert sparsebert.active_isa() in ("scalar", "avx2", "avx512", "avx512bf16", "amx")
