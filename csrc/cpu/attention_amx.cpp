@@ -16,6 +16,7 @@
 #define SPARSEBERT_ATTN_W 16
 #define SPARSEBERT_ATTN_RR 6
 #define SPARSEBERT_ATTN_CN 4
+#define SPARSEBERT_ATTN_NK 256  // the output is rescaled once per key block: few, long blocks
 #include "amx_tiles.h"
 #include "attention_impl.h"
 
@@ -145,11 +146,7 @@ void run_task_amx(const AttentionArgs& a, int64_t task, AmxScratch& w, Scratch& 
       if (kind == kSkip) continue;
       const int64_t k0 = kb * NK;
       const int64_t nk = t.lk - k0 < NK ? t.lk - k0 : NK;
-      // Columns computed: up to the last kept key, in whole 32-key steps.
-      int64_t last = nk;
-      if (kind == kBias)
-        while (last > 0 && blocks.bias[k0 + last - 1] != 0.f) --last;
-      const int ncols = static_cast<int>(round_up(last, 32));
+      const int ncols = static_cast<int>(block_columns(blocks, kind, k0, nk, 32));  // whole 32-key steps
 
       // S = Q K^T, 32 keys a pass.
       const uint16_t* kblk = w.kb.data() + kb * NK * dp;

@@ -216,6 +216,15 @@ inline void classify_key_blocks(const AttentionArgs& a, const TaskView& t, int64
   }
 }
 
+// Columns of key block k0 (nk keys) worth computing: up to its last kept key, rounded up to
+// `step` (the kernel's column granularity; <= NK since NK is a multiple of it).
+inline int64_t block_columns(const Scratch& w, uint8_t kind, int64_t k0, int64_t nk, int64_t step) {
+  int64_t last = nk;
+  if (kind == kBias)
+    while (last > 0 && w.bias[k0 + last - 1] != 0.f) --last;
+  return round_up(last, step);
+}
+
 // Adds row `row` of the additive mask to the nk scores of key block k0 and sets the rest of the
 // NK scores to -inf.
 inline void add_mask_row(const AttentionArgs& a, const TaskView& t, int64_t row, int64_t k0, int64_t nk, float* sr) {
@@ -276,14 +285,16 @@ inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
       if (kind == kSkip) continue;
       const int64_t k0 = kb * NK;
       const int64_t nk = lk - k0 < NK ? lk - k0 : NK;
+      const int ncols = static_cast<int>(block_columns(w, kind, k0, nk, CN * W));  // past it: no kept key
+      const int64_t nkv = nk < ncols ? nk : ncols;
       float* s = w.s.data();
       const float* ktb = w.kt.data() + kb * NK * D;
       for (int r0 = 0; r0 < nrr; r0 += RR)
-        for (int c0 = 0; c0 < NK; c0 += CN * W) qk_tile<CN>(w.q.data(), dp, ktb, D, s, r0, c0);
+        for (int c0 = 0; c0 < ncols; c0 += CN * W) qk_tile<CN>(w.q.data(), dp, ktb, D, s, r0, c0);
 
       if (kind == kBias) {
         for (int r = 0; r < nrr; ++r)
-          for (int c = 0; c < NK; c += W) storeu(s + r * NK + c, loadu(s + r * NK + c) + loadu(&w.bias[k0 + c]));
+          for (int c = 0; c < ncols; c += W) storeu(s + r * NK + c, loadu(s + r * NK + c) + loadu(&w.bias[k0 + c]));
       } else if (kind == kMask) {
         for (int r = 0; r < nr; ++r) add_mask_row(a, t, q0 + r, k0, nk, s + r * NK);
       }
@@ -292,7 +303,7 @@ inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
       for (int r = 0; r < nrr; ++r) {
         float* sr = s + r * NK;
         vf mv = loadu(sr);
-        for (int c = W; c < NK; c += W) {
+        for (int c = W; c < ncols; c += W) {
           const vf x = loadu(sr + c);
           mv = x > mv ? x : mv;
         }
@@ -300,13 +311,13 @@ inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
         const float mnew = mx > w.m[r] ? mx : w.m[r];
         if (mnew == kNegInf) {  // nothing kept in this row yet
           w.alpha[r] = 1.f;
-          for (int c = 0; c < NK; c += W) storeu(sr + c, splat(0.f));
+          for (int c = 0; c < ncols; c += W) storeu(sr + c, splat(0.f));
           continue;
         }
         const float alpha = std::exp(w.m[r] - mnew);
         const vf mb = splat(mnew);
         vf sum = splat(0.f);
-        for (int c = 0; c < NK; c += W) {
+        for (int c = 0; c < ncols; c += W) {
           const vf pv = vexp(loadu(sr + c) - mb);
           storeu(sr + c, pv);
           sum += pv;
@@ -317,17 +328,17 @@ inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
       }
 
       const float* vb = w.v.data() + k0 * dp;
-      for (int64_t c = 0; c < nfull; c += CN) pv_cols<CN>(w.o.data(), dp, s, vb, nk, w.alpha.data(), nrr, c * W);
+      for (int64_t c = 0; c < nfull; c += CN) pv_cols<CN>(w.o.data(), dp, s, vb, nkv, w.alpha.data(), nrr, c * W);
       switch (nvec - nfull) {
         case 0: break;
 #if SPARSEBERT_ATTN_CN > 1
-        case 1: pv_cols<1>(w.o.data(), dp, s, vb, nk, w.alpha.data(), nrr, nfull * W); break;
+        case 1: pv_cols<1>(w.o.data(), dp, s, vb, nkv, w.alpha.data(), nrr, nfull * W); break;
 #endif
 #if SPARSEBERT_ATTN_CN > 2
-        case 2: pv_cols<2>(w.o.data(), dp, s, vb, nk, w.alpha.data(), nrr, nfull * W); break;
+        case 2: pv_cols<2>(w.o.data(), dp, s, vb, nkv, w.alpha.data(), nrr, nfull * W); break;
 #endif
 #if SPARSEBERT_ATTN_CN > 3
-        case 3: pv_cols<3>(w.o.data(), dp, s, vb, nk, w.alpha.data(), nrr, nfull * W); break;
+        case 3: pv_cols<3>(w.o.data(), dp, s, vb, nkv, w.alpha.data(), nrr, nfull * W); break;
 #endif
         default: break;
       }
