@@ -41,6 +41,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_linear.py
+	$(PY) benchmarks/bench_attention.py
 
 clean:
 	rm -rf build $(VENV) sparsebert/_C*.so *.egg-info
