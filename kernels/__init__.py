@@ -1,7 +1,14 @@
-"""Triton kernels for CUDA, shipped as ``sparsebert.kernels``.
+"""Triton kernels for CUDA, shipped as ``sparsebert.kernels``: one file per op, each with a
+launcher that takes the op's own arguments, so ``sparsebert.kernels.bsr_linear(...)`` equals
+``torch.ops.sparsebert.bsr_linear(...)`` on CUDA tensors (where the ops dispatch to them).
 
-No GPU kernel is implemented in this version: the CUDA dispatch key of every sparsebert op has
-no implementation, so calling an op on CUDA tensors raises the dispatcher's NotImplementedError.
+Verified without a GPU: ``TRITON_INTERPRET=1`` runs every launcher on CPU tensors (the tests),
+and ``python -m sparsebert.kernels.gpu_check`` lowers every kernel and autotune configuration to
+PTX and cubin for sm_80 and sm_90 (``make gpu-check``). GPU speed is not measured here.
 """
 
-__all__: list[str] = []
+from .attention import attention, attention_varlen
+from .bsr_linear import bsr_linear
+from .int8_linear import bsr_int8_linear, int8_linear, quantize_per_token
+
+__all__ = ["bsr_linear", "int8_linear", "bsr_int8_linear", "quantize_per_token", "attention", "attention_varlen"]

@@ -1,10 +1,13 @@
 import os
 
-import pytest
-import torch
-import torch.nn.functional as F
+# The Triton kernels run in Triton's interpreter on CPU tensors (read when they are defined).
+os.environ["TRITON_INTERPRET"] = "1"
 
-import sparsebert
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import sparsebert  # noqa: E402
 
 ISA_LEVELS = ("scalar", "avx2", "avx512", "avx512bf16", "amx")
 

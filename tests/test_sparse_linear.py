@@ -170,11 +170,15 @@ def test_constructor_validates():
         SparseLinear(80, 96, values, crow, col, block_size=(16, 32))
 
 
-def test_no_implementation_for_cuda():
-    # The CUDA dispatch key has no kernel yet: calling on CUDA tensors raises the dispatcher's
-    # NotImplementedError naming the backend, never a silent CPU fallback.
-    assert not torch._C._dispatch_has_kernel_for_dispatch_key("sparsebert::bsr_linear", "CUDA")
+def test_cuda_runs_the_triton_kernel():
+    # CUDA tensors dispatch to the Triton launcher (tested in test_triton_kernels.py), never to a
+    # silent CPU fallback; int8_weight_only_linear has no CUDA kernel at all.
+    from sparsebert.ops._cuda import IMPLS
+
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("sparsebert::bsr_linear", "CUDA")
     assert torch._C._dispatch_has_kernel_for_dispatch_key("sparsebert::bsr_linear", "CPU")
+    assert IMPLS["bsr_linear"].__name__ == "bsr_linear_cuda"
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key("sparsebert::int8_weight_only_linear", "CUDA")
 
 
 def test_meta_device_shapes():

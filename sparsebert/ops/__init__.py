@@ -1,7 +1,8 @@
 """sparsebert's ops: one public function per op, its fake function and its reference.
 
 Importing this package loads the C++ extension, which registers every schema and the CPU
-implementations with ``torch.library`` under the namespace ``sparsebert``.
+implementations with ``torch.library`` under the namespace ``sparsebert``, and registers the
+CUDA implementations (Triton, ``sparsebert.kernels``; ``int8_weight_only_linear`` has none).
 """
 
 from .. import _extension  # noqa: F401  (registers the schemas and CPU kernels)
@@ -16,6 +17,8 @@ from .int8_linear import (
     int8_weight_only_linear,
     int8_weight_only_linear_reference,
 )
+
+from . import _cuda  # noqa: E402,F401  (CUDA implementations: the Triton launchers of sparsebert.kernels)
 
 __all__ = [
     "bsr_linear", "bsr_linear_reference", "pack_bsr", "bsr_to_dense",
