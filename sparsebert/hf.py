@@ -91,7 +91,7 @@ def sparsebert_attention_forward(
     if mask is None and causal and query.shape[2] > 1:
         q_len, kv_len = query.shape[2], key.shape[2]
         mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)[None, None]
-    elif mask is not None:
+    elif mask is not None and mask.dim() == 4:
         mask = mask[:, :, :, : key.shape[2]]
         kp = _as_key_padding(mask)
         if kp is not None:

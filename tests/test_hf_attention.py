@@ -105,7 +105,7 @@ def test_attention_function_mask_forms():
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :]).transpose(1, 2)
     bool4d = keep[:, None, None, :].expand(2, 1, 10, 10)
     eager = torch.zeros(2, 1, 10, 10).masked_fill(~bool4d, torch.finfo(torch.float32).min)
-    for mask in (bool4d, eager):
+    for mask in (bool4d, eager, keep):
         out, weights = sparsebert_attention_forward(module, q, k, v, mask, scaling=0.25)
         assert weights is None
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
