@@ -6,6 +6,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 # TRITON_INTERPRET=1 (read when the kernels are defined, as triton.jit does) runs every kernel in
 # Triton's interpreter on CPU tensors: how the kernels are tested on machines without a GPU.
@@ -38,3 +39,35 @@ def next_pow2(n: int, floor: int = 16) -> int:
 def allow_tf32() -> bool:
     """fp32 matmuls use TF32 tensor cores when torch allows it for CUDA matmuls."""
     return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+# Shared by the matmul kernels: bounds masks are dropped when the sizes divide the tiles.
+EVEN_HEURISTICS = {
+    "EVEN_M": lambda a: a["M"] % a["BLOCK_M"] == 0,
+    "EVEN_K": lambda a: a["K"] % a["BC"] == 0,
+    "EVEN_N": lambda a: a["N"] % a["BR"] == 0,
+}
+
+
+@triton.jit
+def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BR: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of program `pid`, in groups of GROUP_M row tiles that walk the
+    column tiles together, so that consecutive programs share weights in L2."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BR)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = min(num_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % group_rows, (pid % per_group) // group_rows
+
+
+@triton.jit
+def store_tile(y_ptr, y, rm, cols, M, N, stride_ym, b_ptr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr):
+    """y (+ bias[cols]) into rows rm, columns cols of y, in y's dtype."""
+    if HAS_BIAS:
+        y += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + rm[:, None] * stride_ym + cols[None, :]
+    if EVEN:
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty))
+    else:
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (cols[None, :] < N))

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, check_device, next_pow2
+from ._common import EVEN_HEURISTICS, INTERPRET, check_device, grouped_tile, next_pow2, store_tile
 from .bsr_linear import GROUP_M, check_block_size
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -63,14 +63,7 @@ def int8_linear_kernel(
     BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BR)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BR, GROUP_M)
 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.arange(0, BR)
@@ -114,21 +107,10 @@ def int8_linear_kernel(
     sx = tl.load(sx_ptr + rm, mask=rm < M, other=0.0)
     sw = tl.load(sw_ptr + cols, mask=cols < N, other=0.0)
     y = acc.to(tl.float32) * sx[:, None] * sw[None, :]
-    if HAS_BIAS:
-        y += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + rm[:, None] * stride_ym + cols[None, :]
-    if EVEN_M and EVEN_N:
-        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty))
-    else:
-        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (cols[None, :] < N))
+    store_tile(y_ptr, y, rm, cols, M, N, stride_ym, b_ptr, HAS_BIAS, EVEN_M and EVEN_N)
 
 
-_HEURISTICS = {
-    "EVEN_M": lambda a: a["M"] % a["BLOCK_M"] == 0,
-    "EVEN_K": lambda a: a["K"] % a["BC"] == 0,
-    "EVEN_N": lambda a: a["N"] % a["BR"] == 0,
-}
-_kernel = triton.heuristics(_HEURISTICS)(int8_linear_kernel)
+_kernel = triton.heuristics(EVEN_HEURISTICS)(int8_linear_kernel)
 _tuned = triton.autotune(CONFIGS, key=["M", "N", "K", "BR", "BC", "SPARSE"])(_kernel)
 
 

@@ -67,6 +67,22 @@ void run_tasks(const cpu::AttentionArgs& args, cpu::AttentionFn fn, std::vector<
   });
 }
 
+// What both ops fill alike: data pointers, dtype, sizes and scale (strides and masks: per op).
+cpu::AttentionArgs base_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                             int64_t B, int64_t H, int64_t D, float scale) {
+  cpu::AttentionArgs a{};
+  a.q = q.data_ptr();
+  a.k = k.data_ptr();
+  a.v = v.data_ptr();
+  a.out = out.data_ptr();
+  a.bf16 = q.scalar_type() == at::kBFloat16;
+  a.B = B;
+  a.H = H;
+  a.D = D;
+  a.scale = scale;
+  return a;
+}
+
 void set_strides(const at::Tensor& t, int64_t& sb, int64_t& sh, int64_t& ss) {
   sb = t.stride(0);
   sh = t.stride(1);
@@ -136,22 +152,13 @@ at::Tensor attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const a
   at::Tensor out = at::empty({B, H, Sq, D}, q.options());
   if (out.numel() == 0) return out;
 
-  cpu::AttentionArgs a{};
-  a.q = q.data_ptr();
-  a.k = k.data_ptr();
-  a.v = v.data_ptr();
-  a.out = out.data_ptr();
-  a.bf16 = q.scalar_type() == at::kBFloat16;
-  a.B = B;
-  a.H = H;
+  cpu::AttentionArgs a = base_args(q, k, v, out, B, H, D, sc);
   a.Sq = Sq;
   a.Sk = Sk;
-  a.D = D;
   set_strides(q, a.q_sb, a.q_sh, a.q_ss);
   set_strides(k, a.k_sb, a.k_sh, a.k_ss);
   set_strides(v, a.v_sb, a.v_sh, a.v_ss);
   set_strides(out, a.o_sb, a.o_sh, a.o_ss);
-  a.scale = sc;
   if (key_bias.defined()) a.key_bias = key_bias.data_ptr<float>();
   if (add_mask.defined()) {
     a.mask = add_mask.data_ptr<float>();
@@ -200,16 +207,8 @@ at::Tensor attention_varlen_cpu(const at::Tensor& q_in, const at::Tensor& k_in, 
   at::Tensor out = at::empty({T, H, D}, q.options());
   if (out.numel() == 0 || B == 0) return out;
 
-  cpu::AttentionArgs a{};
-  a.q = q.data_ptr();
-  a.k = k.data_ptr();
-  a.v = v.data_ptr();
-  a.out = out.data_ptr();
-  a.bf16 = q.scalar_type() == at::kBFloat16;
-  a.B = B;
-  a.H = H;
+  cpu::AttentionArgs a = base_args(q, k, v, out, B, H, D, sc);
   a.Sq = a.Sk = max_seqlen;
-  a.D = D;
   a.q_ss = q.stride(0);
   a.q_sh = q.stride(1);
   a.k_ss = k.stride(0);
@@ -219,7 +218,6 @@ at::Tensor attention_varlen_cpu(const at::Tensor& q_in, const at::Tensor& k_in, 
   a.o_ss = out.stride(0);
   a.o_sh = out.stride(1);
   a.cu_seqlens = c;
-  a.scale = sc;
   std::vector<int64_t> tasks(B * H), cost(B * H);
   std::iota(tasks.begin(), tasks.end(), 0);
   for (int64_t t = 0; t < B * H; ++t) {
