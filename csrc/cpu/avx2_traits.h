@@ -21,6 +21,13 @@ inline Avx2Mask avx2_mask(int lanes) {
   return {_mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), idx), lanes};
 }
 
+// What every AVX2 traits type shares: 8 lanes per vector and their masks.
+struct Avx2Lanes {
+  static constexpr int VL = 8;
+  using mask_t = Avx2Mask;
+  static mask_t mask(int lanes) { return avx2_mask(lanes); }
+};
+
 // Eight fp32 results stored as Y (float, or bf16 bits rounded like every other path).
 template <class Y>
 inline void store8(Y* p, __m256 v, const Avx2Mask& k) {

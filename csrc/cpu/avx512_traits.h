@@ -16,6 +16,13 @@ inline __mmask16 avx512_mask(int lanes) {
   return static_cast<__mmask16>((1u << lanes) - 1u);
 }
 
+// What every AVX-512 traits type shares: 16 lanes per vector and their masks.
+struct Avx512Lanes {
+  static constexpr int VL = 16;
+  using mask_t = __mmask16;
+  static mask_t mask(int lanes) { return avx512_mask(lanes); }
+};
+
 // fp32 -> bf16 with round-to-nearest-even and quiet NaN, 16 lanes: the vector form of
 // f32_to_bf16_bits (vcvtneps2bf16 would flush denormals, which torch's rounding does not).
 inline void store_bf16x16(uint16_t* p, __m512 a, __mmask16 k) {
@@ -33,18 +40,16 @@ inline void store_bf16x16(uint16_t* p, __m512 a, __mmask16 k) {
 // rows.
 constexpr int avx512_mr_max(int nv) { return nv == 1 ? 14 : 12; }
 
-struct Avx512F32 {
+struct Avx512F32 : Avx512Lanes {
   using xelem = float;
   using welem = float;
   using yelem = float;
   static constexpr bool kQuantized = false, kWholeGroups = false;
-  static constexpr int VL = 16, KP = 1, NVMAX = 2;
+  static constexpr int KP = 1, NVMAX = 2;
   static constexpr int mr_max(int nv) { return avx512_mr_max(nv); }
   using acc_t = __m512;
   using w_t = __m512;
   using x_t = __m512;
-  using mask_t = __mmask16;
-  static mask_t mask(int lanes) { return avx512_mask(lanes); }
   static acc_t zero() { return _mm512_setzero_ps(); }
   static acc_t load_bias(const float* p, mask_t k) { return _mm512_maskz_loadu_ps(k, p); }
   static w_t load_w(const float* p, mask_t k) { return _mm512_maskz_loadu_ps(k, p); }
@@ -55,19 +60,17 @@ struct Avx512F32 {
 };
 
 // bf16 without AVX512_BF16: each (W[n,k], W[n,k+1]) lane widens to two fp32 vectors.
-struct Avx512Bf16Widen {
+struct Avx512Bf16Widen : Avx512Lanes {
   using xelem = uint16_t;
   using welem = uint16_t;
   using yelem = uint16_t;
   static constexpr bool kQuantized = false, kWholeGroups = false;
-  static constexpr int VL = 16, KP = 2, NVMAX = 2;
+  static constexpr int KP = 2, NVMAX = 2;
   // NV=2 holds 4 widened weight vectors and 2 broadcasts: 10 x 2 accumulators fit.
   static constexpr int mr_max(int nv) { return nv == 1 ? 14 : 10; }
   using acc_t = __m512;
   struct w_t { __m512 even, odd; };
   struct x_t { __m512 lo, hi; };
-  using mask_t = __mmask16;
-  static mask_t mask(int lanes) { return avx512_mask(lanes); }
   static acc_t zero() { return _mm512_setzero_ps(); }
   static acc_t load_bias(const float* p, mask_t k) { return _mm512_maskz_loadu_ps(k, p); }
   static w_t load_w(const uint16_t* p, mask_t k) {

@@ -16,19 +16,17 @@ struct PairAcc {
 };
 
 template <class Y>
-struct Avx2Int8 {
+struct Avx2Int8 : Avx2Lanes {
   using xelem = uint8_t;
   using welem = int8_t;
   using yelem = Y;
   static constexpr bool kQuantized = true, kWholeGroups = true;
-  static constexpr int VL = 8, KP = 4, NVMAX = 2;
+  static constexpr int KP = 4, NVMAX = 2;
   // 16 ymm: NV=1 holds 4 x 2 accumulators + 2 widened weights + 1 broadcast; NV=2, 2 rows.
   static constexpr int mr_max(int nv) { return nv == 1 ? 4 : 2; }
   using acc_t = PairAcc;
   using w_t = PairAcc;
   using x_t = __m256i;
-  using mask_t = Avx2Mask;
-  static mask_t mask(int lanes) { return avx2_mask(lanes); }
   static acc_t zero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
   static w_t load_w(const int8_t* p, mask_t k) {
     const __m256i quads = _mm256_maskload_epi32(reinterpret_cast<const int*>(p), k.v);  // 8 outputs x 4
@@ -58,18 +56,16 @@ struct Avx2Int8 {
 
 // Weight-only: 8 int8 weights of one input widened to fp32, FMA with the broadcast input.
 template <class X, class Y>
-struct Avx2WeightOnly {
+struct Avx2WeightOnly : Avx2Lanes {
   using xelem = X;
   using welem = int8_t;
   using yelem = Y;
   static constexpr bool kQuantized = true, kWholeGroups = false;
-  static constexpr int VL = 8, KP = 1, NVMAX = 2;
+  static constexpr int KP = 1, NVMAX = 2;
   static constexpr int mr_max(int nv) { return nv == 1 ? 8 : 6; }
   using acc_t = __m256;
   using w_t = __m256;
   using x_t = __m256;
-  using mask_t = Avx2Mask;
-  static mask_t mask(int lanes) { return avx2_mask(lanes); }
   static acc_t zero() { return _mm256_setzero_ps(); }
   static w_t load_w(const int8_t* p, mask_t k) {
     alignas(8) int8_t b[8] = {};

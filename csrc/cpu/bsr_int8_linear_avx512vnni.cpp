@@ -34,18 +34,16 @@ inline void dequant_store16(Y* p, __m512i acc, __mmask16 k, float row_scale, int
 }
 
 template <class Y>
-struct Avx512Int8Vnni {
+struct Avx512Int8Vnni : Avx512Lanes {
   using xelem = uint8_t;
   using welem = int8_t;
   using yelem = Y;
   static constexpr bool kQuantized = true, kWholeGroups = true;
-  static constexpr int VL = 16, KP = 4, NVMAX = 2;
+  static constexpr int KP = 4, NVMAX = 2;
   static constexpr int mr_max(int nv) { return avx512_mr_max(nv); }
   using acc_t = __m512i;
   using w_t = __m512i;
   using x_t = __m512i;
-  using mask_t = __mmask16;
-  static mask_t mask(int lanes) { return avx512_mask(lanes); }
   static acc_t zero() { return _mm512_setzero_si512(); }
   static w_t load_w(const int8_t* p, mask_t k) { return _mm512_maskz_loadu_epi32(k, p); }
   static x_t load_x(const uint8_t* p) {
@@ -63,18 +61,16 @@ struct Avx512Int8Vnni {
 
 // Weight-only: 16 int8 weights of one input widened to fp32, FMA with the broadcast input.
 template <class X, class Y>
-struct Avx512WeightOnly {
+struct Avx512WeightOnly : Avx512Lanes {
   using xelem = X;
   using welem = int8_t;
   using yelem = Y;
   static constexpr bool kQuantized = true, kWholeGroups = false;
-  static constexpr int VL = 16, KP = 1, NVMAX = 2;
+  static constexpr int KP = 1, NVMAX = 2;
   static constexpr int mr_max(int nv) { return avx512_mr_max(nv); }
   using acc_t = __m512;
   using w_t = __m512;
   using x_t = __m512;
-  using mask_t = __mmask16;
-  static mask_t mask(int lanes) { return avx512_mask(lanes); }
   static acc_t zero() { return _mm512_setzero_ps(); }
   static w_t load_w(const int8_t* p, mask_t k) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, p)));

@@ -15,18 +15,16 @@ template <>
 void store_float<uint16_t>(uint16_t* p, float v) { *p = f32_to_bf16_bits(v); }
 
 template <class Y>
-struct ScalarInt8 {
+struct ScalarInt8 : ScalarLanes {
   using xelem = uint8_t;
   using welem = int8_t;
   using yelem = Y;
   static constexpr bool kQuantized = true, kWholeGroups = true;
-  static constexpr int VL = 1, KP = 4, NVMAX = 16;
+  static constexpr int KP = 4, NVMAX = 16;
   static constexpr int mr_max(int) { return 4; }
   using acc_t = int32_t;
   struct w_t { int32_t w[4]; };
   struct x_t { int32_t x[4]; };
-  using mask_t = bool;
-  static mask_t mask(int lanes) { return lanes > 0; }
   static acc_t zero() { return 0; }
   static w_t load_w(const int8_t* p, mask_t k) {
     if (!k) return {{0, 0, 0, 0}};
@@ -47,18 +45,16 @@ struct ScalarInt8 {
 
 // Weight-only: X is float or bf16 bits (uint16_t).
 template <class X, class Y>
-struct ScalarWeightOnly {
+struct ScalarWeightOnly : ScalarLanes {
   using xelem = X;
   using welem = int8_t;
   using yelem = Y;
   static constexpr bool kQuantized = true, kWholeGroups = false;
-  static constexpr int VL = 1, KP = 1, NVMAX = 16;
+  static constexpr int KP = 1, NVMAX = 16;
   static constexpr int mr_max(int) { return 4; }
   using acc_t = float;
   using w_t = float;
   using x_t = float;
-  using mask_t = bool;
-  static mask_t mask(int lanes) { return lanes > 0; }
   static acc_t zero() { return 0.f; }
   static w_t load_w(const int8_t* p, mask_t k) { return k ? static_cast<float>(*p) : 0.f; }
   static x_t load_x(const X* p) {

@@ -7,19 +7,17 @@ namespace cpu {
 namespace {
 
 // 16 ymm registers: a tile of MR x NV accumulators plus NV weight vectors plus one broadcast.
-struct Avx2F32 {
+struct Avx2F32 : Avx2Lanes {
   using xelem = float;
   using welem = float;
   using yelem = float;
   static constexpr bool kQuantized = false, kWholeGroups = false;
-  static constexpr int VL = 8, KP = 1, NVMAX = 2;
+  static constexpr int KP = 1, NVMAX = 2;
   // NV=2: 6 x 2 accumulators + 2 weights + 1 broadcast = 15 of 16 registers.
   static constexpr int mr_max(int nv) { return nv == 1 ? 8 : 6; }
   using acc_t = __m256;
   using w_t = __m256;
   using x_t = __m256;
-  using mask_t = Avx2Mask;
-  static mask_t mask(int lanes) { return avx2_mask(lanes); }
   static acc_t zero() { return _mm256_setzero_ps(); }
   static acc_t load_bias(const float* p, mask_t k) { return _mm256_maskload_ps(p, k.v); }
   static w_t load_w(const float* p, mask_t k) { return _mm256_maskload_ps(p, k.v); }
@@ -29,19 +27,17 @@ struct Avx2F32 {
   static void store(float* p, acc_t a, mask_t k) { _mm256_maskstore_ps(p, k.v, a); }
 };
 
-struct Avx2Bf16 {
+struct Avx2Bf16 : Avx2Lanes {
   using xelem = uint16_t;
   using welem = uint16_t;
   using yelem = uint16_t;
   static constexpr bool kQuantized = false, kWholeGroups = false;
-  static constexpr int VL = 8, KP = 2, NVMAX = 2;
+  static constexpr int KP = 2, NVMAX = 2;
   // A bf16 weight pair widens to two fp32 vectors, so NV=2 holds 4 weight registers.
   static constexpr int mr_max(int nv) { return nv == 1 ? 6 : 4; }
   using acc_t = __m256;
   struct w_t { __m256 even, odd; };
   struct x_t { __m256 lo, hi; };
-  using mask_t = Avx2Mask;
-  static mask_t mask(int lanes) { return avx2_mask(lanes); }
   static acc_t zero() { return _mm256_setzero_ps(); }
   static acc_t load_bias(const float* p, mask_t k) { return _mm256_maskload_ps(p, k.v); }
   static w_t load_w(const uint16_t* p, mask_t k) {

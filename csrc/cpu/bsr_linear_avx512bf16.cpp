@@ -7,18 +7,16 @@ namespace sparsebert {
 namespace cpu {
 namespace {
 
-struct Avx512Bf16Dot {
+struct Avx512Bf16Dot : Avx512Lanes {
   using xelem = uint16_t;
   using welem = uint16_t;
   using yelem = uint16_t;
   static constexpr bool kQuantized = false, kWholeGroups = false;
-  static constexpr int VL = 16, KP = 2, NVMAX = 2;
+  static constexpr int KP = 2, NVMAX = 2;
   static constexpr int mr_max(int nv) { return avx512_mr_max(nv); }
   using acc_t = __m512;
   using w_t = __m512bh;
   using x_t = __m512bh;
-  using mask_t = __mmask16;
-  static mask_t mask(int lanes) { return avx512_mask(lanes); }
   static acc_t zero() { return _mm512_setzero_ps(); }
   static acc_t load_bias(const float* p, mask_t k) { return _mm512_maskz_loadu_ps(k, p); }
   static w_t load_w(const uint16_t* p, mask_t k) { return (__m512bh)_mm512_maskz_loadu_epi32(k, p); }

@@ -18,7 +18,8 @@
 //   NVMAX          vectors of outputs one tile covers (NVMAX * VL outputs of a block row)
 //   mr_max(nv)     rows of x one tile covers: MR * NV accumulators + NV weight vectors + one
 //                  broadcast must fit the register file (32 zmm, 16 ymm), else the tile spills
-//   acc_t, w_t, x_t, mask_t and load_bias / load_w / load_x / load_x_single / fma / store
+//   acc_t, w_t, x_t and load_bias / load_w / load_x / load_x_single / fma / store
+//   VL, mask_t, mask(lanes)  from its ISA's lanes base (ScalarLanes below, Avx2Lanes, Avx512Lanes)
 #pragma once
 
 #include <cstdint>
@@ -32,6 +33,13 @@ namespace cpu {
 namespace {
 
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// What every scalar traits type shares: one lane, "masked" by whether it exists.
+struct ScalarLanes {
+  static constexpr int VL = 1;
+  using mask_t = bool;
+  static mask_t mask(int lanes) { return lanes > 0; }
+};
 
 // One register tile: MR rows of x times up to NV * VL outputs of one block row.
 template <class T>

@@ -6,18 +6,16 @@ namespace sparsebert {
 namespace cpu {
 namespace {
 
-struct ScalarF32 {
+struct ScalarF32 : ScalarLanes {
   using xelem = float;
   using welem = float;
   using yelem = float;
   static constexpr bool kQuantized = false, kWholeGroups = false;
-  static constexpr int VL = 1, KP = 1, NVMAX = 16;
+  static constexpr int KP = 1, NVMAX = 16;
   static constexpr int mr_max(int) { return 4; }
   using acc_t = float;
   using w_t = float;
   using x_t = float;
-  using mask_t = bool;
-  static mask_t mask(int lanes) { return lanes > 0; }
   static acc_t zero() { return 0.f; }
   static acc_t load_bias(const float* p, mask_t k) { return k ? *p : 0.f; }
   static w_t load_w(const float* p, mask_t k) { return k ? *p : 0.f; }
@@ -29,18 +27,16 @@ struct ScalarF32 {
   }
 };
 
-struct ScalarBf16 {
+struct ScalarBf16 : ScalarLanes {
   using xelem = uint16_t;
   using welem = uint16_t;
   using yelem = uint16_t;
   static constexpr bool kQuantized = false, kWholeGroups = false;
-  static constexpr int VL = 1, KP = 2, NVMAX = 16;
+  static constexpr int KP = 2, NVMAX = 16;
   static constexpr int mr_max(int) { return 4; }
   using acc_t = float;
   struct w_t { float even, odd; };
   struct x_t { float lo, hi; };
-  using mask_t = bool;
-  static mask_t mask(int lanes) { return lanes > 0; }
   static acc_t zero() { return 0.f; }
   static acc_t load_bias(const float* p, mask_t k) { return k ? *p : 0.f; }
   static w_t load_w(const uint16_t* p, mask_t k) {
