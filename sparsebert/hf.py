@@ -31,15 +31,13 @@ __all__ = ["ATTN_IMPLEMENTATION", "sparsebert_attention_forward", "use_unpadded"
 ATTN_IMPLEMENTATION = "sparsebert"
 
 
-def _as_key_padding(mask: Tensor) -> Tensor | None:
-    """A [batch, 1, q, k] bool mask whose query rows are all equal is a key-padding mask: return
-    it as [batch, k] (the kernel then skips padded key blocks); None for any other mask."""
-    if mask.dim() != 4 or mask.dtype != torch.bool or mask.shape[1] != 1:
+def _as_key_padding(keep: Tensor) -> Tensor | None:
+    """A 4-D bool keep-mask [batch, heads or 1, q, k] whose heads and query rows all agree is a
+    key-padding mask: return it as [batch, k]; None for any other mask."""
+    first = keep[:, :1, :1, :]
+    if not torch.equal(keep, first.expand_as(keep)):
         return None
-    first = mask[:, 0, :1, :]
-    if not torch.equal(mask[:, 0], first.expand_as(mask[:, 0])):
-        return None
-    return first[:, 0, :]
+    return first[:, 0, 0, :]
 
 
 def sparsebert_attention_forward(
@@ -93,7 +91,7 @@ def sparsebert_attention_forward(
         mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)[None, None]
     elif mask is not None and mask.dim() == 4:
         mask = mask[:, :, :, : key.shape[2]]
-        kp = _as_key_padding(mask)
+        kp = _as_key_padding(mask) if mask.dtype == torch.bool else None  # lets the kernel skip padding
         if kp is not None:
             mask = kp
     out = attention(query, key, value, mask, scaling)
@@ -136,10 +134,9 @@ def _key_padding(mask: Tensor | None, batch: int, seq: int, device) -> Tensor:
     if mask.dim() == 2:
         return mask != 0
     if mask.dim() == 4:
-        keep = mask if mask.dtype == torch.bool else mask == 0
-        first = keep[:, :, :1, :]
-        if torch.equal(keep, first.expand_as(keep)):
-            return first[:, 0, 0, :]
+        kp = _as_key_padding(mask if mask.dtype == torch.bool else mask == 0)
+        if kp is not None:
+            return kp
     raise ValueError(
         f"the unpadded encoder needs a key-padding mask; got a mask of shape {tuple(mask.shape)} that "
         "differs between query rows"
