@@ -141,9 +141,16 @@ def test_dtype_mismatch():
 
 
 def test_unsupported_dtype_on_cpu():
-    sp = SparseLinear.from_dense(pruned_linear()).half()
+    # refused at the conversion, not at forward, and the module is left as it was
+    sp = SparseLinear.from_dense(pruned_linear())
+    for convert in (lambda m: m.half(), lambda m: m.to(torch.float16), lambda m: m.double()):
+        with pytest.raises(TypeError, match="SparseLinear cannot be converted to torch.float(16|64).*bfloat16"):
+            convert(sp)
+        assert sp.values.dtype == torch.float32
+    # the op still refuses float16 inputs on CPU with its own message
     with pytest.raises(ValueError, match="float32 and bfloat16 inputs, got Half"):
-        sp(torch.randn(4, 80).half())
+        sparsebert.ops.bsr_linear(torch.randn(4, 80).half(), sp.values.half(), sp.crow_indices, sp.col_indices,
+                                  None, sp.shape, sp.block_size)
 
 
 @pytest.mark.parametrize("block_size", [(0, 32), (32,), (-1, 4), (2.0, 4), "ab", None, (True, 4)])

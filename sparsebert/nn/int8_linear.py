@@ -18,7 +18,15 @@ from ..ops.int8_format import (
     unpack_int8_weight_only,
     weight_sum,
 )
-from ._buffers import resize_to_checkpoint
+from ._buffers import (
+    check_move,
+    check_spec,
+    dtype_from_name,
+    dtype_name,
+    placeholder_bsr,
+    resize_to_checkpoint,
+    warn_if_blocks_do_not_match,
+)
 
 __all__ = ["Int8Linear", "SparseInt8Linear", "smoothing_factors"]
 
@@ -98,7 +106,35 @@ class _Int8Base(nn.Module):
         w = q.float() * self.weight_scale[:, None]
         return w if self.smooth is None else w * self.smooth[None, :]
 
+    def _spec_common(self) -> dict:
+        return {"type": type(self).__name__, "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "act_quant": self.act_quant, "smooth": self.smooth is not None,
+                "dtype": dtype_name(self.bias.dtype if self.bias is not None else torch.float32)}
+
+    @staticmethod
+    def _empty_common(spec: dict, device):
+        """(weight_scale, weight_sum, bias, smooth) placeholders of a spec's shapes."""
+        n, k = spec["out_features"], spec["in_features"]
+        dtype = dtype_from_name(spec["dtype"])
+        bias = torch.zeros(n, dtype=dtype, device=device) if spec["bias"] else None
+        smooth = torch.ones(k, device=device) if spec["smooth"] else None
+        return (torch.zeros(n, device=device), torch.zeros(n, dtype=torch.int32, device=device), bias, smooth)
+
+    def _check_loaded(self, state_dict, prefix):
+        """Checks a checkpoint's scales and sums before they are copied: a tampered or mismatched
+        file is refused with the module's name, never run."""
+        name = f"{type(self).__name__} {prefix.rstrip('.') or '(root)'}"
+        n = self.out_features
+        for key, dtype in (("weight_scale", torch.float32), ("weight_sum", torch.int32)):
+            t = state_dict.get(prefix + key)
+            if t is not None and (tuple(t.shape) != (n,) or t.dtype != dtype):
+                raise ValueError(f"{name}: {key} must be {dtype} of shape ({n},), got {t.dtype} {tuple(t.shape)}")
+        scale = state_dict.get(prefix + "weight_scale")
+        if scale is not None and scale.device.type != "meta" and (not torch.isfinite(scale).all() or (scale < 0).any()):
+            raise ValueError(f"{name}: weight_scale must be finite and non-negative")
+
     def _apply(self, fn, recurse=True):
+        check_move(self, fn, self.weight_scale)
         scale, smooth = self.weight_scale, self.smooth
         super()._apply(fn, recurse)
         self.weight_scale = scale.to(self.weight_scale.device)  # keep float32 values
@@ -148,6 +184,26 @@ class Int8Linear(_Int8Base):
         return cls(linear.in_features, linear.out_features, packed, scale, weight_sum(q), bias, smooth, weight_only,
                    act_quant)
 
+    def spec(self) -> dict:
+        """JSON-able description (see :meth:`SparseLinear.spec`)."""
+        return {**self._spec_common(), "weight_only": self.weight_only}
+
+    @classmethod
+    def from_spec(cls, spec: dict, device=None) -> "Int8Linear":
+        """An empty layer of the shapes in ``spec``, ready for ``load_state_dict``."""
+        check_spec(spec, cls.__name__, ("in_features", "out_features", "bias", "act_quant", "smooth", "dtype",
+                                        "weight_only"))
+        n, k = spec["out_features"], spec["in_features"]
+        nb, kk = -(-n // 32), max(k, 1)
+        shape = (nb, kk, 32, 1) if spec["weight_only"] else (nb, -(-kk // 4), 32, 4)
+        scale, wsum, bias, smooth = cls._empty_common(spec, device)
+        return cls(k, n, torch.zeros(shape, dtype=torch.int8, device=device), scale, wsum, bias, smooth,
+                   spec["weight_only"], spec["act_quant"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._check_loaded(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def to_dense(self) -> Tensor:
         unpack = unpack_int8_weight_only if self.weight_only else unpack_int8_dense
         return self._effective(unpack(self.weight, self.shape))
@@ -160,8 +216,9 @@ class Int8Linear(_Int8Base):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, weight_only={self.weight_only}, act_quant={self.act_quant!r}, "
-                f"act_quant={self.act_quant!r}, smooth={self.smooth is not None}")
+                f"bias={self.bias is not None}, weight_only={self.weight_only}, "
+                + ("" if self.weight_only else f"act_quant={self.act_quant!r}, ")
+                + f"smooth={self.smooth is not None}")
 
 
 class SparseInt8Linear(_Int8Base):
@@ -191,8 +248,31 @@ class SparseInt8Linear(_Int8Base):
         q, scale, smooth = _quantize_weight(linear, act_absmax, alpha)
         values, crow, col = pack_int8_bsr(q, block_size)
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(linear.in_features, linear.out_features, values, scale, weight_sum(q), crow, col, bias,
-                   block_size, smooth, act_quant)
+        layer = cls(linear.in_features, linear.out_features, values, scale, weight_sum(q), crow, col, bias,
+                    block_size, smooth, act_quant)
+        warn_if_blocks_do_not_match(linear.weight.detach(), layer.sparsity, block_size, cls.__name__)
+        return layer
+
+    @property
+    def nnz_blocks(self) -> int:
+        return self.values.shape[0]
+
+    def spec(self) -> dict:
+        """JSON-able description (see :meth:`SparseLinear.spec`)."""
+        return {**self._spec_common(), "block_size": list(self.block_size), "nnz_blocks": self.nnz_blocks}
+
+    @classmethod
+    def from_spec(cls, spec: dict, device=None) -> "SparseInt8Linear":
+        """An empty layer of the shapes in ``spec``, ready for ``load_state_dict``."""
+        check_spec(spec, cls.__name__, ("in_features", "out_features", "bias", "act_quant", "smooth", "dtype",
+                                        "block_size", "nnz_blocks"))
+        n, k = spec["out_features"], spec["in_features"]
+        block_size = check_block_size(tuple(spec["block_size"]))
+        crow, col = placeholder_bsr(spec["nnz_blocks"], (n, k), block_size, device)
+        values = torch.zeros(spec["nnz_blocks"], -(-block_size[1] // 4), block_size[0], 4, dtype=torch.int8,
+                             device=device)
+        scale, wsum, bias, smooth = cls._empty_common(spec, device)
+        return cls(k, n, values, scale, wsum, crow, col, bias, block_size, smooth, spec["act_quant"])
 
     @property
     def sparsity(self) -> float:
@@ -209,10 +289,20 @@ class SparseInt8Linear(_Int8Base):
                                    self.col_indices, bias, self.shape, self.block_size, self.act_quant)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._check_loaded(state_dict, prefix)
+        keys = [prefix + n for n in ("values", "crow_indices", "col_indices")]
+        if all(k in state_dict for k in keys):
+            try:
+                if state_dict[keys[0]].dtype != torch.int8:
+                    raise ValueError(f"values must be int8, got {state_dict[keys[0]].dtype}")
+                validate_bsr(state_dict[keys[0]], state_dict[keys[1]], state_dict[keys[2]], self.shape,
+                             self.block_size)
+            except ValueError as e:
+                raise ValueError(f"{type(self).__name__} {prefix.rstrip('.') or '(root)'}: {e}") from None
         resize_to_checkpoint(self, state_dict, prefix, ("values", "crow_indices", "col_indices"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, block_size={self.block_size}, sparsity={self.sparsity:.3f}, "
+                f"bias={self.bias is not None}, block_size={self.block_size}, sparsity={self.sparsity:.2f}, "
                 f"act_quant={self.act_quant!r}, smooth={self.smooth is not None}")

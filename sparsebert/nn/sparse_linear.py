@@ -7,10 +7,19 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ._buffers import resize_to_checkpoint
+from ._buffers import (
+    check_move,
+    check_spec,
+    dtype_from_name,
+    dtype_name,
+    placeholder_bsr,
+    resize_to_checkpoint,
+    warn_if_blocks_do_not_match,
+)
 from ..ops.bsr_format import (
     PACKED_DTYPES,
     bsr_sparsity,
+    k_pack,
     bsr_to_dense,
     check_block_size,
     pack_bsr,
@@ -76,10 +85,34 @@ class SparseLinear(nn.Module):
         pruned with ``torch.nn.utils.prune`` too (its ``weight`` is the masked weight)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense expects an nn.Linear, got {type(linear).__name__}")
+        block_size = check_block_size(block_size)
         weight = linear.weight.detach()
         values, crow, col = pack_bsr(weight, block_size)
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(linear.in_features, linear.out_features, values, crow, col, bias, tuple(block_size), backend)
+        layer = cls(linear.in_features, linear.out_features, values, crow, col, bias, block_size, backend)
+        warn_if_blocks_do_not_match(weight, layer.sparsity, block_size, cls.__name__)
+        return layer
+
+    def spec(self) -> dict:
+        """JSON-able description of this layer's shapes and options: :meth:`from_spec` builds an
+        empty layer from it that ``load_state_dict`` fills (the save manifest stores it)."""
+        return {"type": type(self).__name__, "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "block_size": list(self.block_size), "nnz_blocks": self.nnz_blocks,
+                "dtype": dtype_name(self.values.dtype), "backend": self.backend}
+
+    @classmethod
+    def from_spec(cls, spec: dict, device=None) -> "SparseLinear":
+        """An empty layer (zero weights, a placeholder pattern with ``spec["nnz_blocks"]`` blocks)
+        of the shapes in ``spec``, on ``device`` (``"meta"`` allocates nothing)."""
+        check_spec(spec, cls.__name__, ("in_features", "out_features", "bias", "block_size", "nnz_blocks", "dtype"))
+        n, k = spec["out_features"], spec["in_features"]
+        block_size = check_block_size(tuple(spec["block_size"]))
+        dtype = dtype_from_name(spec["dtype"])
+        crow, col = placeholder_bsr(spec["nnz_blocks"], (n, k), block_size, device)
+        kp = k_pack(dtype)
+        values = torch.zeros(spec["nnz_blocks"], -(-block_size[1] // kp), block_size[0], kp, dtype=dtype, device=device)
+        bias = torch.zeros(n, dtype=dtype, device=device) if spec["bias"] else None
+        return cls(k, n, values, crow, col, bias, block_size, spec.get("backend", "kernel"))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -104,7 +137,9 @@ class SparseLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # `.to(dtype)` casts `values` element-wise; the k-pair packing depends on the dtype
-        # (kp = 1 for fp32, 2 for 16-bit), so repack after a dtype change.
+        # (kp = 1 for fp32, 2 for 16-bit), so repack after a dtype change. A dtype the kernels
+        # cannot run is refused before anything changes.
+        check_move(self, fn, self.values)
         super()._apply(fn, recurse)
         if self.values.dtype in PACKED_DTYPES:
             self.values = relayout_values(self.values, self.block_size, self.values.dtype)
@@ -116,8 +151,11 @@ class SparseLinear(nn.Module):
         # its own shallow copy of the dict).
         keys = [prefix + n for n in ("values", "crow_indices", "col_indices")]
         if all(k in state_dict for k in keys):
-            values = relayout_values(state_dict[keys[0]], self.block_size, self.values.dtype)
-            validate_bsr(values, state_dict[keys[1]], state_dict[keys[2]], self.shape, self.block_size)
+            try:
+                values = relayout_values(state_dict[keys[0]], self.block_size, self.values.dtype)
+                validate_bsr(values, state_dict[keys[1]], state_dict[keys[2]], self.shape, self.block_size)
+            except ValueError as e:
+                raise ValueError(f"{type(self).__name__} {prefix.rstrip('.') or '(root)'}: {e}") from None
             state_dict[keys[0]] = values
         resize_to_checkpoint(self, state_dict, prefix, ("values", "crow_indices", "col_indices"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -126,7 +164,7 @@ class SparseLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, block_size={self.block_size}, "
-            f"sparsity={self.sparsity:.3f}, backend={self.backend!r}"
+            f"sparsity={self.sparsity:.2f}, backend={self.backend!r}"
         )
 
 
