@@ -1,10 +1,8 @@
 """Shared benchmark machinery: machine header, steady-state timing, units, table output.
 
-Timing rules (this VM slows down after idle gaps): no sleeps between samples; an untimed call
-of the same method right before each timed one; methods interleaved round by round; medians.
-Cold weights: each method rotates through a pool of distinct weight copies larger than the L3
-cache, and the untimed call uses the copy *before* the timed one, so the timed call finds its
-weights in DRAM while code, threads and activations are warm.
+The interleaved timer itself is sparsebert.measure's (shared with compress's per-layer choice);
+see its docstring for the timing rules. Cold weights: each method rotates through a pool of
+distinct weight copies larger than the L3 cache.
 """
 
 from __future__ import annotations
@@ -14,14 +12,12 @@ import json
 import math
 import os
 import platform
-import statistics
 import time
-from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 import sparsebert
+from sparsebert.measure import Method, Timing, cpu_model, time_methods  # noqa: F401  (re-exported)
 
 
 def l3_bytes() -> int:
@@ -31,16 +27,6 @@ def l3_bytes() -> int:
         return 32 << 20
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_busy_fraction(seconds: float = 1.0) -> float | None:
@@ -79,43 +65,6 @@ def header(title: str, extra: dict[str, str] | None = None) -> str:
     for k, v in (extra or {}).items():
         lines.append(f"- {k}: {v}")
     return "\n".join(lines)
-
-
-@dataclass
-class Method:
-    """A method to time. `run(i)` runs it on copy `i` of its weights (i < copies)."""
-
-    name: str
-    run: Callable[[int], object]
-    copies: int = 1
-
-
-@dataclass
-class Timing:
-    samples: dict[str, list[float]] = field(default_factory=dict)
-
-    def median(self, name: str) -> float:
-        return statistics.median(self.samples[name])
-
-
-def time_methods(methods: list[Method], min_rounds: int = 5, max_rounds: int = 200,
-                 min_seconds: float = 0.2) -> Timing:
-    """Interleaved steady-state timing; see the module docstring."""
-    timing = Timing({m.name: [] for m in methods})
-    cursor = {m.name: 0 for m in methods}
-    start = time.perf_counter()
-    for rnd in range(max_rounds):
-        for m in methods:
-            i = cursor[m.name]
-            j = (i + 1) % m.copies
-            m.run(i)  # untimed: same method, other weights when cold
-            t0 = time.perf_counter()
-            m.run(j)
-            timing.samples[m.name].append(time.perf_counter() - t0)
-            cursor[m.name] = (j + 1) % m.copies
-        if rnd + 1 >= min_rounds and time.perf_counter() - start >= min_seconds * len(methods):
-            break
-    return timing
 
 
 def copies_for(bytes_per_copy: int, cold: bool, cold_bytes: int) -> int:
