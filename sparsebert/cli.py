@@ -1,9 +1,15 @@
-"""Command line: ``sparsebert info``."""
+"""Command line: ``sparsebert info | compress | bench | eval | report``.
+
+A thin layer: parse, call the library, print. Exit codes: 0 done, 1 failed (one line on
+stderr), 2 usage. Tables on stdout, progress bars on stderr, ``--json`` for machines.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import os
 import sys
 
 import torch
@@ -15,6 +21,10 @@ from sparsebert import _extension
 _DISPATCH_KEYS = ("CPU", "CUDA")
 
 
+class CliError(Exception):
+    """A failure reported as one line on stderr with exit code 1."""
+
+
 def _kernels() -> list[tuple[str, list[str]]]:
     rows = []
     for name in torch.ops.sparsebert:
@@ -24,11 +34,15 @@ def _kernels() -> list[tuple[str, list[str]]]:
     return sorted(rows)
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def info(_args) -> int:
     try:
         active = _extension.active_isa()
-    except ValueError as e:
-        active = f"invalid ({e})"
+    except ValueError as e:  # a bad SPARSEBERT_ISA: the kernels would refuse to run
+        raise CliError(_first_line(e)) from None
     triton = importlib.util.find_spec("triton") is not None
     print(f"sparsebert   {sparsebert.__version__}")
     print(f"torch        {torch.__version__}")
@@ -39,16 +53,281 @@ def info(_args) -> int:
           f"triton {'installed' if triton else 'not installed'}")
     print("kernels")
     for name, keys in _kernels():
-        print(f"  sparsebert::{name:<16} {', '.join(keys) if keys else '(no device implementation)'}")
+        print(f"  sparsebert::{name:<24} {', '.join(keys) if keys else '(no device implementation)'}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+# --- argument types ------------------------------------------------------------------------------
+
+
+def _block(text: str) -> tuple[int, int]:
+    try:
+        r, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"block must be ROWSxCOLS, e.g. 32x32, got {text!r}") from None
+    if r < 1 or c < 1:
+        raise argparse.ArgumentTypeError(f"block sizes must be positive, got {text!r}")
+    return r, c
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _none_or(text: str) -> str | None:
+    return None if text.lower() == "none" else text
+
+
+# --- subcommands ---------------------------------------------------------------------------------
+
+
+def _load_hf(model_dir: str):
+    """(model, tokenizer or None) of a Hugging Face model directory, of the class its config names."""
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    if not os.path.isdir(model_dir):
+        raise CliError(f"{model_dir!r} is not a directory")
+    config = AutoConfig.from_pretrained(model_dir)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    model = (cls or AutoModel).from_pretrained(model_dir).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError):
+        tokenizer = None
+    return model, tokenizer
+
+
+def _calibration_inputs(tokenizer, n: int, path: str | None):
+    from sparsebert.data import split_sentences
+
+    if tokenizer is None:
+        raise CliError("calibration needs the model's tokenizer files in MODEL_DIR (or --calibrate 0)")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                sentences = [line.strip() for line in f if line.strip()][:n]
+        except OSError as e:
+            raise CliError(f"cannot read --calib-file {path!r}: {e}") from None
+        if not sentences:
+            raise CliError(f"--calib-file {path!r} holds no sentences")
+    else:
+        sentences, _ = split_sentences(n, 0)
+    return tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
+
+
+def compress_cmd(args) -> int:
+    from sparsebert.report import format_report
+
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        raise CliError(f"--out {args.out!r} exists and is not empty (pass --overwrite)")
+    model, tokenizer = _load_hf(args.model_dir)
+    config = sparsebert.CompressConfig(
+        sparsity=args.sparsity, block_size=args.block, int8=args.int8, act_quant=args.act_quant, dtype=args.dtype,
+        attention=args.attention, kernel=args.kernel, min_cosine=args.min_cosine, tokens=args.tokens,
+        **({"skip": tuple(args.skip)} if args.skip else {}))
+    example = None
+    if args.int8 == "dynamic" and args.calibrate > 0:
+        example = _calibration_inputs(tokenizer, args.calibrate, args.calib_file)
+    sparsebert.compress(model, config, example_inputs=example, progress=True)
+    sparsebert.save(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
+    rep = sparsebert.report(model)
+    if args.json:
+        print(json.dumps(rep, indent=1))
+    else:
+        print(format_report(rep))
+        print(f"\nsaved to {args.out}")
+    return 0
+
+
+def bench_cmd(args) -> int:
+    from sparsebert.bench import bench, format_table, plot
+
+    model = sparsebert.load(args.dir)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.dir)
+        from sparsebert.data import movie_review_sentences
+
+        sentences = movie_review_sentences()
+    except (OSError, ValueError, FileNotFoundError):
+        tokenizer, sentences = None, None
+    shapes = [(b, s) for b in args.batch for s in args.seq]
+    baselines = [b for b in args.baselines.split(",") if b]
+    rows = bench(model, shapes, baselines, tokenizer, sentences, threads=args.threads, mixed=args.mixed,
+                 min_rounds=args.rounds, progress=True)
+    if args.json:
+        print(json.dumps({"threads": torch.get_num_threads(), "isa": sparsebert.active_isa(), "rows": rows}, indent=1))
+    else:
+        print(f"threads {torch.get_num_threads()}, ISA {sparsebert.active_isa()}, "
+              f"{'real sentences' if tokenizer else 'random token ids'}{', mixed lengths' if args.mixed else ''}")
+        print(format_table(rows))
+    if args.plot:
+        plot(rows, args.plot, title=f"sparsebert bench: {os.path.basename(os.path.abspath(args.dir))}")
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _label_ids(model, labels: list[str]) -> torch.Tensor:
+    label2id = {str(k): int(v) for k, v in (getattr(model.config, "label2id", None) or {}).items()}
+    n = model.config.num_labels
+    out = []
+    for i, lab in enumerate(labels):
+        if lab in label2id:
+            out.append(label2id[lab])
+        elif lab.lstrip("-").isdigit() and 0 <= int(lab) < n:
+            out.append(int(lab))
+        else:
+            raise CliError(f"label {lab!r} (example {i + 1}) is not one of the head's {n} classes "
+                           f"{sorted(label2id) or list(range(n))}")
+    return torch.tensor(out)
+
+
+def eval_cmd(args) -> int:
+    from sparsebert.compress import pooled_output
+    from sparsebert.data import split_sentences
+    from sparsebert.serialize import read_manifest
+
+    model = sparsebert.load(args.dir)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.dir)
+    original_dir = args.original or read_manifest(args.dir).get("source")
+    result = {}
+    if original_dir and os.path.isdir(original_dir):
+        original, _ = _load_hf(original_dir)
+        _, sentences = split_sentences(0, args.sentences, seed=args.seed)
+        cos = []
+        for i in range(0, len(sentences), 32):
+            enc = tokenizer(sentences[i:i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            with torch.inference_mode():
+                a = pooled_output(original(**enc), enc["attention_mask"])
+                b = pooled_output(model(**enc), enc["attention_mask"])
+            cos.append(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1))
+        c = torch.cat(cos)
+        result["cosine"] = {"sentences": len(sentences), "min": c.min().item(), "mean": c.mean().item(),
+                            "original": original_dir}
+    elif not args.data:
+        raise CliError("no original model to compare with: pass --original MODEL_DIR (the manifest's source "
+                       f"{original_dir!r} is not a directory here) or --data TSV")
+    if args.data:
+        from sparsebert.data import read_tsv
+
+        if not hasattr(model, "classifier"):
+            raise CliError(f"--data needs a classification head; {type(model).__name__} has none")
+        texts, labels = read_tsv(args.data)
+        y = _label_ids(model, labels)
+        correct = 0
+        for i in range(0, len(texts), 32):
+            enc = tokenizer(texts[i:i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            with torch.inference_mode():
+                correct += int((model(**enc).logits.argmax(-1) == y[i:i + 32]).sum())
+        result["accuracy"] = {"examples": len(texts), "accuracy": 100.0 * correct / len(texts)}
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        if "cosine" in result:
+            r = result["cosine"]
+            print(f"embedding cosine vs {r['original']} on {r['sentences']} real sentences: "
+                  f"min {r['min']:.5f}, mean {r['mean']:.5f}")
+        if "accuracy" in result:
+            r = result["accuracy"]
+            print(f"accuracy on {r['examples']} labelled examples: {r['accuracy']:.2f}%")
+    return 0
+
+
+def report_cmd(args) -> int:
+    from sparsebert.report import format_report
+
+    rep = sparsebert.report(sparsebert.load(args.dir))
+    print(json.dumps(rep, indent=1) if args.json else format_report(rep))
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsebert", description=sparsebert.__doc__)
+    parser.add_argument("--version", action="version", version=f"sparsebert {sparsebert.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, CPU ISA, backends, kernels, threads").set_defaults(func=info)
-    args = parser.parse_args(argv)
-    return args.func(args)
+
+    p = sub.add_parser("compress", help="compress a Hugging Face BERT directory and save it",
+                       description="Compress a Hugging Face BERT-family model directory (any task head) and save "
+                                   "it with sparsebert.save; prints the per-layer report.")
+    p.add_argument("model_dir")
+    p.add_argument("--out", required=True, help="output directory (sparsebert.save)")
+    p.add_argument("--sparsity", type=float, default=None, help="prune this share of blocks (default: keep zeros)")
+    p.add_argument("--block", type=_block, default=(32, 32), help="block size ROWSxCOLS (default 32x32)")
+    p.add_argument("--int8", type=_none_or, default=None, choices=["dynamic", "weight_only", None])
+    p.add_argument("--act-quant", default="per_token",
+                   choices=["per_token", "per_token_asym", "per_tensor", "per_tensor_asym"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--attention", type=_none_or, default="sparsebert", choices=["sparsebert", "unpadded", None])
+    p.add_argument("--kernel", default="auto", choices=["auto", "sparse", "dense"])
+    p.add_argument("--skip", action="append", help="module-name pattern never converted (repeatable)")
+    p.add_argument("--min-cosine", type=float, default=0.999, help="fidelity budget of the calibrated INT8 choice")
+    p.add_argument("--calibrate", type=int, default=64,
+                   help="real sentences to calibrate int8=dynamic on (0: no calibration; default 64)")
+    p.add_argument("--calib-file", help="text file, one calibration sentence per line (default: movie reviews)")
+    p.add_argument("--tokens", type=int, default=None, help="token count of the per-layer timing")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=compress_cmd)
+
+    p = sub.add_parser("bench", help="latency of a saved model against HF fp32 / bf16 / quantize_dynamic")
+    p.add_argument("dir")
+    p.add_argument("--batch", type=_int_list, default=[1, 8], help="batch sizes, e.g. 1,8")
+    p.add_argument("--seq", type=_int_list, default=[128], help="sequence lengths, e.g. 128")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--baselines", default="fp32,bf16,quantize_dynamic")
+    p.add_argument("--mixed", action="store_true", help="mixed sequence lengths, padded")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (at least)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", help="write a PNG bar chart here")
+    p.set_defaults(func=bench_cmd)
+
+    p = sub.add_parser("eval", help="embedding cosine against the original model; accuracy on labelled data")
+    p.add_argument("dir")
+    p.add_argument("--original", help="the original model directory (default: the one it was compressed from)")
+    p.add_argument("--data", help="TSV of text<TAB>label lines (needs a classification head)")
+    p.add_argument("--sentences", type=int, default=256, help="real sentences for the cosine (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=eval_cmd)
+
+    p = sub.add_parser("report", help="per-layer format, density, size and measured speedup of a saved model")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=report_cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`sparsebert info | head`): stop quietly, and keep Python's exit
+        # flush from raising again on the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("sparsebert: interrupted", file=sys.stderr)
+        return 130
+    except (CliError, ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as e:
+        print(f"sparsebert {args.command}: error: {_first_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

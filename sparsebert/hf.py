@@ -26,7 +26,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 
 from .ops.attention import attention, attention_varlen
 
-__all__ = ["ATTN_IMPLEMENTATION", "sparsebert_attention_forward", "use_unpadded", "register"]
+__all__ = ["ATTN_IMPLEMENTATION", "sparsebert_attention_forward", "use_unpadded", "register", "encoder_of",
+           "mark_compressed", "unmark_compressed", "QUANT_METHOD"]
 
 ATTN_IMPLEMENTATION = "sparsebert"
 
@@ -110,7 +111,8 @@ register()
 # --- unpadded encoder ---------------------------------------------------------------------------
 
 
-def _encoder_of(model: nn.Module) -> nn.Module:
+def encoder_of(model: nn.Module) -> nn.Module:
+    """The encoder of a BERT-family model; TypeError for anything else."""
     base = getattr(model, "base_model", model)
     encoder = getattr(base, "encoder", None)
     layers = getattr(encoder, "layer", None)
@@ -182,7 +184,7 @@ def use_unpadded(model: nn.Module, enabled: bool = True) -> nn.Module:
     restores the encoder and the previous implementation. Hidden states recorded per layer
     (``output_hidden_states=True``) come back packed, ``[1, tokens, hidden]``. Returns ``model``.
     """
-    encoder = _encoder_of(model)
+    encoder = encoder_of(model)
     if enabled:
         if "_sparsebert_prev_attn" not in encoder.__dict__:
             encoder._sparsebert_prev_attn = model.config._attn_implementation
@@ -194,3 +196,78 @@ def use_unpadded(model: nn.Module, enabled: bool = True) -> nn.Module:
         if prev is not None:
             model.set_attn_implementation(prev)
     return model
+
+
+# --- transformers' quantizer registry: from_pretrained / save_pretrained of compressed models ----
+
+QUANT_METHOD = "sparsebert"
+_LOAD_HINT = "load it with sparsebert.load(directory)"
+_SAVE_HINT = "save it with sparsebert.save(model, directory)"
+
+from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer  # noqa: E402
+from transformers.utils.quantization_config import QuantizationConfigMixin  # noqa: E402
+
+
+class SparsebertQuantizationConfig(QuantizationConfigMixin):
+    """What ``config.json`` of a model written by :func:`sparsebert.save` carries under
+    ``quantization_config``: the method name, the format version and the manifest file that
+    describes every layer."""
+
+    def __init__(self, format_version: int = 1, manifest: str = "sparsebert.json", **kwargs):
+        self.quant_method = QUANT_METHOD
+        self.format_version = format_version
+        self.manifest = manifest
+
+    def to_dict(self):
+        return {"quant_method": QUANT_METHOD, "format_version": self.format_version, "manifest": self.manifest}
+
+
+class SparsebertHfQuantizer(HfQuantizer):
+    """Makes transformers' own entry points refuse a sparsebert model with a pointer to
+    sparsebert's: ``from_pretrained`` on a directory written by :func:`sparsebert.save`, and
+    ``save_pretrained`` of a compressed model (which would otherwise write packed buffers that
+    no plain model can read)."""
+
+    requires_calibration = False
+
+    def validate_environment(self, *args, **kwargs):
+        raise ValueError(f"this directory holds a model compressed by sparsebert (packed weights): {_LOAD_HINT}")
+
+    def is_serializable(self, *args, **kwargs):
+        raise ValueError(f"this model was compressed by sparsebert and holds packed weights: {_SAVE_HINT}")
+
+    @property
+    def is_trainable(self):
+        return False
+
+    def _process_model_before_weight_loading(self, model, **kwargs):  # pragma: no cover - refused above
+        raise ValueError(_LOAD_HINT)
+
+    def _process_model_after_weight_loading(self, model, **kwargs):  # pragma: no cover - refused above
+        raise ValueError(_LOAD_HINT)
+
+
+def _register_quantizer() -> None:
+    from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
+
+    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(QUANT_METHOD)(SparsebertQuantizationConfig)
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(QUANT_METHOD)(SparsebertHfQuantizer)
+
+
+_register_quantizer()
+
+
+def mark_compressed(model: nn.Module) -> None:
+    """Tells transformers the model is quantized by sparsebert (its ``save_pretrained`` then
+    points to :func:`sparsebert.save`)."""
+    qconfig = SparsebertQuantizationConfig()
+    model.config.quantization_config = qconfig
+    model.hf_quantizer = SparsebertHfQuantizer(qconfig)
+
+
+def unmark_compressed(model: nn.Module) -> None:
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config

@@ -1,0 +1,673 @@
+"""``sparsebert.compress``: one call from a Hugging Face BERT-family model to a faster one.
+
+The shape is torchao's ``quantize_(model, config, filter_fn)``: a config dataclass says what
+happens, ``filter_fn`` narrows which ``nn.Linear`` layers it happens to, and the model is
+converted in place and returned. Per layer:
+
+1. **Weights**: pruned here by one-shot block magnitude when ``sparsity`` is given, else the
+   zeros the weights already have are kept (a model pruned elsewhere).
+2. **Kernel** (``kernel="auto"``): the candidate formats are timed at the layer's real shape
+   and a token count on this machine (cached, :mod:`sparsebert.measure`); the fastest is kept,
+   and dense stays dense where nothing beats it.
+3. **Precision** (``int8="dynamic"`` with calibration ``example_inputs``): each layer starts in
+   its fastest INT8 mode; while the model's output on the calibration batch is further from the
+   unquantized model than ``min_cosine`` allows, the layers with the largest quantization error
+   move up a ladder (per-token -> per-token asymmetric -> SmoothQuant -> weight-only -> no INT8).
+
+Everything is validated and every new module built before the model is touched, so a failed
+``compress`` leaves the model as it was. :func:`sparsebert.report` shows what was chosen and why.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import math
+import warnings
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .measure import Method, TimingCache, default_cache_path, time_methods
+from .nn import Int8Linear, SparseInt8Linear, SparseLinear
+from .ops.bsr_format import check_block_size
+from .ops.int8_format import ACT_QUANT_MODES
+from .prune import block_magnitude_mask
+
+__all__ = ["CompressConfig", "compress", "FORMATS", "DEFAULT_SKIP", "is_compressed", "decompress",
+           "STATE_ATTR"]
+
+# A layer's format: what module it becomes.
+FORMATS = {
+    "dense": nn.Linear,  # kept as it is (in the config's dtype)
+    "sparse": SparseLinear,
+    "int8": Int8Linear,
+    "int8_weight_only": Int8Linear,
+    "sparse_int8": SparseInt8Linear,
+}
+CONVERTED = (SparseLinear, Int8Linear, SparseInt8Linear)
+DEFAULT_SKIP = ("*embeddings*", "*pooler*", "*classifier*", "cls.*", "*lm_head*", "*qa_outputs*")
+INT8_MODES = ("dynamic", "weight_only")
+ATTENTION_MODES = ("sparsebert", "unpadded")
+KERNELS = ("auto", "sparse", "dense")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+STATE_ATTR = "sparsebert_state"  # the record compress leaves on the model (report, save)
+CALIBRATION_SAFETY = 0.5  # share of the min_cosine distance the calibrated choice may use
+
+
+@dataclass
+class CompressConfig:
+    """What :func:`compress` does. Every field is validated before the model is touched.
+
+    - ``sparsity``: fraction of ``block_size`` blocks to prune by magnitude in every converted
+      layer (a float in [0, 1)), or a dict of module-name pattern (``fnmatch``, e.g.
+      ``"*.intermediate.dense"``) -> fraction (first match wins; unmatched layers keep their
+      zeros), or None: keep the zeros the weights already have.
+    - ``block_size``: (rows, cols) of the sparse blocks.
+    - ``int8``: ``"dynamic"`` (int8 weights, activations quantized per token in the op),
+      ``"weight_only"`` (int8 weights, float activations) or None.
+    - ``act_quant``: the activation quantization of ``"dynamic"`` without calibration inputs
+      (``per_token``, ``per_token_asym``, ``per_tensor``, ``per_tensor_asym``); with them each
+      layer's mode is chosen against ``min_cosine``.
+    - ``dtype``: ``"float32"`` or ``"bfloat16"`` (the model's activations and float weights).
+    - ``attention``: ``"sparsebert"`` (fused attention kernel), ``"unpadded"`` (plus the encoder
+      on packed tokens: no work on padding) or None (leave the model's own).
+    - ``skip``: module-name patterns never converted (default: embeddings, pooler and task heads).
+    - ``kernel``: ``"auto"`` (measure and keep the fastest per layer), ``"sparse"`` or
+      ``"dense"`` (force one structure everywhere).
+    - ``min_cosine``: fidelity budget of the calibrated INT8 choice: minimum cosine similarity,
+      per example, between the pooled output of the converted and the unquantized model.
+    - ``tokens``: rows of the activation the per-layer timing uses (default: the token count of
+      ``example_inputs``, else 128).
+    """
+
+    sparsity: float | dict[str, float] | None = None
+    block_size: tuple[int, int] = (32, 32)
+    int8: str | None = None
+    act_quant: str = "per_token"
+    dtype: str = "float32"
+    attention: str | None = "sparsebert"
+    skip: tuple[str, ...] = DEFAULT_SKIP
+    kernel: str = "auto"
+    min_cosine: float = 0.999
+    tokens: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.dtype, torch.dtype):
+            names = {v: k for k, v in DTYPES.items()}
+            if self.dtype not in names:
+                raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype}")
+            self.dtype = names[self.dtype]
+        if isinstance(self.skip, str):
+            self.skip = (self.skip,)
+        self.skip = tuple(self.skip)
+        self.block_size = check_block_size(tuple(self.block_size) if isinstance(self.block_size, list)
+                                           else self.block_size)
+        self.validate()
+
+    def validate(self) -> None:
+        _check_sparsity("sparsity", self.sparsity) if not isinstance(self.sparsity, dict) else None
+        if isinstance(self.sparsity, dict):
+            for pattern, value in self.sparsity.items():
+                if not isinstance(pattern, str):
+                    raise ValueError(f"sparsity patterns must be strings, got {pattern!r}")
+                _check_sparsity(f"sparsity[{pattern!r}]", value)
+        if self.int8 not in (None, *INT8_MODES):
+            raise ValueError(f"int8 must be one of {INT8_MODES} or None, got {self.int8!r}")
+        if self.act_quant not in ACT_QUANT_MODES:
+            raise ValueError(f"act_quant must be one of {ACT_QUANT_MODES}, got {self.act_quant!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.attention not in (None, *ATTENTION_MODES):
+            raise ValueError(f"attention must be one of {ATTENTION_MODES} or None, got {self.attention!r}")
+        if not all(isinstance(p, str) for p in self.skip):
+            raise ValueError(f"skip must be module-name patterns (strings), got {self.skip!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if self.kernel == "sparse" and self.int8 == "weight_only":
+            raise ValueError("kernel='sparse' with int8='weight_only': there is no block-sparse weight-only kernel; "
+                             "use int8='dynamic' or kernel='auto'")
+        if isinstance(self.min_cosine, bool) or not isinstance(self.min_cosine, (int, float)) \
+                or not -1.0 <= self.min_cosine <= 1.0:
+            raise ValueError(f"min_cosine must be a number in [-1, 1], got {self.min_cosine!r}")
+        if self.tokens is not None and (isinstance(self.tokens, bool) or not isinstance(self.tokens, int)
+                                        or self.tokens < 1):
+            raise ValueError(f"tokens must be a positive int or None, got {self.tokens!r}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["block_size"] = list(self.block_size)
+        d["skip"] = list(self.skip)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CompressConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown CompressConfig fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if k in ("block_size", "skip") else v for k, v in d.items()})
+
+
+def _check_sparsity(name: str, value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
+# --- choices -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One way to run a layer: a format plus its INT8 options."""
+
+    format: str
+    act_quant: str | None = None
+    smooth: bool = False
+
+    def label(self) -> str:
+        parts = [self.format]
+        if self.act_quant and self.format in ("int8", "sparse_int8"):
+            parts.append(self.act_quant)
+        if self.smooth:
+            parts.append("smoothquant")
+        return " ".join(parts)
+
+
+def _structure_candidates(cfg: CompressConfig, has_empty_blocks: bool) -> list[str]:
+    """Formats whose speed decides a layer's structure (before the precision ladder)."""
+    if cfg.kernel == "dense":
+        return [{None: "dense", "dynamic": "int8", "weight_only": "int8_weight_only"}[cfg.int8]]
+    if cfg.kernel == "sparse":
+        return ["sparse_int8" if cfg.int8 == "dynamic" else "sparse"]
+    if cfg.int8 == "dynamic":
+        return ["int8", "dense"] + (["sparse_int8"] if has_empty_blocks else [])
+    if cfg.int8 == "weight_only":
+        return ["int8_weight_only", "dense"] + (["sparse"] if has_empty_blocks else [])
+    return ["dense"] + (["sparse"] if has_empty_blocks else [])
+
+
+def _ladder(fmt: str, calibrated: bool, act_quant: str) -> list[Choice]:
+    """From the fastest to the most accurate way to run a layer of structure ``fmt``."""
+    if fmt == "int8" and calibrated:
+        return [Choice("int8", "per_token"), Choice("int8", "per_token_asym"),
+                Choice("int8", "per_token_asym", True), Choice("int8_weight_only"), Choice("dense")]
+    if fmt == "sparse_int8" and calibrated:
+        return [Choice("sparse_int8", "per_token"), Choice("sparse_int8", "per_token_asym"),
+                Choice("sparse_int8", "per_token_asym", True), Choice("sparse")]
+    if fmt in ("int8", "sparse_int8"):
+        return [Choice(fmt, act_quant)]
+    return [Choice(fmt)]
+
+
+def _build(choice: Choice, linear: nn.Linear, cfg: CompressConfig, act_absmax: Tensor | None = None) -> nn.Module:
+    """The module for ``choice`` from a (pruned) fp32 ``linear``, in the config's dtype."""
+    dtype = DTYPES[cfg.dtype]
+    smooth = act_absmax if choice.smooth else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # block-pattern warnings are given once per layer by compress
+        if choice.format == "dense":
+            module = copy.deepcopy(linear)
+        elif choice.format == "sparse":
+            module = SparseLinear.from_dense(linear, cfg.block_size)
+        elif choice.format == "int8":
+            module = Int8Linear.from_dense(linear, act_absmax=smooth, act_quant=choice.act_quant)
+        elif choice.format == "int8_weight_only":
+            module = Int8Linear.from_dense(linear, weight_only=True)
+        else:
+            module = SparseInt8Linear.from_dense(linear, cfg.block_size, act_absmax=smooth,
+                                                 act_quant=choice.act_quant)
+    return module.to(dtype).eval()
+
+
+# --- model walking -------------------------------------------------------------------------------
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compress expects a Hugging Face BERT-family model (nn.Module), got {type(model).__name__}")
+    try:
+        from transformers import PreTrainedModel
+    except ImportError as e:  # pragma: no cover - transformers is a dependency of the model level
+        raise ImportError("sparsebert.compress needs transformers (pip install transformers)") from e
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"compress expects a Hugging Face BERT-family model (a transformers PreTrainedModel), "
+                        f"got {type(model).__name__}")
+    from .hf import encoder_of
+
+    encoder_of(model)  # TypeError unless embeddings + encoder.layer of BERT-style layers
+    if getattr(model, STATE_ATTR, None) is not None:
+        raise ValueError("this model is already compressed: compress the original model (sparsebert.decompress "
+                         "gives a dense copy of this one)")
+
+
+def _targets(model: nn.Module, cfg: CompressConfig, filter_fn) -> dict[str, nn.Linear]:
+    names = [n for n, _ in model.named_modules()]
+    if cfg.skip != DEFAULT_SKIP:
+        for pattern in cfg.skip:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                warnings.warn(f"skip pattern {pattern!r} matches no module of {type(model).__name__}", UserWarning,
+                              stacklevel=3)
+    if isinstance(cfg.sparsity, dict):
+        for pattern in cfg.sparsity:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                warnings.warn(f"sparsity pattern {pattern!r} matches no module of {type(model).__name__}",
+                              UserWarning, stacklevel=3)
+    out = {}
+    for name, module in model.named_modules():
+        if type(module) is not nn.Linear:
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in cfg.skip):
+            continue
+        if filter_fn is not None and not filter_fn(module, name):
+            continue
+        out[name] = module
+    return out
+
+
+def _layer_sparsity(cfg: CompressConfig, name: str) -> float | None:
+    if isinstance(cfg.sparsity, dict):
+        return next((v for p, v in cfg.sparsity.items() if fnmatch.fnmatchcase(name, p)), None)
+    return cfg.sparsity
+
+
+def _pruned_fp32(linear: nn.Linear, sparsity: float | None, block_size) -> nn.Linear:
+    """An fp32 copy of ``linear`` with its blocks pruned (the original is not modified)."""
+    out = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    with torch.no_grad():
+        w = linear.weight.detach().float()
+        if sparsity:
+            w = w * block_magnitude_mask(w, sparsity, block_size)
+        out.weight.copy_(w)
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias.detach().float())
+    return out.eval()
+
+
+def _empty_block_share(weight: Tensor, block_size) -> tuple[float, float]:
+    """(share of zero entries, share of entries in all-zero blocks)."""
+    br, bc = block_size
+    n, k = weight.shape
+    nb, ncb = math.ceil(n / br), math.ceil(k / bc)
+    nz = torch.nn.functional.pad(weight.ne(0), (0, ncb * bc - k, 0, nb * br - n))
+    empty = ~nz.reshape(nb, br, ncb, bc).any(3).any(1)  # (NB, NCB)
+    real = torch.ones(n, k, dtype=torch.bool)
+    real = torch.nn.functional.pad(real, (0, ncb * bc - k, 0, nb * br - n)).reshape(nb, br, ncb, bc)
+    in_empty = (real & empty[:, None, :, None]).sum().item()
+    return 1.0 - nz.sum().item() / max(1, n * k), in_empty / max(1, n * k)
+
+
+@contextmanager
+def _swapped(model: nn.Module, modules: dict[str, nn.Module]):
+    """Temporarily puts ``modules`` (by qualified name) into ``model``; always restores."""
+    old = {}
+    try:
+        for name, module in modules.items():
+            parent, _, attr = name.rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            old[name] = (owner, attr, getattr(owner, attr))
+            setattr(owner, attr, module)
+        yield model
+    finally:
+        for owner, attr, module in old.values():
+            setattr(owner, attr, module)
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+def _time_formats(linear: nn.Linear, formats: list[str], cfg: CompressConfig, tokens: int, cache: TimingCache,
+                  empty_share: float) -> dict[str, float]:
+    """Median seconds of each format at this layer's shape, from the cache when it has them."""
+    shape = [linear.out_features, linear.in_features]
+    density = round(1.0 - empty_share, 2)
+    keys = {}
+    for fmt in formats:
+        sparse = fmt in ("sparse", "sparse_int8")
+        keys[fmt] = cache.key(format=fmt, shape=shape, tokens=tokens, dtype=cfg.dtype,
+                              block=list(cfg.block_size) if sparse else None, density=density if sparse else None)
+    missing = [f for f in formats if cache.get(keys[f]) is None]
+    if missing:
+        x = torch.randn(tokens, linear.in_features).to(DTYPES[cfg.dtype])
+        default = Choice("x", cfg.act_quant)
+        modules = {f: _build(dataclasses.replace(default, format=f), linear, cfg) for f in missing}
+        with torch.inference_mode():
+            timing = time_methods([Method(f, lambda i, m=m: m(x)) for f, m in modules.items()],
+                                  min_rounds=5, max_rounds=50, min_seconds=0.03)
+        for f in missing:
+            cache.put(keys[f], timing.median(f))
+    return {f: cache.get(keys[f]) for f in formats}
+
+
+# --- calibration ---------------------------------------------------------------------------------
+
+
+def _check_example_inputs(example_inputs) -> dict:
+    if not isinstance(example_inputs, Mapping) or "input_ids" not in example_inputs:
+        raise ValueError("example_inputs must be a dict of tokenized model inputs with 'input_ids' (as a tokenizer "
+                         f"returns them), got {type(example_inputs).__name__}")
+    ids = example_inputs["input_ids"]
+    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.numel() == 0:
+        raise ValueError("example_inputs['input_ids'] must be a non-empty 2-D tensor [batch, seq], got "
+                         f"{getattr(ids, 'shape', type(ids).__name__)}")
+    return dict(example_inputs)
+
+
+def pooled_output(output, attention_mask: Tensor | None) -> Tensor:
+    """[batch, features] float32: the model's first output (last hidden state or logits),
+    mean-pooled over real tokens when it has a token axis."""
+    t = output[0] if not isinstance(output, Tensor) else output
+    t = t.float()
+    if t.dim() == 3:
+        m = torch.ones(t.shape[:2]) if attention_mask is None else attention_mask.to(t.device).float()
+        t = (t * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+    return t.reshape(t.shape[0], -1)
+
+
+def min_cosine(a: Tensor, b: Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).min().item()
+
+
+class _Calibrator:
+    """Per-layer activation statistics on the calibration batch: absmax per input feature (for
+    SmoothQuant) and a sample of input rows (for each choice's error)."""
+
+    MAX_ROWS = 256
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.absmax: dict[str, Tensor] = {}
+        self.rows: dict[str, Tensor] = {}
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in modules.items()]
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            amax = x.abs().amax(0)
+            self.absmax[name] = amax if name not in self.absmax else torch.maximum(self.absmax[name], amax)
+            step = max(1, x.shape[0] // self.MAX_ROWS)
+            self.rows[name] = x[::step][: self.MAX_ROWS].clone()
+        return hook
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+
+
+def _relative_error(module: nn.Module, reference: nn.Linear, x: Tensor) -> float:
+    with torch.inference_mode():
+        ref = reference(x)
+        out = module(x.to(_module_dtype(module))).float()
+    return ((out - ref).norm() / ref.norm().clamp(min=1e-12)).item()
+
+
+def _module_dtype(module: nn.Module) -> torch.dtype:
+    """The float dtype a module computes in (its first non-fp32 float buffer or parameter)."""
+    for t in module.buffers():
+        if t.is_floating_point() and t.dtype != torch.float32:
+            return t.dtype
+    for t in module.parameters():
+        return t.dtype
+    return torch.float32
+
+
+def _run(model, inputs):
+    with torch.inference_mode():
+        return pooled_output(model(**inputs), inputs.get("attention_mask"))
+
+
+# --- compress ------------------------------------------------------------------------------------
+
+
+def compress(model: nn.Module, config: CompressConfig | None = None, *, filter_fn: Callable | None = None,
+             example_inputs: Mapping | None = None, cache: bool | str = True, progress: bool = False) -> nn.Module:
+    """Converts ``model`` (a Hugging Face BERT-family model, any task head) in place and returns it.
+
+    ``config``: a :class:`CompressConfig` (default: keep the weights' zeros, fp32, measured
+    per-layer choice, sparsebert attention). ``filter_fn(module, name) -> bool`` narrows which
+    ``nn.Linear`` layers are converted (on top of ``config.skip``). ``example_inputs``: tokenized
+    calibration inputs (a dict as a tokenizer returns it): they set the timing token count and,
+    with ``int8="dynamic"``, turn on the calibrated per-layer INT8 choice. ``cache``: True (the
+    default timing cache, :func:`sparsebert.measure.default_cache_path`), a file path, or False.
+    ``progress``: a progress bar over layers on stderr.
+
+    Raises (before the model is modified): TypeError for a model that is not BERT-family,
+    ValueError for a bad config or bad ``example_inputs``.
+    """
+    cfg = config if config is not None else CompressConfig()
+    if not isinstance(cfg, CompressConfig):
+        raise TypeError(f"config must be a CompressConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    _check_model(model)
+    inputs = _check_example_inputs(example_inputs) if example_inputs is not None else None
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be callable(module, name) -> bool, got {type(filter_fn).__name__}")
+    if cache is True:
+        timing_cache = TimingCache(default_cache_path())
+    elif cache is False or cache is None:
+        timing_cache = TimingCache(None)
+    else:
+        timing_cache = TimingCache(cache)
+
+    targets = _targets(model, cfg, filter_fn)
+    if not targets:
+        warnings.warn(f"compress: no nn.Linear of {type(model).__name__} is left to convert after skip/filter_fn",
+                      UserWarning, stacklevel=2)
+    tokens = cfg.tokens or (inputs["input_ids"].numel() if inputs is not None else 128)
+    calibrated = inputs is not None and cfg.int8 == "dynamic"
+
+    from tqdm.auto import tqdm
+
+    layers: dict[str, dict] = {}
+    pruned: dict[str, nn.Linear] = {}
+    bar = tqdm(targets.items(), desc="sparsebert: choosing kernels", unit="layer", disable=not progress)
+    for name, linear in bar:
+        sparsity = _layer_sparsity(cfg, name)
+        lin = _pruned_fp32(linear, sparsity, cfg.block_size)
+        pruned[name] = lin
+        zero_share, empty_share = _empty_block_share(lin.weight.detach(), cfg.block_size)
+        if cfg.kernel != "dense" and zero_share >= 0.2 and empty_share < 0.5 * zero_share:
+            warnings.warn(
+                f"{name}: {zero_share:.1%} of the weight is zeros but only {empty_share:.1%} lies in empty "
+                f"{cfg.block_size[0]}x{cfg.block_size[1]} blocks, which is all a block-sparse kernel can skip "
+                "(an unstructured pattern). Prune in blocks (CompressConfig(sparsity=...) or "
+                "sparsebert.prune.block_magnitude_mask) or use the block size the model was pruned with.",
+                UserWarning, stacklevel=2)
+        formats = _structure_candidates(cfg, empty_share > 0)
+        timed = _time_formats(lin, sorted(set(formats) | {"dense"}), cfg, tokens, timing_cache, empty_share)
+        fmt = min(formats, key=lambda f: timed[f]) if cfg.kernel == "auto" else formats[0]
+        layers[name] = {"structure": fmt, "timings": timed, "zero_share": zero_share, "empty_share": empty_share,
+                        "pruned_to": sparsity}
+    timing_cache.save()
+
+    # Precision: the calibrated ladder, or the one choice the config names.
+    ladders = {}
+    for name in targets:
+        ladder = _ladder(layers[name]["structure"], calibrated, cfg.act_quant)
+        if len(ladder) > 1:  # a rung slower than a more accurate one above it is never worth taking
+            info = layers[name]
+            info["timings"].update(_time_formats(pruned[name], sorted({c.format for c in ladder}), cfg, tokens,
+                                                 timing_cache, info["empty_share"]))
+            t = info["timings"]
+            ladder = [c for i, c in enumerate(ladder)
+                      if i == 0 or not any(t[d.format] <= t[c.format] for d in ladder[i + 1:])]
+        ladders[name] = ladder
+    level = {n: 0 for n in targets}
+    calibration = None
+    absmax: dict[str, Tensor] = {}
+    if calibrated:
+        level, absmax, calibration = _calibrate(model, targets, pruned, ladders, cfg, inputs, progress)
+
+    # Build every final module, then commit (nothing above modified the model).
+    new_modules = {}
+    for name in targets:
+        choice = ladders[name][level[name]]
+        new_modules[name] = _build(choice, pruned[name], cfg, absmax.get(name))
+        info = layers[name]
+        fmt_time = _time_formats(pruned[name], [choice.format], cfg, tokens, timing_cache, info["empty_share"])
+        info["timings"].update(fmt_time)
+        info.update(format=choice.format, act_quant=choice.act_quant if choice.format in ("int8", "sparse_int8")
+                    else None, smooth=choice.smooth, reason=_reason(choice, info, cfg, level[name], tokens))
+        info["speedup"] = info["timings"]["dense"] / info["timings"][choice.format]
+    timing_cache.save()
+
+    for name, module in new_modules.items():
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, module)
+    if cfg.dtype != "float32":
+        model.to(DTYPES[cfg.dtype])
+    if cfg.attention == "sparsebert":
+        from .hf import ATTN_IMPLEMENTATION
+
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    elif cfg.attention == "unpadded":
+        from .hf import use_unpadded
+
+        use_unpadded(model)
+    setattr(model, STATE_ATTR, {
+        "config": cfg.to_dict(),
+        "tokens": tokens,
+        "calibration": calibration,
+        "layers": {n: {k: v for k, v in info.items() if k != "structure"} for n, info in layers.items()},
+    })
+    from .hf import mark_compressed
+
+    mark_compressed(model)
+    return model
+
+
+def _reason(choice: Choice, info: dict, cfg: CompressConfig, level: int, tokens: int) -> str:
+    t = info["timings"]
+    ms = lambda f: f"{t[f] * 1e3:.3f} ms"  # noqa: E731
+    if cfg.kernel != "auto":
+        why = f"kernel={cfg.kernel!r}"
+    else:
+        others = ", ".join(f"{f} {ms(f)}" for f in t if f != info["structure"])
+        why = f"fastest at {tokens} tokens: {info['structure']} {ms(info['structure'])}" + (
+            f" vs {others}" if others else "")
+        if info["structure"] == "dense" and len(t) > 1:
+            why = f"dense kept: nothing beat it ({ms('dense')}; {others})"
+    if level:
+        why += f"; kept at {choice.label()} (step {level} of the precision ladder) to hold min_cosine {cfg.min_cosine}"
+    return why
+
+
+def _calibrate(model, targets, pruned, ladders, cfg, inputs, progress):
+    """The calibrated INT8 choice (see the module docstring). Returns (level per layer, act
+    absmax per layer, a summary for the report)."""
+    was_training = model.training
+    model.eval()
+    try:
+        calib = _Calibrator(pruned)
+        try:
+            with _swapped(model, dict(pruned)):
+                reference = _run(model, inputs)  # the unquantized (pruned) model
+        finally:
+            calib.remove()
+        absmax = calib.absmax
+        # Each rung's error on the layer's own calibration inputs ranks which layer moves up first.
+        built: dict[tuple[str, int], nn.Module] = {}
+        errors: dict[tuple[str, int], float] = {}
+        for name in targets:
+            for i, choice in enumerate(ladders[name]):
+                module = _build(choice, pruned[name], cfg, absmax.get(name)).float()
+                built[name, i] = module
+                errors[name, i] = _relative_error(module, pruned[name], calib.rows[name])
+        level = {n: 0 for n in targets}
+
+        def cosine():
+            with _swapped(model, {n: built[n, level[n]] for n in targets}):
+                return min_cosine(_run(model, inputs), reference)
+
+        def next_rung(n):  # the next rung that is more accurate than the current one
+            nxt = level[n] + 1
+            while nxt + 1 < len(ladders[n]) and errors[n, nxt] >= errors[n, level[n]]:
+                nxt += 1
+            return nxt
+
+        # Move the worst layers up one rung at a time, 1, 2, 4, ... layers per step; once a step
+        # meets the budget, bisect it down to the fewest of its moves that still do.
+        # The calibration batch is a sample: the worst unseen sentence lands further away than the
+        # worst calibration one (MiniLM-L6, 64 calibration / 256 other movie-review sentences:
+        # 0.99902 -> 0.99776), so the ladder aims at half the allowed distance.
+        target = 1.0 - (1.0 - cfg.min_cosine) * CALIBRATION_SAFETY
+        cos, steps, k = cosine(), 0, 1
+        start_cos = cos
+        while cos < target:
+            movable = [n for n in targets if level[n] + 1 < len(ladders[n])]
+            if not movable:
+                break
+            movable.sort(key=lambda n: errors[n, level[n]], reverse=True)
+            before = dict(level)
+            moves = [(n, next_rung(n)) for n in movable[:k]]
+            for n, r in moves:
+                level[n] = r
+            cos, steps, k = cosine(), steps + 1, k * 2
+            if cos >= target and len(moves) > 1:
+                lo, hi, best = 1, len(moves), (len(moves), cos)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    level.update(before)
+                    level.update(dict(moves[:mid]))
+                    c = cosine()
+                    steps += 1
+                    if c >= target:
+                        hi, best = mid, (mid, c)
+                    else:
+                        lo = mid + 1
+                level.update(before)
+                level.update(dict(moves[:best[0]]))
+                cos = best[1]
+        summary = {"min_cosine": cos, "min_cosine_all_fastest": start_cos, "budget": cfg.min_cosine, "target": target,
+                   "steps": steps, "examples": int(inputs["input_ids"].shape[0]),
+                   "met": cos >= cfg.min_cosine}
+        if cos < cfg.min_cosine:
+            warnings.warn(f"compress: min cosine {cos:.5f} on the calibration batch is below min_cosine="
+                          f"{cfg.min_cosine} even with every layer unquantized", UserWarning, stacklevel=3)
+        return level, absmax, summary
+    finally:
+        model.train(was_training)
+
+
+# --- helpers for users and the other model-level modules -----------------------------------------
+
+
+def is_compressed(model: nn.Module) -> bool:
+    return getattr(model, STATE_ATTR, None) is not None
+
+
+def decompress(model: nn.Module) -> nn.Module:
+    """A dense copy of a compressed model: every converted layer back to ``nn.Linear`` with the
+    weight it multiplies by (dequantized for INT8), the model's own attention implementation.
+    The baseline of ``sparsebert bench`` (same weights, stock kernels)."""
+    dense = copy.deepcopy(model)
+    from .hf import unmark_compressed, use_unpadded
+
+    if is_compressed(dense):
+        delattr(dense, STATE_ATTR)
+    unmark_compressed(dense)
+    try:
+        use_unpadded(dense, enabled=False)
+    except TypeError:
+        pass
+    dense.set_attn_implementation("sdpa")
+    for name, module in list(dense.named_modules()):
+        if isinstance(module, CONVERTED):
+            w = module.to_dense()
+            dtype = module.bias.dtype if module.bias is not None else (
+                w.dtype if isinstance(module, SparseLinear) else torch.float32)
+            lin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            with torch.no_grad():
+                lin.weight.copy_(w.float())
+                if module.bias is not None:
+                    lin.bias.copy_(module.bias.float())
+            parent, _, attr = name.rpartition(".")
+            setattr(dense.get_submodule(parent) if parent else dense, attr, lin.to(dtype))
+    return dense.eval()
+

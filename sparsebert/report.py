@@ -1,0 +1,111 @@
+"""``sparsebert.report``: what :func:`sparsebert.compress` did to each layer, and why."""
+
+from __future__ import annotations
+
+import sys
+
+from torch import nn
+
+from .compress import STATE_ATTR, is_compressed
+from .nn import Int8Linear, SparseInt8Linear, SparseLinear
+
+__all__ = ["report", "print_report", "format_report"]
+
+
+def _bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.buffers()) + list(module.parameters()))
+
+
+def _density(module: nn.Module) -> float:
+    if isinstance(module, (SparseLinear, SparseInt8Linear)):
+        return 1.0 - module.sparsity
+    w = module.weight if isinstance(module, nn.Linear) else module.to_dense()
+    return float((w != 0).sum()) / max(1, w.numel())
+
+
+def report(model: nn.Module) -> dict:
+    """Per converted layer a dict with ``name``, ``shape`` (out, in), ``format``, ``act_quant``,
+    ``density`` (share of the weight stored, 0..1), ``bytes``, ``dense_bytes`` (fp32 weight and
+    bias), ``speedup`` (measured at the compress token count over the dense layer) and
+    ``reason``; and totals. Returns ``{"layers": [...], "totals": {...}, "calibration": ...}``."""
+    if not is_compressed(model):
+        raise ValueError(f"{type(model).__name__} is not compressed: run sparsebert.compress first")
+    state = getattr(model, STATE_ATTR)
+    rows = []
+    t_dense = t_new = 0.0
+    for name, info in state["layers"].items():
+        module = model.get_submodule(name)
+        n, k = module.out_features, module.in_features
+        dense_bytes = 4 * (n * k + (n if getattr(module, "bias", None) is not None else 0))
+        timings = info.get("timings") or {}
+        fmt = info["format"]
+        if fmt in timings and "dense" in timings:
+            t_dense += timings["dense"]
+            t_new += timings[fmt]
+        rows.append({
+            "name": name,
+            "shape": [n, k],
+            "format": fmt,
+            "act_quant": info.get("act_quant"),
+            "smooth": bool(info.get("smooth")),
+            "density": _density(module),
+            "bytes": _bytes(module),
+            "dense_bytes": dense_bytes,
+            "speedup": info.get("speedup"),
+            "reason": info.get("reason", ""),
+        })
+    before = sum(r["dense_bytes"] for r in rows)
+    after = sum(r["bytes"] for r in rows)
+    total_model_before = before + sum(
+        _bytes(m) for m in _leaf_modules_outside(model, {r["name"] for r in rows}))
+    totals = {
+        "layers": len(rows),
+        "converted_bytes_before": before,
+        "converted_bytes_after": after,
+        "model_bytes_after": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
+        "model_bytes_before_fp32": total_model_before,
+        "expected_gemm_speedup": (t_dense / t_new) if t_new else None,
+        "slower_than_dense": [r["name"] for r in rows if r["speedup"] is not None and r["speedup"] < 1.0],
+    }
+    return {"layers": rows, "totals": totals, "calibration": state.get("calibration")}
+
+
+def _leaf_modules_outside(model: nn.Module, names: set[str]):
+    for name, module in model.named_modules():
+        if name in names or any(name.startswith(n + ".") for n in names):
+            continue
+        if not list(module.children()):
+            yield module
+
+
+def _mb(b: int) -> str:
+    return f"{b / 2**20:.1f} MB"
+
+
+def format_report(rep: dict) -> str:
+    """The report as a markdown table plus a totals line."""
+    lines = ["| layer | shape | format | density | size | speedup | why |", "|---|---|---|---|---|---|---|"]
+    for r in rep["layers"]:
+        fmt = r["format"] + (f" {r['act_quant']}" if r["act_quant"] else "") + (" +smooth" if r["smooth"] else "")
+        sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        lines.append(f"| {r['name']} | {r['shape'][0]}x{r['shape'][1]} | {fmt} | {r['density']:.2f} | "
+                     f"{_mb(r['bytes'])} | {sp} | {r['reason']} |")
+    t = rep["totals"]
+    gemm = "n/a" if t["expected_gemm_speedup"] is None else f"{t['expected_gemm_speedup']:.2f}x"
+    lines.append("")
+    lines.append(f"{t['layers']} layers: {_mb(t['converted_bytes_before'])} -> {_mb(t['converted_bytes_after'])} "
+                 f"(fp32 before); whole model {_mb(t['model_bytes_before_fp32'])} -> {_mb(t['model_bytes_after'])}; "
+                 f"expected speedup of these layers' GEMMs {gemm}; "
+                 + ("no layer slower than dense" if not t["slower_than_dense"]
+                    else f"SLOWER than dense: {', '.join(t['slower_than_dense'])}"))
+    cal = rep.get("calibration")
+    if cal:
+        lines.append(f"calibration: min cosine {cal['min_cosine']:.5f} on {cal['examples']} examples "
+                     f"(budget {cal['budget']}, {'met' if cal['met'] else 'NOT met'}; all layers at their fastest "
+                     f"INT8 mode: {cal['min_cosine_all_fastest']:.5f})")
+    return "\n".join(lines)
+
+
+def print_report(model_or_report, file=None) -> None:
+    rep = model_or_report if isinstance(model_or_report, dict) else report(model_or_report)
+    print(format_report(rep), file=file or sys.stdout)

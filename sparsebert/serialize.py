@@ -1,0 +1,258 @@
+"""Save and load compressed models: a Hugging Face model directory plus what is sparsebert's.
+
+A directory written by :func:`save` holds
+
+- ``config.json`` as transformers writes it (``AutoConfig.from_pretrained(dir)`` works), with a
+  ``quantization_config`` naming sparsebert, and the tokenizer files when a tokenizer is given
+  (``AutoTokenizer.from_pretrained(dir)`` works);
+- ``model.safetensors``: the model's state dict with the packed tensors of every converted
+  layer; its header metadata carries the format version;
+- ``sparsebert.json``: the manifest (format version, the model class, every converted layer's
+  spec and the choice behind it, the compress config, attention setting, dtype and the
+  sparsebert / torch / transformers versions).
+
+:func:`load` rebuilds the same model class (task head included) with empty modules built from
+the specs, checks every tensor's name, dtype and shape against them before anything is copied,
+and loads the weights: outputs are bit-equal to the saved model. Nothing is ever unpickled.
+
+Each block-sparse layer also gets a zero-size ``<layer>.weight`` placeholder in the file: a
+loader that does not know the format (``from_pretrained`` without sparsebert imported) then
+stops with a size mismatch instead of initializing that layer at random.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .compress import STATE_ATTR, is_compressed
+from .nn import Int8Linear, SparseInt8Linear, SparseLinear
+from .nn._buffers import dtype_from_name
+
+__all__ = ["save", "load", "FORMAT_VERSION", "MANIFEST", "WEIGHTS"]
+
+FORMAT_VERSION = 1
+MANIFEST = "sparsebert.json"
+WEIGHTS = "model.safetensors"
+MODULES = {cls.__name__: cls for cls in (SparseLinear, Int8Linear, SparseInt8Linear)}
+
+
+def _shared_aliases(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """{alias: kept} for state-dict entries that are the same tensor (tied weights), which
+    safetensors refuses to store twice."""
+    seen: dict[tuple, str] = {}
+    aliases = {}
+    for key, t in state.items():
+        if t.numel() == 0:
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if ident in seen:
+            aliases[key] = seen[ident]
+        else:
+            seen[ident] = key
+    return aliases
+
+
+def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, overwrite: bool = False) -> Path:
+    """Writes a compressed ``model`` (see :func:`sparsebert.compress`) to ``directory``; returns
+    its path. ``tokenizer``: a transformers tokenizer saved alongside. A directory that exists
+    and is not empty is refused unless ``overwrite=True``."""
+    from safetensors.torch import save_file
+    import transformers
+
+    from . import __version__
+
+    if not is_compressed(model):
+        raise ValueError(f"{type(model).__name__} is not compressed by sparsebert.compress: save a plain model with "
+                         "model.save_pretrained(directory)")
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{str(path)!r} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{str(path)!r} exists and is not empty: pass overwrite=True to replace its files")
+    state_info = getattr(model, STATE_ATTR)
+
+    layers = {}
+    placeholders = []
+    for name, module in model.named_modules():
+        if isinstance(module, tuple(MODULES.values())):
+            layers[name] = {"spec": module.spec(), **state_info["layers"].get(name, {})}
+            if isinstance(module, (SparseLinear, SparseInt8Linear)):
+                placeholders.append(f"{name}.weight")
+    state = model.state_dict()
+    aliases = _shared_aliases(state)
+    tensors = {k: t.detach().contiguous() for k, t in state.items() if k not in aliases}
+    for key in placeholders:
+        tensors[key] = torch.zeros(0, dtype=torch.int8)
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model_class": type(model).__name__,
+        "attention": state_info["config"]["attention"],
+        "dtype": state_info["config"]["dtype"],
+        "compress_config": state_info["config"],
+        "tokens": state_info.get("tokens"),
+        "calibration": state_info.get("calibration"),
+        "layers": layers,
+        "aliases": aliases,
+        "placeholders": placeholders,
+        "versions": {"sparsebert": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "source": getattr(model.config, "_name_or_path", None) or None,
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / WEIGHTS),
+              metadata={"format": "pt", "sparsebert_format_version": str(FORMAT_VERSION)})
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default))
+    model.config.save_pretrained(str(path))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, float):
+        return o
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"cannot store {type(o).__name__} in the manifest")
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """The manifest of a saved directory, checked for its format version."""
+    path = Path(directory)
+    mpath = path / MANIFEST
+    if not path.is_dir():
+        raise FileNotFoundError(f"{str(path)!r} is not a directory")
+    if not mpath.is_file():
+        raise ValueError(f"{str(path)!r} was not written by sparsebert.save (no {MANIFEST}); load a plain Hugging Face "
+                         "model with from_pretrained")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{str(mpath)!r} is not a readable manifest: {e}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{str(mpath)!r} is not a manifest (a JSON object)")
+    version = manifest.get("format_version")
+    if not isinstance(version, int):
+        raise ValueError(f"{str(mpath)!r}: format_version must be an int, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{str(mpath)!r} has format version {version}, newer than the {FORMAT_VERSION} this "
+                         f"sparsebert reads: upgrade sparsebert")
+    for key, kind in (("model_class", str), ("layers", dict), ("compress_config", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise ValueError(f"{str(mpath)!r}: {key} must be a {kind.__name__}, got {manifest.get(key)!r}")
+    return manifest
+
+
+def _model_class(name: str):
+    import transformers
+    from transformers import PreTrainedModel
+
+    cls = getattr(transformers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)):
+        raise ValueError(f"manifest model_class {name!r} is not a transformers model class")
+    return cls
+
+
+def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuilds a model written by :func:`save`: same class, same modules, bit-equal outputs.
+
+    Everything is checked before a tensor is copied: the manifest (format version, layer
+    specs), the safetensors header (a truncated or tampered file is refused) and every tensor's
+    name, dtype and shape against the model built from the specs. Raises ValueError naming the
+    bad file, key or value; never returns a partly loaded model."""
+    from safetensors import SafetensorError, safe_open
+    from transformers import AutoConfig
+    from transformers.initialization import no_init_weights
+
+    from .compress import CompressConfig
+    from .hf import ATTN_IMPLEMENTATION, mark_compressed, use_unpadded
+
+    path = Path(directory)
+    manifest = read_manifest(path)
+    cls = _model_class(manifest["model_class"])
+    cfg = CompressConfig.from_dict(manifest["compress_config"])
+    wpath = path / WEIGHTS
+    if not wpath.is_file():
+        raise ValueError(f"{str(path)!r} has no {WEIGHTS}")
+
+    config = AutoConfig.from_pretrained(str(path))
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with no_init_weights():
+        model = cls(config)
+    for name, layer in manifest["layers"].items():
+        spec = layer.get("spec") if isinstance(layer, dict) else None
+        mod_cls = MODULES.get(spec.get("type")) if isinstance(spec, dict) else None
+        if mod_cls is None:
+            raise ValueError(f"manifest layer {name!r}: unknown module spec {spec!r}")
+        parent, _, attr = name.rpartition(".")
+        try:
+            owner = model.get_submodule(parent) if parent else model
+            current = getattr(owner, attr)
+        except AttributeError:
+            raise ValueError(f"manifest layer {name!r} is not a module of {cls.__name__}") from None
+        if not isinstance(current, nn.Linear) or (current.out_features, current.in_features) != (
+                spec.get("out_features"), spec.get("in_features")):
+            raise ValueError(f"manifest layer {name!r}: spec {spec.get('out_features')}x{spec.get('in_features')} "
+                             f"does not match the model's {current}")
+        try:
+            setattr(owner, attr, mod_cls.from_spec(spec))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"manifest layer {name!r}: {e}") from None
+    model.to(dtype_from_name(cfg.dtype))
+
+    expected = model.state_dict()
+    aliases = manifest.get("aliases", {})
+    placeholders = set(manifest.get("placeholders", []))
+    try:
+        with safe_open(str(wpath), framework="pt") as f:
+            meta = f.metadata() or {}
+            version = meta.get("sparsebert_format_version")
+            if version is None or not version.isdigit() or int(version) > FORMAT_VERSION:
+                raise ValueError(f"{str(wpath)!r}: sparsebert_format_version {version!r} in the header is missing or "
+                                 f"newer than {FORMAT_VERSION}")
+            keys = set(f.keys())
+            missing = sorted(set(expected) - keys - set(aliases))
+            extra = sorted(keys - set(expected) - placeholders)
+            if missing or extra:
+                raise ValueError(f"{str(wpath)!r} does not match the manifest: missing {missing[:5]}"
+                                 f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+                                 f"{' ...' if len(extra) > 5 else ''}")
+            state = {}
+            for key in sorted(keys - placeholders):
+                sl = f.get_slice(key)
+                shape, dtype = tuple(sl.get_shape()), sl.get_dtype()
+                want = expected[key]
+                if shape != tuple(want.shape):
+                    raise ValueError(f"{str(wpath)!r}: {key} has shape {shape}, the manifest's layer needs "
+                                     f"{tuple(want.shape)}")
+                state[key] = f.get_tensor(key)
+                if state[key].dtype != want.dtype:
+                    raise ValueError(f"{str(wpath)!r}: {key} is {state[key].dtype}, the manifest's layer needs "
+                                     f"{want.dtype} (file dtype {dtype})")
+    except SafetensorError as e:
+        raise ValueError(f"{str(wpath)!r} is not a readable safetensors file (truncated or damaged?): {e}") from None
+    except OSError as e:
+        raise ValueError(f"{str(wpath)!r} cannot be read: {e}") from None
+    for alias, kept in aliases.items():
+        if kept not in state:
+            raise ValueError(f"manifest alias {alias!r} -> {kept!r}: {kept!r} is not in {WEIGHTS}")
+        state[alias] = state[kept]
+    model.load_state_dict(state, strict=True)
+    model.tie_weights()
+
+    if cfg.attention == "sparsebert":
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    elif cfg.attention == "unpadded":
+        use_unpadded(model)
+    layers = {n: {k: v for k, v in layer.items() if k != "spec"} for n, layer in manifest["layers"].items()}
+    setattr(model, STATE_ATTR, {"config": cfg.to_dict(), "tokens": manifest.get("tokens"),
+                                "calibration": manifest.get("calibration"), "layers": layers})
+    mark_compressed(model)
+    model.config._name_or_path = manifest.get("source") or str(path)
+    return model.to(device).eval()
