@@ -200,6 +200,13 @@ def eval_cmd(args) -> int:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.dir)
+    if args.data:  # checked before the slow part
+        from sparsebert.data import read_tsv
+
+        if not hasattr(model, "classifier"):
+            raise CliError(f"--data needs a classification head; {type(model).__name__} has none")
+        texts, labels = read_tsv(args.data)
+        y = _label_ids(model, labels)
     original_dir = args.original or read_manifest(args.dir).get("source")
     result = {}
     if original_dir and os.path.isdir(original_dir):
@@ -219,12 +226,6 @@ def eval_cmd(args) -> int:
         raise CliError("no original model to compare with: pass --original MODEL_DIR (the manifest's source "
                        f"{original_dir!r} is not a directory here) or --data TSV")
     if args.data:
-        from sparsebert.data import read_tsv
-
-        if not hasattr(model, "classifier"):
-            raise CliError(f"--data needs a classification head; {type(model).__name__} has none")
-        texts, labels = read_tsv(args.data)
-        y = _label_ids(model, labels)
         correct = 0
         for i in range(0, len(texts), 32):
             enc = tokenizer(texts[i:i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
@@ -314,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its loading bars; sparsebert's own stay (stderr)
     try:
         return args.func(args)
     except BrokenPipeError:

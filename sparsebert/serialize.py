@@ -76,11 +76,13 @@ def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, over
         raise FileExistsError(f"{str(path)!r} exists and is not empty: pass overwrite=True to replace its files")
     state_info = getattr(model, STATE_ATTR)
 
-    layers = {}
+    # Every layer compress decided on: converted ones with their module spec, dense-kept ones
+    # (plain nn.Linear, stored as usual) with their choice only.
+    layers = {name: dict(info) for name, info in state_info["layers"].items()}
     placeholders = []
     for name, module in model.named_modules():
         if isinstance(module, tuple(MODULES.values())):
-            layers[name] = {"spec": module.spec(), **state_info["layers"].get(name, {})}
+            layers.setdefault(name, {})["spec"] = module.spec()
             if isinstance(module, (SparseLinear, SparseInt8Linear)):
                 placeholders.append(f"{name}.weight")
     state = model.state_dict()
@@ -186,7 +188,11 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
     with no_init_weights():
         model = cls(config)
     for name, layer in manifest["layers"].items():
-        spec = layer.get("spec") if isinstance(layer, dict) else None
+        if not isinstance(layer, dict):
+            raise ValueError(f"manifest layer {name!r} must be an object, got {layer!r}")
+        if "spec" not in layer:  # kept dense: a plain nn.Linear of the model class
+            continue
+        spec = layer["spec"]
         mod_cls = MODULES.get(spec.get("type")) if isinstance(spec, dict) else None
         if mod_cls is None:
             raise ValueError(f"manifest layer {name!r}: unknown module spec {spec!r}")

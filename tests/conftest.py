@@ -69,3 +69,9 @@ def block_sparse_weight(n, k, block_size, sparsity, dtype=torch.float32):
 def _no_env_isa():
     # A forced ISA from the caller's shell would silently narrow what the suite covers.
     os.environ.pop("SPARSEBERT_ISA", None)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _timing_cache(tmp_path_factory):
+    # compress's per-layer timings go to a cache of the test session, not the user's.
+    os.environ["SPARSEBERT_CACHE_DIR"] = str(tmp_path_factory.mktemp("sparsebert-cache"))

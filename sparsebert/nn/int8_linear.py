@@ -77,7 +77,7 @@ class _Int8Base(nn.Module):
         if weight_scale.shape != (out_features,) or weight_scale.dtype != torch.float32:
             raise ValueError(f"weight_scale must be float32 of shape ({out_features},), got "
                              f"{weight_scale.dtype} {tuple(weight_scale.shape)}")
-        if not torch.isfinite(weight_scale).all() or (weight_scale < 0).any():
+        if weight_scale.device.type != "meta" and (not torch.isfinite(weight_scale).all() or (weight_scale < 0).any()):
             raise ValueError("weight_scale must be finite and non-negative")
         if weight_sum_.shape != (out_features,) or weight_sum_.dtype != torch.int32:
             raise ValueError(f"weight_sum must be int32 of shape ({out_features},)")

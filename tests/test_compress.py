@@ -1,0 +1,307 @@
+"""sparsebert.compress: formats per config, task heads, the measured choice, the calibrated INT8
+ladder, the timing cache, atomic failure, and bad input."""
+
+import copy
+import re
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import sparsebert
+from sparsebert import CompressConfig, Int8Linear, SparseInt8Linear, SparseLinear, compress
+from sparsebert.compress import STATE_ATTR, min_cosine, pooled_output
+from sparsebert.prune import block_magnitude_mask
+from model_helpers import HEADS, first_output, tiny_bert, tiny_inputs
+
+CONVERTED = (SparseLinear, Int8Linear, SparseInt8Linear)
+compress_mod = sys.modules["sparsebert.compress"]  # the module (the package attribute is the function)
+
+
+def encoder_linears(model):
+    return {n: m for n, m in model.named_modules() if ".encoder." in f".{n}" and
+            (type(m) is nn.Linear or isinstance(m, CONVERTED))}
+
+
+def pruned_copy(model, sparsity, block_size):
+    """The reference: every encoder Linear pruned by block magnitude, dense."""
+    ref = copy.deepcopy(model)
+    for name, m in encoder_linears(ref).items():
+        with torch.no_grad():
+            m.weight.mul_(block_magnitude_mask(m.weight, sparsity, block_size))
+    return ref
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_sparse_fp32_equals_the_pruned_model(head):
+    model = tiny_bert(head)
+    ref = pruned_copy(model, 0.5, (16, 16))
+    compress(model, CompressConfig(sparsity=0.5, block_size=(16, 16), kernel="sparse"))
+    layers = encoder_linears(model)
+    assert len(layers) == 12 and all(isinstance(m, SparseLinear) for m in layers.values())
+    assert all(m.sparsity == pytest.approx(0.5) for m in layers.values())
+    inputs = tiny_inputs()
+    out, expect = first_output(model, inputs), first_output(ref, inputs)
+    keep = inputs["attention_mask"].bool()
+    if out.dim() == 3:  # compare real tokens (padding positions are not defined)
+        out, expect = out[keep], expect[keep]
+    assert rel_err(out, expect) < 1e-5
+    # heads and pooler stay nn.Linear (the default skip patterns)
+    for name, m in model.named_modules():
+        if any(k in name for k in ("classifier", "pooler", "cls.")) and isinstance(m, nn.Module) and hasattr(m, "weight"):
+            assert not isinstance(m, CONVERTED), name
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_sparse_int8_is_close_to_the_pruned_model(head):
+    model = tiny_bert(head)
+    ref = pruned_copy(model, 0.5, (16, 16))
+    compress(model, CompressConfig(sparsity=0.5, block_size=(16, 16), int8="dynamic", kernel="sparse"))
+    assert all(isinstance(m, SparseInt8Linear) for m in encoder_linears(model).values())
+    inputs = tiny_inputs(padded=False)
+    # int8 error of 12 chained layers: a few percent (each layer ~1%, tests/test_int8_modules.py)
+    assert rel_err(first_output(model, inputs), first_output(ref, inputs)) < 0.06
+
+
+@pytest.mark.parametrize("int8,cls,weight_only", [("dynamic", Int8Linear, False), ("weight_only", Int8Linear, True)])
+def test_dense_int8(int8, cls, weight_only):
+    model = tiny_bert()
+    ref = copy.deepcopy(model)
+    compress(model, CompressConfig(int8=int8, kernel="dense"))
+    layers = encoder_linears(model)
+    assert all(isinstance(m, cls) and m.weight_only == weight_only for m in layers.values())
+    inputs = tiny_inputs(padded=False)
+    assert rel_err(first_output(model, inputs), first_output(ref, inputs)) < (0.01 if weight_only else 0.06)
+
+
+def test_auto_is_never_slower_than_dense_and_reports_why():
+    model = tiny_bert()
+    compress(model, CompressConfig(sparsity=0.9, block_size=(16, 16), int8="dynamic"))
+    rep = sparsebert.report(model)
+    assert len(rep["layers"]) == 12
+    for row in rep["layers"]:
+        # the choice is the fastest measured candidate, and dense is a candidate
+        assert row["speedup"] >= 1.0, row
+        assert row["format"] in ("dense", "int8", "sparse_int8") and row["reason"]
+        timings = model.sparsebert_state["layers"][row["name"]]["timings"]
+        assert timings[row["format"]] == min(timings[f] for f in ("dense", "int8", "sparse_int8"))
+    assert rep["totals"]["slower_than_dense"] == []
+
+
+def test_per_layer_sparsity_patterns():
+    model = tiny_bert()
+    compress(model, CompressConfig(sparsity={"*.intermediate.dense": 0.75, "*.attention.*": 0.5},
+                                   block_size=(16, 16), kernel="sparse"))
+    for name, m in encoder_linears(model).items():
+        want = 0.75 if name.endswith("intermediate.dense") else 0.5 if ".attention." in name else 0.0
+        assert m.sparsity == pytest.approx(want), name
+
+
+def test_filter_fn_and_skip():
+    model = tiny_bert()
+    compress(model, CompressConfig(int8="dynamic", kernel="dense", skip=("*.output.dense",)),
+             filter_fn=lambda module, name: "layer.0." in name)
+    converted = {n for n, m in model.named_modules() if isinstance(m, CONVERTED)}
+    assert converted == {f"encoder.layer.0.{s}" for s in
+                         ("attention.self.query", "attention.self.key", "attention.self.value", "intermediate.dense")}
+
+
+def test_attention_settings():
+    inputs = tiny_inputs()
+    keep = inputs["attention_mask"].bool()
+    for attention, impl in (("sparsebert", "sparsebert"), (None, "sdpa")):
+        model = tiny_bert()
+        expect = first_output(model, inputs)
+        compress(model, CompressConfig(attention=attention, kernel="dense"))
+        assert model.config._attn_implementation == impl
+        assert rel_err(first_output(model, inputs)[keep], expect[keep]) < 1e-5
+    model = tiny_bert()
+    expect = first_output(model, inputs)
+    compress(model, CompressConfig(attention="unpadded", kernel="dense"))
+    out = first_output(model, inputs)
+    assert rel_err(out[keep], expect[keep]) < 1e-5
+    assert torch.count_nonzero(out[~keep]) == 0  # padding positions are zeros on the packed path
+
+
+def test_bfloat16():
+    model = tiny_bert()
+    ref = pruned_copy(model, 0.5, (16, 16))
+    compress(model, CompressConfig(sparsity=0.5, block_size=(16, 16), kernel="sparse", dtype="bfloat16"))
+    inputs = tiny_inputs(padded=False)
+    out = first_output(model, inputs)
+    assert out.dtype == torch.bfloat16
+    assert all(m.values.dtype == torch.bfloat16 for m in encoder_linears(model).values())
+    assert rel_err(out, first_output(ref, inputs)) < 0.03  # bf16 rounding through 2 layers
+
+
+def test_calibrated_ladder_holds_the_budget():
+    model = tiny_bert()
+    ref = copy.deepcopy(model)
+    calib = tiny_inputs(batch=8, seq=16, seed=3)
+    compress(model, CompressConfig(int8="dynamic", kernel="dense", min_cosine=0.9999), example_inputs=calib)
+    cal = model.sparsebert_state["calibration"]
+    assert cal["met"] and cal["min_cosine"] >= cal["target"] >= 0.9999
+    with torch.inference_mode():
+        got = min_cosine(pooled_output(model(**calib), calib["attention_mask"]),
+                         pooled_output(ref(**calib), calib["attention_mask"]))
+    assert got == pytest.approx(cal["min_cosine"], abs=1e-6)  # the summary is what the model does
+    formats = {r["format"] for r in sparsebert.report(model)["layers"]}
+    assert formats <= {"int8", "int8_weight_only", "dense"}
+
+
+def test_calibration_keeps_the_fastest_mode_when_the_budget_allows():
+    model = tiny_bert()
+    calib = tiny_inputs(batch=8, seq=16, seed=3)
+    compress(model, CompressConfig(int8="dynamic", kernel="dense", min_cosine=0.5), example_inputs=calib)
+    rows = sparsebert.report(model)["layers"]
+    assert all(r["format"] == "int8" and r["act_quant"] == "per_token" and not r["smooth"] for r in rows)
+    assert model.sparsebert_state["calibration"]["steps"] == 0
+
+
+def test_timing_cache_makes_the_second_compress_measure_nothing(tmp_path, monkeypatch):
+    calls = []
+    real = compress_mod.time_methods
+    monkeypatch.setattr(compress_mod, "time_methods", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = tmp_path / "t.json"
+    compress(tiny_bert(), CompressConfig(sparsity=0.5, block_size=(16, 16), int8="dynamic"), cache=str(cache))
+    assert calls and cache.is_file()
+    calls.clear()
+    compress(tiny_bert(seed=5), CompressConfig(sparsity=0.5, block_size=(16, 16), int8="dynamic"), cache=str(cache))
+    assert calls == []
+    cache.write_text("{not json")  # a damaged cache is an empty one
+    compress(tiny_bert(), CompressConfig(int8="dynamic"), cache=str(cache))
+    assert calls
+
+
+def test_unstructured_zeros_warn():
+    model = tiny_bert()
+    for m in encoder_linears(model).values():
+        with torch.no_grad():
+            m.weight.mul_(torch.rand_like(m.weight) > 0.9)  # ~90% unstructured
+    with pytest.warns(UserWarning) as record:
+        compress(model, CompressConfig(block_size=(16, 16)))
+    texts = [str(w.message) for w in record]
+    assert len(texts) == 12  # one per layer, each naming it and both shares
+    assert all(re.search(r"^encoder\.layer\.\d\.\S+: (8|9)\d\.\d% of the weight is zeros but only 0\.0% lies in "
+                         r"empty 16x16 blocks", t) for t in texts), texts
+    assert all("Prune in blocks" in t for t in texts)
+
+
+def snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()],
+            model.config._attn_implementation)
+
+
+def assert_unchanged(model, snap):
+    state, types, attn = snap
+    now = model.state_dict()
+    assert now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+    assert [type(m) for m in model.modules()] == types
+    assert model.config._attn_implementation == attn
+    assert getattr(model, STATE_ATTR, None) is None and getattr(model, "hf_quantizer", None) is None
+
+
+def test_failure_leaves_the_model_unchanged(monkeypatch):
+    model = tiny_bert()
+    snap = snapshot(model)
+    real, n = compress_mod._build, []
+
+    def failing(*a, **k):
+        n.append(1)
+        if len(n) == 20:
+            raise RuntimeError("injected failure")
+        return real(*a, **k)
+
+    monkeypatch.setattr(compress_mod, "_build", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        compress(model, CompressConfig(sparsity=0.5, block_size=(16, 16), int8="dynamic", attention="unpadded"),
+                 example_inputs=tiny_inputs(batch=4))
+    assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(sparsity=1.0), r"sparsity must be a number in \[0, 1\), got 1.0"),
+    (dict(sparsity=-0.1), r"sparsity must be a number in \[0, 1\), got -0.1"),
+    (dict(sparsity="90%"), r"sparsity must be a number in \[0, 1\), got '90%'"),
+    (dict(sparsity={"*.query": 2}), r"sparsity\['\*.query'\] must be a number in \[0, 1\), got 2"),
+    (dict(block_size=(0, 32)), r"block_size must be a pair of positive ints, got \(0, 32\)"),
+    (dict(block_size=(32,)), r"block_size must be a pair \(block_rows, block_cols\), got \(32,\)"),
+    (dict(int8="fp8"), r"int8 must be one of \('dynamic', 'weight_only'\) or None, got 'fp8'"),
+    (dict(act_quant="per_row"), r"act_quant must be one of .* got 'per_row'"),
+    (dict(dtype="float16"), r"dtype must be one of \['float32', 'bfloat16'\], got 'float16'"),
+    (dict(attention="flash"), r"attention must be one of \('sparsebert', 'unpadded'\) or None, got 'flash'"),
+    (dict(kernel="fast"), r"kernel must be one of \('auto', 'sparse', 'dense'\), got 'fast'"),
+    (dict(kernel="sparse", int8="weight_only"), r"no block-sparse weight-only kernel"),
+    (dict(min_cosine=1.5), r"min_cosine must be a number in \[-1, 1\], got 1.5"),
+    (dict(tokens=0), r"tokens must be a positive int or None, got 0"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CompressConfig(**kwargs)
+
+
+def test_bad_model_and_inputs():
+    with pytest.raises(TypeError, match="expects a Hugging Face BERT-family model .* got Sequential"):
+        compress(nn.Sequential(nn.Linear(4, 4)))
+    with pytest.raises(TypeError, match="config must be a CompressConfig, got dict"):
+        compress(tiny_bert(), {"sparsity": 0.5})
+    model = tiny_bert()
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match="example_inputs must be a dict of tokenized model inputs .* got Tensor"):
+        compress(model, CompressConfig(int8="dynamic"), example_inputs=torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"example_inputs\['input_ids'\] must be a non-empty 2-D tensor"):
+        compress(model, CompressConfig(int8="dynamic"), example_inputs={"input_ids": torch.ones(3, dtype=torch.long)})
+    with pytest.raises(TypeError, match="filter_fn must be callable"):
+        compress(model, filter_fn="encoder")
+    cfg = CompressConfig()
+    cfg.sparsity = 3.0  # mutated after construction: validated again by compress
+    with pytest.raises(ValueError, match="sparsity must be a number in"):
+        compress(model, cfg)
+    assert_unchanged(model, snap)
+    compress(model)
+    with pytest.raises(ValueError, match="already compressed"):
+        compress(model)
+
+
+def test_non_bert_transformers_model():
+    from transformers import GPT2Config, GPT2Model
+
+    gpt = GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=16))
+    with pytest.raises(TypeError, match="BERT-family model"):
+        compress(gpt)
+
+
+def test_skip_pattern_that_matches_nothing_warns():
+    with pytest.warns(UserWarning, match="skip pattern 'decoder.*' matches no module of BertModel"):
+        compress(tiny_bert(), CompressConfig(skip=("decoder.*",), kernel="dense"))
+    with pytest.warns(UserWarning, match="sparsity pattern '\\*.nothing' matches no module"):
+        compress(tiny_bert(), CompressConfig(sparsity={"*.nothing": 0.5}, kernel="dense"))
+
+
+def test_decompress_gives_the_weights_it_multiplies_by():
+    model = tiny_bert("BertForSequenceClassification")
+    compress(model, CompressConfig(sparsity=0.5, block_size=(16, 16), kernel="sparse"))
+    dense = sparsebert.decompress(model)
+    assert not sparsebert.is_compressed(dense) and sparsebert.is_compressed(model)
+    assert not any(isinstance(m, CONVERTED) for m in dense.modules())
+    inputs = tiny_inputs(padded=False)
+    assert rel_err(first_output(dense, inputs), first_output(model, inputs)) < 1e-5
+
+
+def test_progress_bar_goes_to_stderr(capsys):
+    compress(tiny_bert(), CompressConfig(kernel="dense"), progress=True)
+    captured = capsys.readouterr()
+    assert "choosing kernels" in captured.err and captured.out == ""
+
+
+def test_no_warnings_on_a_clean_block_pruned_model():
+    model = tiny_bert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compress(model, CompressConfig(sparsity=0.75, block_size=(16, 16)))
