@@ -3,7 +3,7 @@
 #   make demo     install, then run the main job on a real model and print the speedup table
 #   make test     install, then the whole test suite and gpu-check (what CI runs)
 #   make gpu-check  lower every Triton kernel to PTX/cubin for sm_80 and sm_90 (no GPU needed)
-#   make bench    install, then the kernel benchmarks (run on a quiet machine)
+#   make bench    install, then the kernel and whole-model benchmarks (run on a quiet machine)
 
 PYTHON ?= python3
 VENV := .venv
@@ -14,6 +14,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/cache/torch_extensions
 export TRITON_CACHE_DIR := $(CURDIR)/build/cache/triton
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/build/cache/inductor
+export SPARSEBERT_CACHE_DIR := $(CURDIR)/build/cache/sparsebert
 # Triton 3.9 warns unless the FP-fusion default is chosen explicitly; keep its current default.
 export TRITON_DEFAULT_FP_FUSION := 1
 # Nothing loads from a model hub at run time.
@@ -50,6 +51,7 @@ gpu-check: install
 bench: install
 	$(PY) benchmarks/bench_linear.py
 	$(PY) benchmarks/bench_attention.py
+	$(PY) benchmarks/bench_compress.py
 
 clean:
 	rm -rf build $(VENV) sparsebert/_C*.so *.egg-info
