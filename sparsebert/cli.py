@@ -140,7 +140,7 @@ def compress_cmd(args) -> int:
     sparsebert.save(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
     rep = sparsebert.report(model)
     if args.json:
-        print(json.dumps(rep, indent=1))
+        print(json.dumps(rep.to_dict(), indent=1))
     else:
         print(format_report(rep))
         print(f"\nsaved to {args.out}")
@@ -249,7 +249,7 @@ def report_cmd(args) -> int:
     from sparsebert.report import format_report
 
     rep = sparsebert.report(sparsebert.load(args.dir))
-    print(json.dumps(rep, indent=1) if args.json else format_report(rep))
+    print(json.dumps(rep.to_dict(), indent=1) if args.json else format_report(rep))
     return 0
 
 

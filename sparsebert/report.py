@@ -9,7 +9,20 @@ from torch import nn
 from .compress import STATE_ATTR, is_compressed
 from .nn import Int8Linear, SparseInt8Linear, SparseLinear
 
-__all__ = ["report", "print_report", "format_report"]
+__all__ = ["Report", "report", "print_report", "format_report"]
+
+
+class Report(list):
+    """The rows of :func:`report` (one dict per converted layer), with ``totals`` and
+    ``calibration`` as attributes; ``to_dict()`` for JSON."""
+
+    def __init__(self, rows, totals: dict, calibration: dict | None):
+        super().__init__(rows)
+        self.totals = totals
+        self.calibration = calibration
+
+    def to_dict(self) -> dict:
+        return {"layers": list(self), "totals": self.totals, "calibration": self.calibration}
 
 
 def _bytes(module: nn.Module) -> int:
@@ -23,11 +36,13 @@ def _density(module: nn.Module) -> float:
     return float((w != 0).sum()) / max(1, w.numel())
 
 
-def report(model: nn.Module) -> dict:
+def report(model: nn.Module) -> Report:
     """Per converted layer a dict with ``name``, ``shape`` (out, in), ``format``, ``act_quant``,
-    ``density`` (share of the weight stored, 0..1), ``bytes``, ``dense_bytes`` (fp32 weight and
-    bias), ``speedup`` (measured at the compress token count over the dense layer) and
-    ``reason``; and totals. Returns ``{"layers": [...], "totals": {...}, "calibration": ...}``."""
+    ``smooth``, ``density`` (share of the weight stored, 0..1), ``bytes``, ``dense_bytes`` (fp32
+    weight and bias), ``speedup`` (measured at the compress token count over the dense layer) and
+    ``reason``. Returns the list of rows (a :class:`Report`), whose ``totals`` attribute holds the
+    sizes before and after, the expected speedup of these layers' GEMMs and the layers slower than
+    dense, and ``calibration`` the calibrated INT8 choice's result (or None)."""
     if not is_compressed(model):
         raise ValueError(f"{type(model).__name__} is not compressed: run sparsebert.compress first")
     state = getattr(model, STATE_ATTR)
@@ -67,7 +82,7 @@ def report(model: nn.Module) -> dict:
         "expected_gemm_speedup": (t_dense / t_new) if t_new else None,
         "slower_than_dense": [r["name"] for r in rows if r["speedup"] is not None and r["speedup"] < 1.0],
     }
-    return {"layers": rows, "totals": totals, "calibration": state.get("calibration")}
+    return Report(rows, totals, state.get("calibration"))
 
 
 def _leaf_modules_outside(model: nn.Module, names: set[str]):
@@ -82,15 +97,15 @@ def _mb(b: int) -> str:
     return f"{b / 2**20:.1f} MB"
 
 
-def format_report(rep: dict) -> str:
+def format_report(rep: Report) -> str:
     """The report as a markdown table plus a totals line."""
     lines = ["| layer | shape | format | density | size | speedup | why |", "|---|---|---|---|---|---|---|"]
-    for r in rep["layers"]:
+    for r in rep:
         fmt = r["format"] + (f" {r['act_quant']}" if r["act_quant"] else "") + (" +smooth" if r["smooth"] else "")
         sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         lines.append(f"| {r['name']} | {r['shape'][0]}x{r['shape'][1]} | {fmt} | {r['density']:.2f} | "
                      f"{_mb(r['bytes'])} | {sp} | {r['reason']} |")
-    t = rep["totals"]
+    t = rep.totals
     gemm = "n/a" if t["expected_gemm_speedup"] is None else f"{t['expected_gemm_speedup']:.2f}x"
     lines.append("")
     lines.append(f"{t['layers']} layers: {_mb(t['converted_bytes_before'])} -> {_mb(t['converted_bytes_after'])} "
@@ -98,7 +113,7 @@ def format_report(rep: dict) -> str:
                  f"expected speedup of these layers' GEMMs {gemm}; "
                  + ("no layer slower than dense" if not t["slower_than_dense"]
                     else f"SLOWER than dense: {', '.join(t['slower_than_dense'])}"))
-    cal = rep.get("calibration")
+    cal = rep.calibration
     if cal:
         lines.append(f"calibration: min cosine {cal['min_cosine']:.5f} on {cal['examples']} examples "
                      f"(budget {cal['budget']}, {'met' if cal['met'] else 'NOT met'}; all layers at their fastest "
@@ -107,5 +122,5 @@ def format_report(rep: dict) -> str:
 
 
 def print_report(model_or_report, file=None) -> None:
-    rep = model_or_report if isinstance(model_or_report, dict) else report(model_or_report)
+    rep = model_or_report if isinstance(model_or_report, Report) else report(model_or_report)
     print(format_report(rep), file=file or sys.stdout)
