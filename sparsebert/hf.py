@@ -157,6 +157,14 @@ def _unpadded_encoder_forward(
 ):
     if encoder_hidden_states is not None or past_key_values is not None:
         raise ValueError("the unpadded encoder runs bidirectional self-attention only (no cross-attention, no cache)")
+    impl = getattr(getattr(self, "config", None), "_attn_implementation", ATTN_IMPLEMENTATION)
+    if impl != ATTN_IMPLEMENTATION:
+        # Packed tokens are one sequence to any other attention: each sequence would attend to the
+        # others' tokens.
+        raise ValueError(
+            f"the unpadded encoder needs the {ATTN_IMPLEMENTATION!r} attention implementation, but the model now "
+            f"uses {impl!r}: call sparsebert.use_unpadded(model, enabled=False) before switching implementations"
+        )
     b, s, hidden = hidden_states.shape
     keep = _key_padding(attention_mask, b, s, hidden_states.device)
     lengths = keep.sum(1)

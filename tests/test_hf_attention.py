@@ -191,3 +191,26 @@ def test_unpadded_rejects_what_it_cannot_run():
     dec = BertModel(small_config(is_decoder=True)).eval()
     with pytest.raises(TypeError, match="decoder"):
         sparsebert.use_unpadded(dec)
+
+
+def test_switching_implementation_under_the_unpadded_encoder_raises():
+    # Packed tokens under another attention would attend across sequences: refuse, don't compute.
+    from transformers import BertConfig, BertModel
+
+    model = BertModel(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                 vocab_size=100, max_position_embeddings=32)).eval()
+    ids = torch.randint(5, 100, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    sparsebert.use_unpadded(model)
+    model.set_attn_implementation("eager")
+    with pytest.raises(ValueError, match="unpadded encoder needs the 'sparsebert' attention implementation, but the "
+                                         "model now uses 'eager'"):
+        model(input_ids=ids, attention_mask=mask)
+    sparsebert.use_unpadded(model, enabled=False)
+    with torch.inference_mode():
+        eager = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        model.set_attn_implementation("sdpa")
+        sdpa = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    keep = mask.bool()
+    torch.testing.assert_close(eager[keep], sdpa[keep], rtol=1e-5, atol=1e-5)
