@@ -124,19 +124,24 @@ def test_threads(isa, dtype):
 @pytest.mark.parametrize("bc", [1, 3, 5])
 def test_bf16_odd_block_does_not_read_past_the_block(isa, bc):
     # bf16 packs inputs in pairs; with an odd block width the pair's second input belongs to the
-    # next block column. When that block is not stored, a huge or infinite x there must not
-    # reach the output (the kernel computes the sum over stored blocks only).
-    n, k = 16, 4 * bc
+    # next block column. When that block is not stored, a huge x there must not reach the output
+    # (the kernel computes the sum over stored blocks only); a non-finite one gives NaN in exactly
+    # the outputs where the dense layer has NaN (0 * Inf).
+    n, k = 32, 4 * bc
     w = torch.randn(n, k)
-    w[:, bc : 2 * bc] = 0  # block column 1 not stored
+    w[:16, bc : 2 * bc] = 0  # block column 1 not stored in block row 0
     w = w.to(torch.bfloat16)
     x = torch.randn(3, k).to(torch.bfloat16)
-    x[:, bc] = float("inf")
-    out = run(x, w, None, (16, bc))
-    assert torch.isfinite(out).all()
+    x[:, bc] = 1e30
     x_ref = x.clone()
     x_ref[:, bc] = 0
-    assert_linear_close(out, x_ref, w, None)
+    out = run(x, w, None, (16, bc))
+    assert torch.isfinite(out[:, :16]).all()
+    assert_linear_close(out[:, :16], x_ref, w[:16], None)
+    x[:, bc] = float("inf")
+    out = run(x, w, None, (16, bc))
+    ref = torch.nn.functional.linear(x.float(), w.float())
+    assert torch.equal(out.isnan(), ref.isnan()) and out[:, :16].isnan().all()
 
 
 def test_bf16_rounds_like_torch():
@@ -248,3 +253,26 @@ def test_amx_shapes(isa, block_size, m, n):
     x = torch.randn(m, k).to(torch.bfloat16)
     bias = torch.randn(n).to(torch.bfloat16)
     assert_linear_close(run(x, w, bias, block_size), x, w, bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", [(16, 16), (32, 32), (4, 1), (8, 3)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inputs_propagate_as_in_the_dense_layer(isa, dtype, block_size, bad):
+    # nn.Linear multiplies x by the zero weights too (0 * NaN = 0 * Inf = NaN): the NaN/Inf pattern
+    # must be the dense layer's, also in block rows whose blocks do not touch the bad column.
+    n, k, m = 70, 45, 9
+    w = block_sparse_weight(n, k, block_size, 0.7, dtype)
+    w[: 2 * block_size[0]] = 0  # empty block rows: the case that used to return the bias
+    bias = torch.randn(n).to(dtype)
+    x = torch.randn(m, k).to(dtype)
+    x[1, 3] = bad
+    x[4, k - 1] = bad
+    x[6, :] = bad
+    out = run(x, w, bias, block_size)
+    ref = F.linear(x.float(), w.float(), bias.float())
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out.isinf(), ref.isinf()) and torch.equal(out[out.isinf()], ref[ref.isinf()].to(dtype))
+    finite = torch.isfinite(ref)
+    assert finite[[0, 2, 3, 5, 7, 8]].all() and not finite[[1, 4, 6]].any()
+    assert_linear_close(out[finite.all(1)], x[finite.all(1)], w, bias)

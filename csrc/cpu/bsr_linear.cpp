@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <vector>
 
 #include "bsr_common.h"
@@ -37,6 +38,29 @@ cpu::BsrLinearFn select_kernel(at::ScalarType dtype, const cpu::BsrLinearArgs& a
   TORCH_CHECK(false, "unknown ISA level");
 }
 
+// Dense semantics for non-finite inputs. nn.Linear multiplies every x[m, k] by W[n, k], so a NaN
+// or Inf in row m of x reaches the outputs of row m through the zero weights too (0 * NaN and
+// 0 * Inf are NaN), while the kernel never reads the blocks it does not store. Outputs of a block
+// row whose unstored block columns hold a non-finite x[m, k] become NaN, as in the dense layer;
+// inside stored blocks the kernel's own IEEE arithmetic already agrees with it. A finite x (the
+// normal case) costs one vectorized pass over x.
+void propagate_nonfinite(const LinearCall& call, int64_t N, int64_t K, int64_t br, int64_t bc) {
+  const at::Tensor bad = at::logical_not(at::isfinite(call.x2));  // [M, K]
+  if (!bad.any().item<bool>()) return;
+  const int64_t M = bad.size(0), nb = ceil_div(N, br), ncb = ceil_div(K, bc);
+  const at::Tensor bad_blocks =
+      at::constant_pad_nd(bad.to(at::kFloat), {0, ncb * bc - K}, 0).view({M, ncb, bc}).amax(2);  // [M, ncb]
+  at::Tensor unstored = at::ones({nb, ncb}, at::kFloat);  // [nb, ncb]: 1 where a block is not stored
+  auto u = unstored.accessor<float, 2>();
+  const int32_t* crow = call.crow.data_ptr<int32_t>();
+  const int32_t* col = call.col.data_ptr<int32_t>();
+  for (int64_t i = 0; i < nb; ++i)
+    for (int32_t b = crow[i]; b < crow[i + 1]; ++b) u[i][col[b]] = 0.f;
+  const at::Tensor poisoned = at::matmul(bad_blocks, unstored.t()).gt(0);  // [M, nb]
+  const at::Tensor rows = poisoned.repeat_interleave(br, 1).narrow(1, 0, N);  // [M, N]
+  call.y.masked_fill_(rows, std::numeric_limits<float>::quiet_NaN());
+}
+
 at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& crow_indices,
                           const at::Tensor& col_indices, const std::optional<at::Tensor>& bias,
                           at::IntArrayRef shape, at::IntArrayRef block_size) {
@@ -62,6 +86,7 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
   if (call.empty()) return call.result();
   const cpu::BsrLinearFn fn = select_kernel(x.scalar_type(), call.args);
   run_bsr_tasks(call.args, nb, fn);
+  propagate_nonfinite(call, N, K, br, bc);
   return call.result();
 }
 
