@@ -80,7 +80,10 @@ LinearCall prepare_linear(const char* op, const at::Tensor& x, const at::Tensor&
   }
   c.out_sizes.assign(x.sizes().begin(), x.sizes().end());
   c.out_sizes.back() = N;
-  c.x2 = x.reshape({-1, K});
+  // M from the leading dimensions: reshape({-1, 0}) is ambiguous when K is 0.
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  c.x2 = x.reshape({rows, K});
   if (K > 1 && c.x2.stride(1) != 1) c.x2 = c.x2.contiguous();
   const int64_t M = c.x2.size(0);
   c.y = at::empty({M, N}, x.options());

@@ -174,6 +174,14 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   const int64_t nb = ceil_div(N, kDenseBlockRows), bc = K > 0 ? K : 1;
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) == nb, "int8_linear weight must have shape [", nb,
                     ", ", ceil_div(bc, 4), ", ", kDenseBlockRows, ", 4], got ", weight.sizes());
+  if (K == 0) {
+    // No inputs (nn.Linear with in_features=0): every output is its bias. The packing keeps one
+    // zero column, which must not be read against an x without columns: no block is stored.
+    const at::Tensor crow = at::zeros({nb + 1}, x.options().dtype(at::kInt));
+    const at::Tensor col = at::zeros({0}, x.options().dtype(at::kInt));
+    return int8_core(x, weight.narrow(0, 0, 0), weight_scale, weight_sum, crow, col, bias, N, K, kDenseBlockRows,
+                     bc, act_quant);
+  }
   // Every block stored: block row i holds block column 0 (all of K).
   const at::Tensor crow = at::arange(nb + 1, x.options().dtype(at::kInt));
   const at::Tensor col = at::zeros({nb}, x.options().dtype(at::kInt));

@@ -76,7 +76,7 @@ def quantize_activations(x: Tensor, mode: str = "per_token") -> tuple[Tensor, Te
     if not torch.isfinite(x).all():
         raise ValueError("cannot quantize activations holding Inf or NaN")
     zeros = x.new_zeros(x.shape[0])
-    if x.shape[1] == 0:
+    if x.numel() == 0:
         lo, hi = zeros, zeros
     elif mode.startswith("per_tensor"):
         lo = zeros + min(x.min().item(), 0.0)
@@ -103,11 +103,12 @@ def weight_sum(q: Tensor) -> Tensor:
 
 
 def pack_int8_dense(q: Tensor) -> Tensor:
-    """int8 ``[N, K]`` -> ``[ceil(N/32), ceil(K/4), 32, 4]`` (int8_linear's weight)."""
+    """int8 ``[N, K]`` -> ``[ceil(N/32), ceil(max(K, 1)/4), 32, 4]`` (int8_linear's weight; a
+    layer with no inputs keeps one zero column, the shape the op checks)."""
     n, k = q.shape
     nb = math.ceil(n / DENSE_BLOCK_ROWS)
-    padded = torch.nn.functional.pad(q, (0, 0, 0, nb * DENSE_BLOCK_ROWS - n))
-    blocks = padded.reshape(nb, DENSE_BLOCK_ROWS, k)  # (NB, 32, K): one block per block row
+    padded = torch.nn.functional.pad(q, (0, max(k, 1) - k, 0, nb * DENSE_BLOCK_ROWS - n))
+    blocks = padded.reshape(nb, DENSE_BLOCK_ROWS, max(k, 1))  # (NB, 32, K): one block per block row
     return _to_kpair(blocks, 4)
 
 
@@ -119,11 +120,11 @@ def unpack_int8_dense(weight: Tensor, shape) -> Tensor:
 
 
 def pack_int8_weight_only(q: Tensor) -> Tensor:
-    """int8 ``[N, K]`` -> ``[ceil(N/32), K, 32, 1]`` (int8_weight_only_linear's weight)."""
+    """int8 ``[N, K]`` -> ``[ceil(N/32), max(K, 1), 32, 1]`` (int8_weight_only_linear's weight)."""
     n, k = q.shape
     nb = math.ceil(n / DENSE_BLOCK_ROWS)
-    padded = torch.nn.functional.pad(q, (0, 0, 0, nb * DENSE_BLOCK_ROWS - n))
-    return _to_kpair(padded.reshape(nb, DENSE_BLOCK_ROWS, k), 1)
+    padded = torch.nn.functional.pad(q, (0, max(k, 1) - k, 0, nb * DENSE_BLOCK_ROWS - n))
+    return _to_kpair(padded.reshape(nb, DENSE_BLOCK_ROWS, max(k, 1)), 1)
 
 
 def unpack_int8_weight_only(weight: Tensor, shape) -> Tensor:

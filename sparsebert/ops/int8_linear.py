@@ -57,7 +57,7 @@ def _dequant_matmul(x: Tensor, q_w: Tensor, weight_scale: Tensor, bias: Tensor |
     """The definition: quantize x (act_quant), exact integer product (float64 holds it
     exactly), scale, add bias, round to x's dtype."""
     n, k = q_w.shape
-    x2 = x.reshape(-1, k)
+    x2 = x.reshape(x.shape[:-1].numel(), k)
     q_x, x_scale = quantize_activations(x2, act_quant)
     acc = q_x.double() @ q_w.double().T  # (M, N), exact
     y = acc * x_scale.double()[:, None] * weight_scale.double()[None, :]
