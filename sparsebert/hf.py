@@ -21,7 +21,7 @@ import types
 import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, bidirectional_mask_function, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
 from .ops.attention import attention, attention_varlen
@@ -34,7 +34,14 @@ ATTN_IMPLEMENTATION = "sparsebert"
 
 def _as_key_padding(keep: Tensor) -> Tensor | None:
     """A 4-D bool keep-mask [batch, heads or 1, q, k] whose heads and query rows all agree is a
-    key-padding mask: return it as [batch, k]; None for any other mask."""
+    key-padding mask: return it as [batch, k]; None for any other mask. A mask of shape
+    [batch, 1, 1, k] (what :func:`sparsebert_mask` builds) is one by its shape alone; any other
+    shape needs a look at the data, which torch.compile / torch.export cannot trace, so there the
+    mask goes to the kernel as it is (same result, padding not skipped)."""
+    if keep.shape[1] == 1 and keep.shape[2] == 1:
+        return keep[:, 0, 0, :]
+    if torch.compiler.is_compiling():
+        return None
     first = keep[:, :1, :1, :]
     if not torch.equal(keep, first.expand_as(keep)):
         return None
@@ -99,10 +106,33 @@ def sparsebert_attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
+def sparsebert_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                    mask_function=None, attention_mask: Tensor | None = None, local_size: int | None = None,
+                    allow_is_causal_skip: bool = True, allow_is_bidirectional_skip: bool = False,
+                    use_vmap: bool = False, device="cpu", **kwargs) -> Tensor | None:
+    """transformers' mask builder for the ``"sparsebert"`` implementation: a plain bidirectional
+    mask with padding (BERT's encoder) becomes a ``[batch, 1, 1, kv_length]`` bool key-padding
+    mask, which the attention function recognizes by its shape (no data-dependent check, so it
+    traces under torch.compile and torch.export); every other mask is ``sdpa_mask``'s."""
+    if mask_function is bidirectional_mask_function and local_size is None and not use_vmap:
+        from transformers.masking_utils import prepare_padding_mask
+
+        padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)
+        if padding is None:
+            return None
+        return padding[:, None, None, :kv_length].to(device=device, dtype=torch.bool)
+    kwargs.update(q_offset=q_offset, kv_offset=kv_offset, attention_mask=attention_mask, local_size=local_size,
+                  allow_is_causal_skip=allow_is_causal_skip, allow_is_bidirectional_skip=allow_is_bidirectional_skip,
+                  use_vmap=use_vmap, device=device)
+    if mask_function is not None:
+        kwargs["mask_function"] = mask_function
+    return sdpa_mask(batch_size, q_length, kv_length, **kwargs)
+
+
 def register() -> None:
     """Registers ``"sparsebert"`` with transformers (done on import; calling again is harmless)."""
     AttentionInterface.register(ATTN_IMPLEMENTATION, sparsebert_attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sparsebert_mask)
 
 
 register()

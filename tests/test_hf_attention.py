@@ -214,3 +214,27 @@ def test_switching_implementation_under_the_unpadded_encoder_raises():
         sdpa = model(input_ids=ids, attention_mask=mask).last_hidden_state
     keep = mask.bool()
     torch.testing.assert_close(eager[keep], sdpa[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_compile_fullgraph_and_export_with_padding():
+    # The mask reaches the attention function as a [batch, 1, 1, keys] key-padding mask recognized
+    # by its shape: no data-dependent check, so the model traces whole, as with SDPA.
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                 vocab_size=100, max_position_embeddings=32)).eval()
+    ids = torch.randint(5, 100, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    mask[2, 1:] = 0
+    keep = mask.bool()
+    with torch.inference_mode():
+        sdpa = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    model.set_attn_implementation("sparsebert")
+    with torch.no_grad():
+        eager_out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        out = compiled(input_ids=ids, attention_mask=mask).last_hidden_state
+        exported = torch.export.export(model, (), {"input_ids": ids, "attention_mask": mask})
+        exp_out = exported.module()(input_ids=ids, attention_mask=mask).last_hidden_state
+    for got in (eager_out, out, exp_out):
+        torch.testing.assert_close(got[keep], sdpa[keep], rtol=1e-5, atol=1e-5)
