@@ -4,6 +4,7 @@
 #   make test     install, then the whole test suite and gpu-check (what CI runs)
 #   make gpu-check  lower every Triton kernel to PTX/cubin for sm_80 and sm_90 (no GPU needed)
 #   make bench    install, then the kernel and whole-model benchmarks (run on a quiet machine)
+#   make fuzz     install, then 10,000 generated cases per op on every ISA path (tests/test_fuzz.py)
 
 PYTHON ?= python3
 VENV := .venv
@@ -23,7 +24,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py pyproject.toml
 
-.PHONY: install demo test gpu-check bench clean
+.PHONY: install demo test gpu-check bench fuzz clean
 
 install: $(VENV)/.built
 
@@ -47,6 +48,9 @@ test: install
 # Compiled kernels: never under the interpreter the tests use.
 gpu-check: install
 	env -u TRITON_INTERPRET $(PY) -m sparsebert.kernels.gpu_check
+
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz.py --hypothesis-show-statistics
 
 bench: install
 	$(PY) benchmarks/bench_linear.py
