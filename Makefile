@@ -5,6 +5,7 @@
 #   make gpu-check  lower every Triton kernel to PTX/cubin for sm_80 and sm_90 (no GPU needed)
 #   make bench    install, then the kernel and whole-model benchmarks (run on a quiet machine)
 #   make fuzz     install, then 10,000 generated cases per op on every ISA path (tests/test_fuzz.py)
+#   make sanitize the extension built with ASan + UBSan in build/sanitize, the kernel tests run under it
 
 PYTHON ?= python3
 VENV := .venv
@@ -24,7 +25,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py pyproject.toml
 
-.PHONY: install demo test gpu-check bench fuzz clean
+.PHONY: install demo test gpu-check bench fuzz sanitize clean
 
 install: $(VENV)/.built
 
@@ -51,6 +52,20 @@ gpu-check: install
 
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz.py --hypothesis-show-statistics
+
+# A copy of the tracked tree in build/sanitize, built there with the sanitizers (the normal build
+# in the checkout is left alone); python is not instrumented, so the runtimes are preloaded.
+SAN_DIR := build/sanitize
+SAN_TESTS := tests/test_bsr_linear.py tests/test_int8_linear.py tests/test_attention.py tests/test_fuzz.py \
+	tests/test_sparse_linear.py tests/test_int8_modules.py
+sanitize: install
+	rm -rf $(SAN_DIR) && mkdir -p $(SAN_DIR)
+	git ls-files -z | xargs -0 cp --parents -t $(SAN_DIR)
+	cd $(SAN_DIR) && SPARSEBERT_SANITIZE=1 $(CURDIR)/$(PY) setup.py -q build_ext --inplace
+	cd $(SAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
+		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 SPARSEBERT_EXPECT_SANITIZED=1 \
+		$(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider $(SAN_TESTS)
 
 bench: install
 	$(PY) benchmarks/bench_linear.py

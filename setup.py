@@ -65,8 +65,18 @@ if sys.platform != "linux" or os.uname().machine not in ("x86_64", "AMD64"):
 
 sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
 debug = os.environ.get("SPARSEBERT_DEBUG", "") == "1"
-cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+# `make sanitize`: AddressSanitizer + UndefinedBehaviorSanitizer, every report fatal. -O1 keeps
+# the kernels' vector code (what runs in production) while staying debuggable.
+sanitize = os.environ.get("SPARSEBERT_SANITIZE", "") == "1"
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+if debug:
+    cxx_flags = ["-O0", "-g"]
+elif sanitize:
+    cxx_flags = ["-O1"] + SANITIZE_FLAGS
+else:
+    cxx_flags = ["-O3"]
 cxx_flags += ["-std=c++17", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-fvisibility=hidden"]
+link_flags = ["-fopenmp"] + (SANITIZE_FLAGS if sanitize else [])
 
 setup(
     ext_modules=[
@@ -75,7 +85,7 @@ setup(
             sources,
             include_dirs=[str(ROOT / "csrc")],
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link_flags,
             py_limited_api=False,
         )
     ],

@@ -9,6 +9,10 @@ import torch.nn.functional as F  # noqa: E402
 
 import sparsebert  # noqa: E402
 
+if os.environ.get("SPARSEBERT_EXPECT_SANITIZED") == "1" and "build/sanitize" not in sparsebert.__file__:
+    # `make sanitize` must test the instrumented copy, not the normal build of the checkout.
+    raise RuntimeError(f"make sanitize imported the uninstrumented sparsebert at {sparsebert.__file__}")
+
 ISA_LEVELS = ("scalar", "avx2", "avx512", "avx512bf16", "amx")
 
 
