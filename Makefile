@@ -6,6 +6,8 @@
 #   make bench    install, then the kernel and whole-model benchmarks (run on a quiet machine)
 #   make fuzz     install, then 10,000 generated cases per op on every ISA path (tests/test_fuzz.py)
 #   make sanitize the extension built with ASan + UBSan in build/sanitize, the kernel tests run under it
+#   make bench-engines  venvs of the CPU engines (OpenVINO + NNCF, ONNX Runtime, DeepSparse) in build/engines
+#   make bench-e2e      whole-model side by side with those engines (quiet machine, ~10 min per model)
 
 PYTHON ?= python3
 VENV := .venv
@@ -25,7 +27,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py pyproject.toml
 
-.PHONY: install demo test gpu-check bench fuzz sanitize clean
+.PHONY: install demo test gpu-check bench fuzz sanitize bench-engines bench-e2e clean
 
 install: $(VENV)/.built
 
@@ -71,6 +73,14 @@ bench: install
 	$(PY) benchmarks/bench_linear.py
 	$(PY) benchmarks/bench_attention.py
 	$(PY) benchmarks/bench_compress.py
+
+bench-engines: install
+	bash benchmarks/engines/setup_engines.sh
+
+bench-e2e: bench-engines
+	$(PY) benchmarks/bench_e2e.py --model bert-base --json results/e2e-bert-base.json --plot results/e2e-bert-base.png
+	$(PY) benchmarks/bench_e2e.py --model minilm --json results/e2e-minilm.json --plot results/e2e-minilm.png
+	$(PY) benchmarks/bench_e2e.py --profile --model bert-base
 
 clean:
 	rm -rf build $(VENV) sparsebert/_C*.so *.egg-info
