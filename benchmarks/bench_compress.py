@@ -30,7 +30,7 @@ from common import Method, fmt_ms, header, markdown_table, time_methods, write_j
 
 import sparsebert  # noqa: E402
 from sparsebert import CompressConfig, SparseInt8Linear  # noqa: E402
-from sparsebert.compress import min_cosine, pooled_output  # noqa: E402
+from sparsebert.compress import embedding_cosines  # noqa: E402
 from sparsebert.data import load_minilm, split_sentences  # noqa: E402
 from sparsebert.prune import block_magnitude_mask  # noqa: E402
 
@@ -122,12 +122,7 @@ def main(argv=None):
     calib = tok(calib_s, padding=True, truncation=True, max_length=128, return_tensors="pt")
     fp32 = copy.deepcopy(model)
     q = sparsebert.compress(model, CompressConfig(int8="dynamic"), example_inputs=calib)
-    cos = []
-    for i in range(0, len(test_s), 64):
-        enc = tok(test_s[i:i + 64], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        with torch.inference_mode():
-            cos.append(min_cosine(pooled_output(q(**enc), enc["attention_mask"]),
-                                  pooled_output(fp32(**enc), enc["attention_mask"])))
+    cos = embedding_cosines(q, fp32, tok, test_s, batch=64).tolist()
     with tempfile.TemporaryDirectory() as d:
         sparsebert.save(q, d, tokenizer=tok)
         loaded = sparsebert.load(d)

@@ -32,21 +32,14 @@ from common import header, write_json  # noqa: E402
 import sparsebert  # noqa: E402
 from sparsebert import CompressConfig  # noqa: E402
 from sparsebert.bench import bench, format_table  # noqa: E402
-from sparsebert.compress import pooled_output  # noqa: E402
+from sparsebert.compress import embedding_cosines  # noqa: E402
 from sparsebert.data import load_minilm, movie_review_sentences, split_sentences  # noqa: E402
 from sparsebert.report import format_report, report  # noqa: E402
 
 
 def fidelity(model, original, tokenizer, sentences) -> tuple[float, float]:
     """(min, mean) cosine of pooled embeddings against the original model."""
-    cos = []
-    for i in range(0, len(sentences), 64):
-        enc = tokenizer(sentences[i:i + 64], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        with torch.inference_mode():
-            a = pooled_output(model(**enc), enc["attention_mask"])
-            b = pooled_output(original(**enc), enc["attention_mask"])
-        cos.append(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1))
-    c = torch.cat(cos)
+    c = embedding_cosines(model, original, tokenizer, sentences, batch=64)
     return c.min().item(), c.mean().item()
 
 

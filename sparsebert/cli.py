@@ -192,7 +192,7 @@ def _label_ids(model, labels: list[str]) -> torch.Tensor:
 
 
 def eval_cmd(args) -> int:
-    from sparsebert.compress import pooled_output
+    from sparsebert.compress import embedding_cosines
     from sparsebert.data import split_sentences
     from sparsebert.serialize import read_manifest
 
@@ -212,14 +212,7 @@ def eval_cmd(args) -> int:
     if original_dir and os.path.isdir(original_dir):
         original, _ = _load_hf(original_dir)
         _, sentences = split_sentences(0, args.sentences, seed=args.seed)
-        cos = []
-        for i in range(0, len(sentences), 32):
-            enc = tokenizer(sentences[i:i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
-            with torch.inference_mode():
-                a = pooled_output(original(**enc), enc["attention_mask"])
-                b = pooled_output(model(**enc), enc["attention_mask"])
-            cos.append(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1))
-        c = torch.cat(cos)
+        c = embedding_cosines(model, original, tokenizer, sentences)
         result["cosine"] = {"sentences": len(sentences), "min": c.min().item(), "mean": c.mean().item(),
                             "original": original_dir}
     elif not args.data:

@@ -81,7 +81,8 @@ class CompressConfig:
     - ``kernel``: ``"auto"`` (measure and keep the fastest per layer), ``"sparse"`` or
       ``"dense"`` (force one structure everywhere).
     - ``min_cosine``: fidelity budget of the calibrated INT8 choice: minimum cosine similarity,
-      per example, between the pooled output of the converted and the unquantized model.
+      per example, between the pooled output of the converted and the unquantized model (judged
+      in float32).
     - ``tokens``: rows of the activation the per-layer timing uses (default: the token count of
       ``example_inputs``, else 128).
     """
@@ -336,8 +337,7 @@ def _time_formats(linear: nn.Linear, formats: list[str], cfg: CompressConfig, to
     missing = [f for f in formats if cache.get(keys[f]) is None]
     if missing:
         x = torch.randn(tokens, linear.in_features).to(DTYPES[cfg.dtype])
-        default = Choice("x", cfg.act_quant)
-        modules = {f: _build(dataclasses.replace(default, format=f), linear, cfg) for f in missing}
+        modules = {f: _build(Choice(f, cfg.act_quant), linear, cfg) for f in missing}
         with torch.inference_mode():
             timing = time_methods([Method(f, lambda i, m=m: m(x)) for f, m in modules.items()],
                                   min_rounds=5, max_rounds=50, min_seconds=0.03)
@@ -375,6 +375,18 @@ def min_cosine(a: Tensor, b: Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).min().item()
 
 
+def embedding_cosines(model, original, tokenizer, sentences: list[str], batch: int = 32) -> Tensor:
+    """Per sentence, the cosine between the pooled outputs of ``model`` and ``original`` (float64)."""
+    out = []
+    for i in range(0, len(sentences), batch):
+        enc = tokenizer(sentences[i:i + batch], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        with torch.inference_mode():
+            a = pooled_output(model(**enc), enc["attention_mask"])
+            b = pooled_output(original(**enc), enc["attention_mask"])
+        out.append(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1))
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
+
+
 class _Calibrator:
     """Per-layer activation statistics on the calibration batch: absmax per input feature (for
     SmoothQuant) and a sample of input rows (for each choice's error)."""
@@ -401,20 +413,11 @@ class _Calibrator:
 
 
 def _relative_error(module: nn.Module, reference: nn.Linear, x: Tensor) -> float:
+    """||module(x) - reference(x)|| / ||reference(x)|| (both float32 modules)."""
     with torch.inference_mode():
         ref = reference(x)
-        out = module(x.to(_module_dtype(module))).float()
+        out = module(x).float()
     return ((out - ref).norm() / ref.norm().clamp(min=1e-12)).item()
-
-
-def _module_dtype(module: nn.Module) -> torch.dtype:
-    """The float dtype a module computes in (its first non-fp32 float buffer or parameter)."""
-    for t in module.buffers():
-        if t.is_floating_point() and t.dtype != torch.float32:
-            return t.dtype
-    for t in module.parameters():
-        return t.dtype
-    return torch.float32
 
 
 def _run(model, inputs):
@@ -502,7 +505,7 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *, filter_f
     calibration = None
     absmax: dict[str, Tensor] = {}
     if calibrated:
-        level, absmax, calibration = _calibrate(model, targets, pruned, ladders, cfg, inputs, progress)
+        level, absmax, calibration = _calibrate(model, targets, pruned, ladders, cfg, inputs)
 
     # Build every final module, then commit (nothing above modified the model).
     new_modules = {}
@@ -558,7 +561,7 @@ def _reason(choice: Choice, info: dict, cfg: CompressConfig, level: int, tokens:
     return why
 
 
-def _calibrate(model, targets, pruned, ladders, cfg, inputs, progress):
+def _calibrate(model, targets, pruned, ladders, cfg, inputs):
     """The calibrated INT8 choice (see the module docstring). Returns (level per layer, act
     absmax per layer, a summary for the report)."""
     was_training = model.training
