@@ -197,16 +197,21 @@ def eval_cmd(args) -> int:
     from sparsebert.serialize import read_manifest
 
     model = sparsebert.load(args.dir)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(args.dir)
     if args.data:  # checked before the slow part
         from sparsebert.data import read_tsv
 
-        if not hasattr(model, "classifier"):
-            raise CliError(f"--data needs a classification head; {type(model).__name__} has none")
+        if not type(model).__name__.endswith("ForSequenceClassification"):
+            raise CliError(f"--data needs a sequence classification head (one label per text); "
+                           f"{type(model).__name__} has none")
         texts, labels = read_tsv(args.data)
         y = _label_ids(model, labels)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.dir)
+    except (OSError, ValueError) as e:
+        raise CliError(f"{args.dir!r} has no tokenizer files (save with sparsebert.save(..., tokenizer=...)): "
+                       f"{_first_line(e)}") from None
     original_dir = args.original or read_manifest(args.dir).get("source")
     result = {}
     if original_dir and os.path.isdir(original_dir):
@@ -322,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sparsebert: interrupted", file=sys.stderr)
         return 130
-    except (CliError, ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as e:
+    except (CliError, ValueError, TypeError, OSError, ImportError) as e:
         print(f"sparsebert {args.command}: error: {_first_line(e)}", file=sys.stderr)
         return 1
 

@@ -148,10 +148,17 @@ class CompressConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompressConfig":
+        """The inverse of :meth:`to_dict` (a manifest's ``compress_config``); ValueError for
+        anything else."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a CompressConfig dict is needed, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown CompressConfig fields: {sorted(unknown)}")
+        for key in ("block_size", "skip"):
+            if key in d and not isinstance(d[key], list):
+                raise ValueError(f"CompressConfig {key} must be a list, got {d[key]!r}")
         return cls(**{k: tuple(v) if k in ("block_size", "skip") else v for k, v in d.items()})
 
 
@@ -206,6 +213,13 @@ def _ladder(fmt: str, calibrated: bool, act_quant: str) -> list[Choice]:
     if fmt in ("int8", "sparse_int8"):
         return [Choice(fmt, act_quant)]
     return [Choice(fmt)]
+
+
+def _prune_ladder(ladder: list[Choice], timings: dict[str, float]) -> list[Choice]:
+    """Drops the rungs that a more accurate rung of another format beats on time (weight-only
+    INT8 where fp32 is faster). Rungs of one format (the INT8 modes) share a time and all stay."""
+    return [c for i, c in enumerate(ladder)
+            if i == 0 or not any(timings[d.format] <= timings[c.format] for d in ladder[i + 1:] if d.format != c.format)]
 
 
 def _build(choice: Choice, linear: nn.Linear, cfg: CompressConfig, act_absmax: Tensor | None = None) -> nn.Module:
@@ -337,7 +351,9 @@ def _time_formats(linear: nn.Linear, formats: list[str], cfg: CompressConfig, to
     missing = [f for f in formats if cache.get(keys[f]) is None]
     if missing:
         x = torch.randn(tokens, linear.in_features).to(DTYPES[cfg.dtype])
-        modules = {f: _build(Choice(f, cfg.act_quant), linear, cfg) for f in missing}
+        # INT8 formats are timed in per-token mode: the other modes run the same GEMM plus an
+        # elementwise pass, so one time per format keeps the cache key free of the mode.
+        modules = {f: _build(Choice(f, "per_token"), linear, cfg) for f in missing}
         with torch.inference_mode():
             timing = time_methods([Method(f, lambda i, m=m: m(x)) for f, m in modules.items()],
                                   min_rounds=5, max_rounds=50, min_seconds=0.03)
@@ -497,9 +513,7 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *, filter_f
             info = layers[name]
             info["timings"].update(_time_formats(pruned[name], sorted({c.format for c in ladder}), cfg, tokens,
                                                  timing_cache, info["empty_share"]))
-            t = info["timings"]
-            ladder = [c for i, c in enumerate(ladder)
-                      if i == 0 or not any(t[d.format] <= t[c.format] for d in ladder[i + 1:])]
+            ladder = _prune_ladder(ladder, info["timings"])
         ladders[name] = ladder
     level = {n: 0 for n in targets}
     calibration = None
@@ -520,29 +534,49 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *, filter_f
         info["speedup"] = info["timings"]["dense"] / info["timings"][choice.format]
     timing_cache.save()
 
-    for name, module in new_modules.items():
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, module)
-    if cfg.dtype != "float32":
-        model.to(DTYPES[cfg.dtype])
-    if cfg.attention == "sparsebert":
-        from .hf import ATTN_IMPLEMENTATION
-
-        model.set_attn_implementation(ATTN_IMPLEMENTATION)
-    elif cfg.attention == "unpadded":
-        from .hf import use_unpadded
-
-        use_unpadded(model)
-    setattr(model, STATE_ATTR, {
+    _commit(model, new_modules, cfg, {
         "config": cfg.to_dict(),
         "tokens": tokens,
         "calibration": calibration,
         "layers": {n: {k: v for k, v in info.items() if k != "structure"} for n, info in layers.items()},
     })
-    from .hf import mark_compressed
-
-    mark_compressed(model)
     return model
+
+
+def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressConfig, state: dict) -> None:
+    """Swaps the new modules in, casts the model to the config's dtype (the layers left as they
+    were too: a bf16 model with the default config becomes float32 throughout), sets the
+    attention and marks the model. Any failure puts back what was there before re-raising."""
+    from .hf import ATTN_IMPLEMENTATION, mark_compressed, use_unpadded
+
+    old_modules = {}
+    old_attn = model.config._attn_implementation
+    old_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    try:
+        for name, module in new_modules.items():
+            parent, _, attr = name.rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            old_modules[name] = (owner, attr, getattr(owner, attr))
+            setattr(owner, attr, module)
+        model.to(DTYPES[cfg.dtype])
+        if cfg.attention == "sparsebert":
+            model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        elif cfg.attention == "unpadded":
+            use_unpadded(model)
+        setattr(model, STATE_ATTR, state)
+        mark_compressed(model)
+    except BaseException:
+        for owner, attr, module in old_modules.values():
+            setattr(owner, attr, module)
+        if cfg.attention == "unpadded":
+            use_unpadded(model, enabled=False)
+        model.set_attn_implementation(old_attn)
+        model.to(old_dtype)
+        model.__dict__.pop(STATE_ATTR, None)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        raise
 
 
 def _reason(choice: Choice, info: dict, cfg: CompressConfig, level: int, tokens: int) -> str:
@@ -563,7 +597,10 @@ def _reason(choice: Choice, info: dict, cfg: CompressConfig, level: int, tokens:
 
 def _calibrate(model, targets, pruned, ladders, cfg, inputs):
     """The calibrated INT8 choice (see the module docstring). Returns (level per layer, act
-    absmax per layer, a summary for the report)."""
+    absmax per layer, a summary for the report). Judged in float32: a model in another dtype is
+    calibrated on a float32 copy."""
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        model = copy.deepcopy(model).float()
     was_training = model.training
     model.eval()
     try:
@@ -577,12 +614,15 @@ def _calibrate(model, targets, pruned, ladders, cfg, inputs):
         # Each rung's error on the layer's own calibration inputs ranks which layer moves up first.
         built: dict[tuple[str, int], nn.Module] = {}
         errors: dict[tuple[str, int], float] = {}
+        unseen = [n for n in targets if n not in calib.rows]  # e.g. cross-attention without encoder inputs
+        level = {n: 0 for n in targets}
+        for name in unseen:  # nothing to judge them by: their most accurate rung
+            level[name] = len(ladders[name]) - 1
         for name in targets:
             for i, choice in enumerate(ladders[name]):
                 module = _build(choice, pruned[name], cfg, absmax.get(name)).float()
                 built[name, i] = module
-                errors[name, i] = _relative_error(module, pruned[name], calib.rows[name])
-        level = {n: 0 for n in targets}
+                errors[name, i] = 0.0 if name in unseen else _relative_error(module, pruned[name], calib.rows[name])
 
         def cosine():
             with _swapped(model, {n: built[n, level[n]] for n in targets}):
@@ -628,6 +668,7 @@ def _calibrate(model, targets, pruned, ladders, cfg, inputs):
                 level.update(dict(moves[:best[0]]))
                 cos = best[1]
         summary = {"min_cosine": cos, "min_cosine_all_fastest": start_cos, "budget": cfg.min_cosine, "target": target,
+                   "not_reached_by_calibration": unseen,
                    "steps": steps, "examples": int(inputs["input_ids"].shape[0]),
                    "met": cos >= cfg.min_cosine}
         if cos < cfg.min_cosine:
@@ -647,18 +688,15 @@ def is_compressed(model: nn.Module) -> bool:
 
 def decompress(model: nn.Module) -> nn.Module:
     """A dense copy of a compressed model: every converted layer back to ``nn.Linear`` with the
-    weight it multiplies by (dequantized for INT8), the model's own attention implementation.
-    The baseline of ``sparsebert bench`` (same weights, stock kernels)."""
+    weight it multiplies by (dequantized for INT8), the padded encoder and transformers' SDPA
+    attention. The baseline of ``sparsebert bench`` (same weights, stock kernels)."""
     dense = copy.deepcopy(model)
     from .hf import unmark_compressed, use_unpadded
 
     if is_compressed(dense):
         delattr(dense, STATE_ATTR)
     unmark_compressed(dense)
-    try:
-        use_unpadded(dense, enabled=False)
-    except TypeError:
-        pass
+    use_unpadded(dense, enabled=False)  # compress accepted the model, so it is BERT-family
     dense.set_attn_implementation("sdpa")
     for name, module in list(dense.named_modules()):
         if isinstance(module, CONVERTED):

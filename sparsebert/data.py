@@ -13,9 +13,6 @@ import torch
 __all__ = ["minilm_path", "load_minilm", "movie_reviews", "movie_review_sentences", "read_tsv", "token_batch",
            "split_sentences"]
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 
 def minilm_path() -> str:
     """Directory of all-MiniLM-L6-v2 (a 6-layer BertModel, hidden 384) from the PyPI package

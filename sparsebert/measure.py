@@ -20,6 +20,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -97,17 +98,23 @@ class TimingCache:
     def __init__(self, path: str | os.PathLike | None):
         self.path = None if path is None else Path(path)
         self._data: dict[str, float] = {}
-        if self.path is not None and self.path.is_file():
-            try:
-                raw = json.loads(self.path.read_text())
-                if raw.get("version") == self.VERSION and isinstance(raw.get("timings"), dict):
-                    self._data = {k: float(v) for k, v in raw["timings"].items()}
-            except (OSError, ValueError, AttributeError):
-                self._data = {}
+        self._data = self._read()
+
+    def _read(self) -> dict[str, float]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            raw = json.loads(self.path.read_text())
+            if raw.get("version") == self.VERSION and isinstance(raw.get("timings"), dict):
+                return {k: float(v) for k, v in raw["timings"].items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+        return {}
 
     @staticmethod
     def key(**parts) -> str:
-        from . import __version__, active_isa
+        from ._extension import active_isa
+        from ._version import __version__
 
         machine = {"cpu": cpu_model(), "isa": active_isa(), "threads": torch.get_num_threads(),
                    "torch": torch.__version__, "sparsebert": __version__}
@@ -120,10 +127,17 @@ class TimingCache:
         self._data[key] = seconds
 
     def save(self) -> None:
+        """Merges with what another process wrote meanwhile and writes; a cache that cannot be
+        written is a warning (the timings of this run stay in memory), not a failure."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".timings.")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": self.VERSION, "timings": self._data}, f)
-        os.replace(tmp, self.path)
+        try:
+            self._data = {**self._read(), **self._data}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".timings.")
+            with os.fdopen(fd, "w") as f:
+                json.dump({"version": self.VERSION, "timings": self._data}, f)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            warnings.warn(f"sparsebert: cannot write the timing cache {str(self.path)!r} ({e}); set "
+                          "SPARSEBERT_CACHE_DIR to a writable directory", UserWarning, stacklevel=2)

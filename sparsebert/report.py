@@ -71,26 +71,34 @@ def report(model: nn.Module) -> Report:
         })
     before = sum(r["dense_bytes"] for r in rows)
     after = sum(r["bytes"] for r in rows)
-    total_model_before = before + sum(
-        _bytes(m) for m in _leaf_modules_outside(model, {r["name"] for r in rows}))
+    converted = {r["name"] for r in rows}
+    rest_fp32 = rest_now = 0
+    for key, t in _unique_tensors(model).items():
+        if key.rpartition(".")[0] in converted:
+            continue
+        rest_now += t.numel() * t.element_size()
+        rest_fp32 += t.numel() * (4 if t.is_floating_point() else t.element_size())
     totals = {
         "layers": len(rows),
         "converted_bytes_before": before,
         "converted_bytes_after": after,
-        "model_bytes_after": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
-        "model_bytes_before_fp32": total_model_before,
+        "model_bytes_after": after + rest_now,
+        "model_bytes_before_fp32": before + rest_fp32,
         "expected_gemm_speedup": (t_dense / t_new) if t_new else None,
         "slower_than_dense": [r["name"] for r in rows if r["speedup"] is not None and r["speedup"] < 1.0],
     }
     return Report(rows, totals, state.get("calibration"))
 
 
-def _leaf_modules_outside(model: nn.Module, names: set[str]):
-    for name, module in model.named_modules():
-        if name in names or any(name.startswith(n + ".") for n in names):
-            continue
-        if not list(module.children()):
-            yield module
+def _unique_tensors(model: nn.Module) -> dict:
+    """Every parameter and buffer of the model once (tied weights counted once), by name."""
+    out, seen = {}, set()
+    for key, t in list(model.named_parameters()) + list(model.named_buffers()):
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else key
+        if ident not in seen:
+            seen.add(ident)
+            out[key] = t
+    return out
 
 
 def _mb(b: int) -> str:

@@ -116,8 +116,6 @@ def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, over
 
 
 def _json_default(o):
-    if isinstance(o, float):
-        return o
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(f"cannot store {type(o).__name__} in the manifest")
@@ -187,6 +185,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
         del config.quantization_config
     with no_init_weights():
         model = cls(config)
+    model.tie_weights()  # the ties the class declares (from_pretrained does this too)
     for name, layer in manifest["layers"].items():
         if not isinstance(layer, dict):
             raise ValueError(f"manifest layer {name!r} must be an object, got {layer!r}")
@@ -213,8 +212,10 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
     model.to(dtype_from_name(cfg.dtype))
 
     expected = model.state_dict()
-    aliases = manifest.get("aliases", {})
-    placeholders = set(manifest.get("placeholders", []))
+    # Ties and placeholders come from the rebuilt model, never from the manifest: a file can only
+    # leave out what the model itself shares, and only block-sparse layers have a placeholder.
+    aliases = _shared_aliases(expected)
+    placeholders = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseInt8Linear))}
     try:
         with safe_open(str(wpath), framework="pt") as f:
             meta = f.metadata() or {}
@@ -224,15 +225,20 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
                                  f"newer than {FORMAT_VERSION}")
             keys = set(f.keys())
             missing = sorted(set(expected) - keys - set(aliases))
-            extra = sorted(keys - set(expected) - placeholders)
+            extra = sorted(keys - (set(expected) - set(aliases)) - placeholders)
             if missing or extra:
                 raise ValueError(f"{str(wpath)!r} does not match the manifest: missing {missing[:5]}"
                                  f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
                                  f"{' ...' if len(extra) > 5 else ''}")
             state = {}
-            for key in sorted(keys - placeholders):
+            for key in sorted(keys):
                 sl = f.get_slice(key)
                 shape, dtype = tuple(sl.get_shape()), sl.get_dtype()
+                if key in placeholders:
+                    if shape != (0,):
+                        raise ValueError(f"{str(wpath)!r}: {key} is a placeholder of a block-sparse layer and must be "
+                                         f"empty, got shape {shape}")
+                    continue
                 want = expected[key]
                 if shape != tuple(want.shape):
                     raise ValueError(f"{str(wpath)!r}: {key} has shape {shape}, the manifest's layer needs "
@@ -246,8 +252,6 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
     except OSError as e:
         raise ValueError(f"{str(wpath)!r} cannot be read: {e}") from None
     for alias, kept in aliases.items():
-        if kept not in state:
-            raise ValueError(f"manifest alias {alias!r} -> {kept!r}: {kept!r} is not in {WEIGHTS}")
         state[alias] = state[kept]
     model.load_state_dict(state, strict=True)
     model.tie_weights()

@@ -105,10 +105,22 @@ def test_report(compressed_dir, capsys):
     assert len(rep["layers"]) == 12 and rep["totals"]["layers"] == 12
 
 
-def test_eval(compressed_dir, tmp_path, capsys):
+def test_eval(model_dir, compressed_dir, tmp_path, capsys):
     assert cli.main(["eval", str(compressed_dir), "--sentences", "20", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["cosine"]["sentences"] == 20 and -1 <= res["cosine"]["min"] <= res["cosine"]["mean"] <= 1
+    # what eval reports is what the two models do on those sentences
+    from transformers import AutoTokenizer
+
+    from sparsebert.compress import embedding_cosines
+    from sparsebert.data import split_sentences
+
+    original, _ = cli._load_hf(str(model_dir))
+    _, sentences = split_sentences(0, 20)
+    expect = embedding_cosines(sparsebert.load(compressed_dir), original, AutoTokenizer.from_pretrained(model_dir),
+                               sentences)
+    assert res["cosine"]["sentences"] == 20
+    assert res["cosine"]["min"] == pytest.approx(expect.min().item(), abs=1e-9)
+    assert res["cosine"]["mean"] == pytest.approx(expect.mean().item(), abs=1e-9)
     data = tmp_path / "d.tsv"
     data.write_text("a fine film\t1\na dull film\t0\nmeh\t1\n")
     assert cli.main(["eval", str(compressed_dir), "--data", str(data), "--sentences", "4"]) == 0
@@ -147,3 +159,28 @@ def test_errors_are_one_line(model_dir, compressed_dir, tmp_path, capsys):
     assert "was not written by sparsebert.save" in capsys.readouterr().err
     assert cli.main(["bench", str(compressed_dir), "--baselines", "onnx"]) == 1
     assert "baseline must be one of" in capsys.readouterr().err
+
+
+def test_eval_data_needs_a_sequence_classifier(tmp_path, capsys):
+    from sparsebert import CompressConfig, compress, save
+
+    model = compress(tiny_bert("BertForTokenClassification", vocab_size=30522, max_position_embeddings=128),
+                     CompressConfig(kernel="dense"))
+    save(model, tmp_path / "tok")
+    data = tmp_path / "d.tsv"
+    data.write_text("a fine film\t1\n")
+    assert cli.main(["eval", str(tmp_path / "tok"), "--data", str(data)]) == 1
+    assert "needs a sequence classification head" in capsys.readouterr().err
+
+
+def test_a_damaged_timing_cache_is_an_empty_one(tmp_path):
+    from sparsebert.measure import TimingCache
+
+    path = tmp_path / "t.json"
+    for text in ('{"version": 1, "timings": {"a": null}}', "[1, 2]", "not json"):
+        path.write_text(text)
+        cache = TimingCache(path)
+        assert cache.get("a") is None
+        cache.put("b", 1.5)
+        cache.save()
+        assert TimingCache(path).get("b") == 1.5

@@ -80,7 +80,7 @@ def test_dense_int8(int8, cls, weight_only):
     assert rel_err(first_output(model, inputs), first_output(ref, inputs)) < (0.01 if weight_only else 0.06)
 
 
-def test_auto_is_never_slower_than_dense_and_reports_why():
+def test_auto_keeps_the_fastest_measured_candidate_and_reports_why():
     model = tiny_bert()
     compress(model, CompressConfig(sparsity=0.9, block_size=(16, 16), int8="dynamic"))
     rep = sparsebert.report(model)
@@ -305,3 +305,40 @@ def test_no_warnings_on_a_clean_block_pruned_model():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         compress(model, CompressConfig(sparsity=0.75, block_size=(16, 16)))
+
+
+def test_ladder_keeps_every_int8_mode_and_drops_dominated_formats():
+    ladder = compress_mod._ladder("int8", True, "per_token")
+    labels = [c.label() for c in ladder]
+    assert labels == ["int8 per_token", "int8 per_token_asym", "int8 per_token_asym smoothquant",
+                      "int8_weight_only", "dense"]
+    pruned = compress_mod._prune_ladder(ladder, {"int8": 1.0, "int8_weight_only": 2.0, "dense": 1.5})
+    assert [c.label() for c in pruned] == labels[:3] + ["dense"]  # weight-only: slower than fp32, less exact
+    kept = compress_mod._prune_ladder(ladder, {"int8": 1.0, "int8_weight_only": 1.2, "dense": 1.5})
+    assert [c.label() for c in kept] == labels
+
+
+def test_a_bf16_model_with_the_default_config_runs():
+    model = tiny_bert().to(torch.bfloat16)
+    compress(model, CompressConfig(int8="dynamic", kernel="dense"), example_inputs=tiny_inputs(batch=4))
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the config's dtype, throughout
+    out = first_output(model, tiny_inputs())
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_failure_while_committing_restores_the_model(monkeypatch):
+    import sparsebert.hf
+
+    model = tiny_bert().to(torch.bfloat16)
+    snap = snapshot(model)
+
+    def broken(model, enabled=True):
+        if enabled:
+            raise RuntimeError("injected while committing")
+        return model
+
+    monkeypatch.setattr(sparsebert.hf, "use_unpadded", broken)
+    with pytest.raises(RuntimeError, match="injected while committing"):
+        compress(model, CompressConfig(sparsity=0.5, block_size=(16, 16), attention="unpadded", kernel="sparse"))
+    assert_unchanged(model, snap)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())

@@ -229,3 +229,40 @@ def test_empty_modules_from_spec_on_meta():
             cpu.load_state_dict(module.state_dict())
             x = torch.randn(5, module.in_features)
             assert torch.equal(cpu(x), module(x))
+
+
+def test_manifest_aliases_are_not_trusted(saved):
+    # ties come from the rebuilt model: an alias in the manifest cannot replace a stored tensor
+    model = load(saved)
+    edit_manifest(saved, lambda m: m.update(aliases={f"{LAYER}.bias": "bert.encoder.layer.0.output.dense.bias"},
+                                            placeholders="junk"))
+    again = load(saved)
+    inputs = tiny_inputs()
+    assert torch.equal(first_output(again, inputs), first_output(model, inputs))
+
+
+def test_tied_weights_round_trip_and_a_duplicate_is_refused(tmp_path):
+    model = compressed("BertForMaskedLM")
+    save(model, tmp_path / "m")
+    loaded = load(tmp_path / "m")
+    assert loaded.cls.predictions.decoder.weight is loaded.bert.embeddings.word_embeddings.weight
+    inputs = tiny_inputs()
+    assert torch.equal(first_output(loaded, inputs), first_output(model, inputs))
+    edit_tensors(tmp_path / "m", lambda t: t.update({"cls.predictions.decoder.weight": torch.zeros(512, 64)}))
+    with pytest.raises(ValueError, match=r"unexpected \['cls.predictions.decoder.weight'\]"):
+        load(tmp_path / "m")
+
+
+def test_tampered_weight_sum(saved):
+    def bad_sum(t):
+        t[f"{LAYER}.weight_sum"][3] += 1
+
+    edit_tensors(saved, bad_sum)
+    with pytest.raises(ValueError, match=f"SparseInt8Linear {LAYER}: weight_sum does not match the int8 weight"):
+        load(saved)
+
+
+def test_non_empty_placeholder(saved):
+    edit_tensors(saved, lambda t: t.update({f"{LAYER}.weight": torch.zeros(4, dtype=torch.int8)}))
+    with pytest.raises(ValueError, match=rf"{LAYER}.weight is a placeholder of a block-sparse layer and must be empty"):
+        load(saved)

@@ -132,6 +132,18 @@ class _Int8Base(nn.Module):
         scale = state_dict.get(prefix + "weight_scale")
         if scale is not None and scale.device.type != "meta" and (not torch.isfinite(scale).all() or (scale < 0).any()):
             raise ValueError(f"{name}: weight_scale must be finite and non-negative")
+        smooth = state_dict.get(prefix + "smooth")
+        if smooth is not None and smooth.device.type != "meta" and (
+                tuple(smooth.shape) != (self.in_features,) or not torch.isfinite(smooth).all() or (smooth <= 0).any()):
+            raise ValueError(f"{name}: smooth must be {self.in_features} finite positive factors")
+
+    def _check_weight_sum(self, state_dict, prefix, q: Tensor) -> None:
+        """The kernels subtract ``zero_point * weight_sum`` from every output: a sum that is not
+        the weight's would give silently wrong results, so it is recomputed and compared."""
+        wsum = state_dict.get(prefix + "weight_sum")
+        if wsum is not None and wsum.device.type != "meta" and not torch.equal(wsum, weight_sum(q)):
+            raise ValueError(f"{type(self).__name__} {prefix.rstrip('.') or '(root)'}: weight_sum does not match the "
+                             "int8 weight it belongs to")
 
     def _apply(self, fn, recurse=True):
         check_move(self, fn, self.weight_scale)
@@ -202,6 +214,13 @@ class Int8Linear(_Int8Base):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._check_loaded(state_dict, prefix)
+        w = state_dict.get(prefix + "weight")
+        if w is not None and w.device.type != "meta":
+            if w.dtype != self.weight.dtype or w.shape != self.weight.shape:
+                raise ValueError(f"{type(self).__name__} {prefix.rstrip('.') or '(root)'}: weight must be int8 of "
+                                 f"shape {tuple(self.weight.shape)}, got {w.dtype} {tuple(w.shape)}")
+            unpack = unpack_int8_weight_only if self.weight_only else unpack_int8_dense
+            self._check_weight_sum(state_dict, prefix, unpack(w, self.shape))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def to_dense(self) -> Tensor:
@@ -299,6 +318,10 @@ class SparseInt8Linear(_Int8Base):
                              self.block_size)
             except ValueError as e:
                 raise ValueError(f"{type(self).__name__} {prefix.rstrip('.') or '(root)'}: {e}") from None
+            if state_dict[keys[0]].device.type != "meta":
+                q = bsr_to_dense(state_dict[keys[0]], state_dict[keys[1]], state_dict[keys[2]], self.shape,
+                                 self.block_size)
+                self._check_weight_sum(state_dict, prefix, q)
         resize_to_checkpoint(self, state_dict, prefix, ("values", "crow_indices", "col_indices"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
