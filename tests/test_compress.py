@@ -307,15 +307,16 @@ def test_no_warnings_on_a_clean_block_pruned_model():
         compress(model, CompressConfig(sparsity=0.75, block_size=(16, 16)))
 
 
-def test_ladder_keeps_every_int8_mode_and_drops_dominated_formats():
+def test_ladder_keeps_int8_modes_and_drops_dominated_formats():
     ladder = compress_mod._ladder("int8", True, "per_token")
     labels = [c.label() for c in ladder]
-    assert labels == ["int8 per_token", "int8 per_token_asym", "int8 per_token_asym smoothquant",
-                      "int8_weight_only", "dense"]
+    assert labels == ["int8 per_token", "int8 per_token_asym smoothquant", "int8_weight_only", "dense"]
     pruned = compress_mod._prune_ladder(ladder, {"int8": 1.0, "int8_weight_only": 2.0, "dense": 1.5})
-    assert [c.label() for c in pruned] == labels[:3] + ["dense"]  # weight-only: slower than fp32, less exact
+    assert [c.label() for c in pruned] == labels[:2] + ["dense"]  # weight-only: slower than fp32, less exact
     kept = compress_mod._prune_ladder(ladder, {"int8": 1.0, "int8_weight_only": 1.2, "dense": 1.5})
     assert [c.label() for c in kept] == labels
+    assert [c.label() for c in compress_mod._ladder("sparse_int8", True, "per_token")] == [
+        "sparse_int8 per_token", "sparse_int8 per_token_asym smoothquant", "sparse"]
 
 
 def test_a_bf16_model_with_the_default_config_runs():
