@@ -322,20 +322,30 @@ def _empty_block_share(weight: Tensor, block_size) -> tuple[float, float]:
     return 1.0 - nz.sum().item() / max(1, n * k), in_empty / max(1, n * k)
 
 
+def _put(model: nn.Module, modules: dict[str, nn.Module], replaced: list) -> None:
+    """Puts ``modules`` (by qualified name) into ``model``, appending (owner, attr, old module)
+    to ``replaced`` as it goes, so that a failure part way can still be undone."""
+    for name, module in modules.items():
+        parent, _, attr = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        replaced.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, module)
+
+
+def _restore(replaced: list) -> None:
+    for owner, attr, module in reversed(replaced):
+        setattr(owner, attr, module)
+
+
 @contextmanager
 def _swapped(model: nn.Module, modules: dict[str, nn.Module]):
     """Temporarily puts ``modules`` (by qualified name) into ``model``; always restores."""
-    old = {}
+    replaced: list = []
     try:
-        for name, module in modules.items():
-            parent, _, attr = name.rpartition(".")
-            owner = model.get_submodule(parent) if parent else model
-            old[name] = (owner, attr, getattr(owner, attr))
-            setattr(owner, attr, module)
+        _put(model, modules, replaced)
         yield model
     finally:
-        for owner, attr, module in old.values():
-            setattr(owner, attr, module)
+        _restore(replaced)
 
 
 # --- measurement ---------------------------------------------------------------------------------
@@ -552,15 +562,11 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
     attention and marks the model. Any failure puts back what was there before re-raising."""
     from .hf import ATTN_IMPLEMENTATION, mark_compressed, use_unpadded
 
-    old_modules = {}
+    replaced: list = []
     old_attn = model.config._attn_implementation
     old_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     try:
-        for name, module in new_modules.items():
-            parent, _, attr = name.rpartition(".")
-            owner = model.get_submodule(parent) if parent else model
-            old_modules[name] = (owner, attr, getattr(owner, attr))
-            setattr(owner, attr, module)
+        _put(model, new_modules, replaced)
         model.to(DTYPES[cfg.dtype])
         if cfg.attention == "sparsebert":
             model.set_attn_implementation(ATTN_IMPLEMENTATION)
@@ -569,8 +575,7 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
         setattr(model, STATE_ATTR, state)
         mark_compressed(model)
     except BaseException:
-        for owner, attr, module in old_modules.values():
-            setattr(owner, attr, module)
+        _restore(replaced)
         if cfg.attention == "unpadded":
             use_unpadded(model, enabled=False)
         model.set_attn_implementation(old_attn)
