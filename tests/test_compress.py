@@ -279,7 +279,8 @@ def test_non_bert_transformers_model():
 
 def test_skip_pattern_that_matches_nothing_warns():
     with pytest.warns(UserWarning, match="skip pattern 'decoder.*' matches no module of BertModel"):
-        compress(tiny_bert(), CompressConfig(skip=("decoder.*",), kernel="dense"))
+        model = compress(tiny_bert(), CompressConfig(skip=("decoder.*",), kernel="dense"))
+    assert len(sparsebert.report(model)) == 13  # the pattern skipped nothing: 12 encoder Linears + the pooler
     with pytest.warns(UserWarning, match="sparsity pattern '\\*.nothing' matches no module"):
         compress(tiny_bert(), CompressConfig(sparsity={"*.nothing": 0.5}, kernel="dense"))
 
@@ -303,8 +304,9 @@ def test_progress_bar_goes_to_stderr(capsys):
 def test_no_warnings_on_a_clean_block_pruned_model():
     model = tiny_bert()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error")  # any warning fails the test
         compress(model, CompressConfig(sparsity=0.75, block_size=(16, 16)))
+    assert len(sparsebert.report(model)) == 12
 
 
 def test_ladder_keeps_int8_modes_and_drops_dominated_formats():
