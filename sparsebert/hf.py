@@ -11,7 +11,20 @@ Importing this module registers the attention function under the name ``"sparseb
     sparsebert.use_unpadded(model)                   # padding removed once, every layer on packed tokens
     sparsebert.use_unpadded(model, enabled=False)    # back to the padded path
 
-Inference only: attention dropout (a model in training mode with attention dropout) raises.
+Inference and training. With gradients off (``torch.inference_mode()`` / ``torch.no_grad()``) and
+no attention dropout (``model.eval()``), attention runs the C++ kernels ``sparsebert.ops.attention``
+and ``attention_varlen``. When gradients are needed (grad mode on and query, key or value
+requires grad) or attention dropout is active (``model.train()`` with
+``attention_probs_dropout_prob > 0``), it runs the ops' pure-torch references
+(``attention_reference``, ``attention_varlen_reference``) with that dropout, which autograd
+differentiates: fine-tuning, ``gradient_checkpointing_enable()`` and Monte-Carlo dropout work, on
+the padded and the unpadded encoder alike, at the speed of eager attention. So run inference under
+``torch.inference_mode()`` (as transformers' pipelines do) to get the kernels: a plain eval forward
+with grad mode on computes the same numbers through the references.
+
+Attention weights are never materialized: ``output_attentions=True`` raises ``ValueError``
+(transformers' ``"sdpa"`` logs a warning and returns no weights; its config refuses
+``output_attentions`` for every implementation but ``"eager"``).
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, bidirectional_mask_function, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
-from .ops.attention import attention, attention_varlen
+from .ops.attention import attention, attention_reference, attention_varlen, attention_varlen_reference
 
 __all__ = ["ATTN_IMPLEMENTATION", "sparsebert_attention_forward", "use_unpadded", "register", "encoder_of",
            "mark_compressed", "unmark_compressed", "QUANT_METHOD"]
@@ -48,6 +61,12 @@ def _as_key_padding(keep: Tensor) -> Tensor | None:
     return first[:, 0, 0, :]
 
 
+def _needs_autograd(dropout: float, *tensors: Tensor) -> bool:
+    """True when attention must run the differentiable references: dropout, or grad mode on with
+    an input that requires grad."""
+    return dropout > 0 or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
 def sparsebert_attention_forward(
     module: nn.Module,
     query: Tensor,
@@ -65,32 +84,41 @@ def sparsebert_attention_forward(
     the mask as transformers builds it (None, 4-D bool with True = keep, or additive float), or
     packed tokens ``[1, heads, total_tokens, head_dim]`` with ``cu_seq_lens_q`` / ``max_length_q``
     in ``kwargs`` (the unpadded encoder) which run ``attention_varlen``. Returns
-    ``([batch, seq, heads, head_dim], None)``: attention weights are never materialized.
+    ``([batch, seq, heads, head_dim], None)``: attention weights are never materialized, and
+    ``output_attentions=True`` raises ValueError.
+
+    With ``dropout > 0``, or grad mode on and an input that requires grad, the same attention runs
+    through the ops' differentiable references (``attention_reference`` /
+    ``attention_varlen_reference``, with ``dropout``) instead of the inference-only kernels.
     """
-    if dropout:
+    if kwargs.get("output_attentions"):
         raise ValueError(
-            f"sparsebert attention is inference-only: attention dropout {dropout} is not supported "
-            "(call model.eval())"
+            f"the {ATTN_IMPLEMENTATION!r} attention implementation never materializes attention weights: "
+            f"output_attentions={kwargs['output_attentions']!r} is not supported. Use the 'eager' implementation "
+            "to get them (model.set_attn_implementation('eager'), after sparsebert.use_unpadded(model, enabled=False) "
+            "on an unpadded model)"
         )
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"attention dropout must be in [0, 1], got {dropout}")
     if key.shape[1] != query.shape[1]:  # grouped-query attention: repeat the key/value heads
         rep = query.shape[1] // key.shape[1]
         key = key.repeat_interleave(rep, dim=1)
         value = value.repeat_interleave(rep, dim=1)
+    train = _needs_autograd(dropout, query, key, value)
 
     cu = kwargs.get("cu_seq_lens_q")
     if cu is not None:
         if query.shape[0] != 1:
             raise ValueError(f"packed tokens come as batch 1, got query of shape {tuple(query.shape)}")
         max_len = kwargs.get("max_length_q")
-        out = attention_varlen(
-            query[0].transpose(0, 1),
-            key[0].transpose(0, 1),
-            value[0].transpose(0, 1),
-            cu.to(torch.int32),
-            int(max_len) if max_len is not None else int((cu[1:] - cu[:-1]).max()),
-            scaling,
-        )
-        return out.unsqueeze(0), None
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, H, D)
+        cu = cu.to(torch.int32)
+        max_len = int(max_len) if max_len is not None else int((cu[1:] - cu[:-1]).max())
+        if train:
+            out = attention_varlen_reference(q, k, v, cu, max_len, scaling, dropout_p=dropout)
+        else:
+            out = attention_varlen(q, k, v, cu, max_len, scaling)
+        return out.unsqueeze(0), None  # (1, tokens, H, D)
 
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
     mask = attention_mask
@@ -102,8 +130,11 @@ def sparsebert_attention_forward(
         kp = _as_key_padding(mask) if mask.dtype == torch.bool else None  # lets the kernel skip padding
         if kp is not None:
             mask = kp
-    out = attention(query, key, value, mask, scaling)
-    return out.transpose(1, 2).contiguous(), None
+    if train:
+        out = attention_reference(query, key, value, mask, scaling, dropout_p=dropout)
+    else:
+        out = attention(query, key, value, mask, scaling)
+    return out.transpose(1, 2).contiguous(), None  # (B, S, H, D)
 
 
 def sparsebert_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
@@ -218,9 +249,15 @@ def use_unpadded(model: nn.Module, enabled: bool = True) -> nn.Module:
 
     Outputs at real tokens equal the padded model's within rounding; padding positions of
     ``last_hidden_state`` are zeros (the padded model computes values there that nothing should
-    read). Sets the model's attention implementation to ``"sparsebert"``; ``enabled=False``
+    read). So what reads them differs: ``BertForQuestionAnswering``'s loss, a softmax over every
+    position, padding included, and the pooled output of a left-padded batch (its first token is
+    padding). Sets the model's attention implementation to ``"sparsebert"``; ``enabled=False``
     restores the encoder and the previous implementation. Hidden states recorded per layer
-    (``output_hidden_states=True``) come back packed, ``[1, tokens, hidden]``. Returns ``model``.
+    (``output_hidden_states=True``) come back packed, ``[1, tokens, hidden]``, all but the last
+    (the padded ``last_hidden_state``). Decoder layers (causal self-attention, cross-attention,
+    KV cache) are refused with TypeError. Trainable like the padded path: with gradients or
+    attention dropout, attention runs ``attention_varlen_reference`` (per sequence, with the
+    dropout) instead of the kernel. Returns ``model``.
     """
     encoder = encoder_of(model)
     if enabled:

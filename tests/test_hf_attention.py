@@ -115,12 +115,32 @@ def test_attention_function_mask_forms():
         atol=1e-5, rtol=1e-5)
 
 
-def test_attention_dropout_raises(bert):
-    bert.set_attn_implementation("sparsebert")
-    bert.train()
-    inputs, _ = batch()
-    with pytest.raises(ValueError, match="inference-only: attention dropout 0.1"):
-        bert(**inputs)
+def test_attention_function_trains_through_the_reference():
+    """Inputs that require grad: values and gradients of SDPA for every mask form, zero (not NaN)
+    gradients for a query with no kept key; attention dropout outside [0, 1] is refused."""
+    module = torch.nn.Module()
+    q0, k0, v0 = (torch.randn(2, 3, 10, 16) for _ in range(3))
+    keep = torch.arange(10)[None, :] < torch.tensor([[10], [4]])
+    bool4d = keep[:, None, None, :].expand(2, 1, 10, 10).clone()
+    bool4d[1, 0, 2] = False  # a query row with no kept key
+    eager = torch.zeros(2, 1, 10, 10).masked_fill(~keep[:, None, None, :], torch.finfo(torch.float32).min)
+    for mask, sdpa_mask, causal in ((keep, keep[:, None, None, :], False), (bool4d, bool4d, False),
+                                    (eager, eager, False), (None, None, True)):
+        grads = []
+        for fn in ("sparsebert", "sdpa"):
+            q, k, v = (t.clone().requires_grad_(True) for t in (q0, k0, v0))
+            if fn == "sparsebert":
+                out, _ = sparsebert_attention_forward(module, q, k, v, mask, scaling=0.25, is_causal=causal)
+            else:
+                out = torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, attn_mask=sdpa_mask, scale=0.25, is_causal=causal).transpose(1, 2)
+            (out * torch.linspace(-1, 1, 16)).sum().backward()
+            grads.append((out.detach(), q.grad, k.grad, v.grad))
+        for got, ref in zip(*grads):
+            assert got.isfinite().all()
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"attention dropout must be in \[0, 1\], got 1.5"):
+        sparsebert_attention_forward(module, q0, k0, v0, None, dropout=1.5)
 
 
 # --- unpadded encoder ---------------------------------------------------------------------------

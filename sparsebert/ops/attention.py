@@ -18,7 +18,9 @@ A query row none of whose keys is kept gets zeros, as in ``F.scaled_dot_product_
 Hugging Face's default (sdpa) BERT. An additive mask of ``finfo.min`` (Hugging Face's eager masks)
 is a finite number: a row masked that way everywhere averages all values, as eager attention does.
 
-Inference only: the ops have no autograd formula (backward raises).
+Inference only: the ops have no autograd formula (backward raises). Their references are plain
+torch and differentiable; ``sparsebert.hf`` trains through them (``attention_reference`` takes a
+``dropout_p`` for that).
 """
 
 from __future__ import annotations
@@ -64,17 +66,24 @@ def _additive(mask: Tensor | None, shape: tuple[int, int, int, int], dtype: torc
     b, _, _, sk = shape
     if mask.dim() == 2:
         keep = mask.bool() if mask.dtype == torch.bool else mask != 0
-        return torch.zeros(b, 1, 1, sk, dtype=dtype).masked_fill(~keep[:, None, None, :], float("-inf"))
+        return torch.zeros(b, 1, 1, sk, dtype=dtype, device=mask.device).masked_fill(
+            ~keep[:, None, None, :], float("-inf"))
     if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, float("-inf"))
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
     return mask.to(dtype)
 
 
 def attention_reference(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None, *,
+    dropout_p: float = 0.0,
 ) -> Tensor:
     """The definition of ``attention``: eager softmax attention in q's dtype if float64, else
-    in float32, rounded to q's dtype; rows with no kept key give zeros."""
+    in float32, rounded to q's dtype; rows with no kept key give zeros.
+
+    Differentiable with plain torch autograd (a row with no kept key gets zero gradients, not
+    NaN). ``dropout_p > 0`` drops attention probabilities as ``F.dropout`` does and scales the
+    rest by ``1 / (1 - dropout_p)``: the training path of ``sparsebert.hf``; the op has no dropout.
+    """
     cdtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     qc, kc, vc = (t.to(cdtype) for t in (q, k, v))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -82,21 +91,28 @@ def attention_reference(
     add = _additive(mask, tuple(s.shape), cdtype)
     if add is not None:
         s = s + add
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # all -inf rows: NaN -> 0
+    # Rows with no kept key are zeroed around the softmax rather than mapped NaN -> 0 after it:
+    # the softmax of an all -inf row is NaN, and its backward would spread NaN into q and k.
+    kept = (s > float("-inf")).any(dim=-1, keepdim=True)
+    p = torch.softmax(s.masked_fill(~kept, 0.0), dim=-1) * kept
+    if dropout_p:
+        p = torch.nn.functional.dropout(p, dropout_p)
     return (p @ vc).to(q.dtype)
 
 
 def attention_varlen_reference(
-    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float | None = None
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float | None = None, *,
+    dropout_p: float = 0.0,
 ) -> Tensor:
-    """The definition of ``attention_varlen``: ``attention_reference`` per sequence."""
+    """The definition of ``attention_varlen``: ``attention_reference`` per sequence (so it is
+    differentiable too, and takes the same ``dropout_p``)."""
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
         if end > start:
             sl = slice(start, end)
             out[sl] = attention_reference(
-                q[sl].transpose(0, 1), k[sl].transpose(0, 1), v[sl].transpose(0, 1), None, scale
+                q[sl].transpose(0, 1), k[sl].transpose(0, 1), v[sl].transpose(0, 1), None, scale, dropout_p=dropout_p
             ).transpose(0, 1)
     return out
 
