@@ -11,16 +11,19 @@ void check_indices(const at::Tensor& crow, const at::Tensor& col, int64_t nb, in
                     " and ", col.scalar_type());
   TORCH_CHECK_VALUE(crow.dim() == 1 && crow.size(0) == nb + 1, "crow_indices must have shape [",
                     nb + 1, "] (block rows + 1), got ", crow.sizes());
-  TORCH_CHECK_VALUE(col.dim() == 1 && col.size(0) == nnzb, "col_indices must have shape [", nnzb,
-                    "] (one per stored block), got ", col.sizes());
+  TORCH_CHECK_VALUE(col.dim() == 1 && col.size(0) == nnzb, "values holds ", nnzb,
+                    " blocks, so col_indices must have shape [", nnzb, "] (one per stored block), got ",
+                    col.sizes());
   const int32_t* cr = crow.data_ptr<int32_t>();
   const int32_t* cl = col.data_ptr<int32_t>();
   TORCH_CHECK_VALUE(cr[0] == 0, "crow_indices[0] must be 0, got ", cr[0]);
   TORCH_CHECK_VALUE(cr[nb] == nnzb, "crow_indices[-1] must equal the number of stored blocks ",
                     nnzb, ", got ", cr[nb]);
-  for (int64_t i = 0; i < nb; ++i) {
+  // All of crow first: the column checks below walk the ranges it gives.
+  for (int64_t i = 0; i < nb; ++i)
     TORCH_CHECK_VALUE(cr[i] <= cr[i + 1], "crow_indices must be non-decreasing, but crow_indices[",
                       i, "]=", cr[i], " > crow_indices[", i + 1, "]=", cr[i + 1]);
+  for (int64_t i = 0; i < nb; ++i) {
     for (int64_t j = cr[i]; j < cr[i + 1]; ++j) {
       TORCH_CHECK_VALUE(cl[j] >= 0 && cl[j] < ncb, "col_indices[", j, "]=", cl[j],
                         " is out of range for ", ncb, " block columns");

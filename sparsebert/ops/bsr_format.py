@@ -177,7 +177,8 @@ def validate_bsr(values: Tensor, crow_indices: Tensor, col_indices: Tensor, shap
     if crow_indices.numel() != nb + 1:
         raise ValueError(f"crow_indices must have {nb + 1} entries (block rows + 1), got {crow_indices.numel()}")
     if col_indices.numel() != nnzb:
-        raise ValueError(f"col_indices must have {nnzb} entries (one per stored block), got {col_indices.numel()}")
+        raise ValueError(f"values holds {nnzb} blocks, so col_indices must have {nnzb} entries (one per stored "
+                         f"block), got {col_indices.numel()}")
     if not check_indices or crow_indices.device.type == "meta":
         return
     crow = crow_indices.cpu().long()
