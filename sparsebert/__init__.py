@@ -23,12 +23,13 @@ def _check_torch() -> None:
 
 _check_torch()
 
-from . import ops, prune  # noqa: E402
+from . import memory, ops, prune  # noqa: E402
 from ._extension import active_isa, detected_isa  # noqa: E402
 from .nn import Int8Linear, SparseInt8Linear, SparseLinear  # noqa: E402
 from .compress import CompressConfig, compress, decompress, is_compressed  # noqa: E402
 from .report import print_report, report  # noqa: E402
 from .serialize import load, save  # noqa: E402
+from .memory import keep_freed_memory  # noqa: E402
 
 if _importlib_util.find_spec("transformers") is not None:
     # Registers the "sparsebert" attention implementation and transformers' quantizer entry, so
@@ -48,5 +49,5 @@ def use_unpadded(model, enabled: bool = True):
 __all__ = [
     "SparseLinear", "Int8Linear", "SparseInt8Linear", "ops", "prune", "active_isa", "detected_isa", "use_unpadded",
     "CompressConfig", "compress", "decompress", "is_compressed", "report", "print_report", "save", "load",
-    "__version__",
+    "keep_freed_memory", "__version__",
 ]

@@ -33,6 +33,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .memory import keep_freed_memory
 from .measure import Method, TimingCache, default_cache_path, time_methods
 from .nn import Int8Linear, SparseInt8Linear, SparseLinear
 from .ops.bsr_format import check_block_size
@@ -469,6 +470,9 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *, filter_f
     default timing cache, :func:`sparsebert.measure.default_cache_path`), a file path, or False.
     ``progress``: a progress bar over layers on stderr.
 
+    Also calls :func:`sparsebert.memory.keep_freed_memory` (process-wide: a warm forward then takes
+    no fresh pages from the OS; ``SPARSEBERT_KEEP_FREED_MEMORY=0`` leaves the allocator alone).
+
     Raises (before the model is modified): TypeError for a model that is not BERT-family,
     ValueError for a bad config or bad ``example_inputs``.
     """
@@ -486,6 +490,7 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *, filter_f
         timing_cache = TimingCache(None)
     else:
         timing_cache = TimingCache(cache)
+    keep_freed_memory()  # before timing: the layers are measured as they will run
 
     targets = _targets(model, cfg, filter_fn)
     if not targets:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .compress import STATE_ATTR, is_compressed
+from .memory import keep_freed_memory
 from .nn import Int8Linear, SparseInt8Linear, SparseLinear
 from .nn._buffers import dtype_from_name
 
@@ -265,4 +266,5 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
                                 "calibration": manifest.get("calibration"), "layers": layers})
     mark_compressed(model)
     model.config._name_or_path = manifest.get("source") or str(path)
+    keep_freed_memory()  # see sparsebert.memory: a warm forward takes no fresh pages
     return model.to(device).eval()
