@@ -11,6 +11,7 @@ GROUP_M row tiles so that consecutive programs share weight blocks in L2.
 
 from __future__ import annotations
 
+import math
 import torch
 import triton
 import triton.language as tl
@@ -95,7 +96,7 @@ def bsr_linear(x, values, crow_indices, col_indices, bias, shape, block_size):
         raise ValueError(f"x must have in_features={k} in its last dimension, got shape {tuple(x.shape)}")
     if bias is not None and (bias.shape != (n,) or bias.dtype != x.dtype):
         raise ValueError(f"bias must be [{n}] in {x.dtype}, got {tuple(bias.shape)} in {bias.dtype}")
-    x2 = x.reshape(-1, k)
+    x2 = x.reshape(math.prod(x.shape[:-1]), k)  # reshape(-1, 0) is ambiguous when k is 0
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m = x2.shape[0]
@@ -110,4 +111,23 @@ def bsr_linear(x, values, crow_indices, col_indices, bias, shape, block_size):
             _kernel[grid](*args, **meta, BLOCK_M=16 if m <= 16 else 32)
         else:
             _tuned[grid](*args, **meta)
+        _propagate_nonfinite(x2, y, crow_indices, col_indices, n, k, br, bc)
     return y.view(*x.shape[:-1], n)
+
+
+def _propagate_nonfinite(x2, y, crow, col, n, k, br, bc):
+    """Dense semantics for non-finite inputs, as the CPU kernel has them: nn.Linear multiplies
+    every x[m, k] by W[n, k], so a NaN or Inf in row m reaches the outputs of row m through the
+    zero weights too (0 * NaN and 0 * Inf are NaN), while the kernel never reads unstored blocks.
+    Outputs of a block row whose unstored block columns meet a non-finite x[m, k] become NaN. The
+    normal case costs one reduction over x (and one device-to-host read of its result)."""
+    if k == 0 or bool(torch.isfinite(x2.float().sum())):
+        return
+    nb, ncb = triton.cdiv(n, br), triton.cdiv(k, bc)
+    bad = torch.nn.functional.pad((~torch.isfinite(x2)).float(), (0, ncb * bc - k))
+    bad_blocks = bad.view(-1, ncb, bc).amax(2)  # [M, ncb]
+    rows = torch.repeat_interleave(torch.arange(nb, device=crow.device), (crow[1:] - crow[:-1]).long())
+    unstored = torch.ones(nb, ncb, device=x2.device)
+    unstored[rows, col.long()] = 0.0
+    poisoned = (bad_blocks @ unstored.t()).gt(0)  # [M, nb]
+    y.masked_fill_(poisoned.repeat_interleave(br, 1)[:, :n], float("nan"))

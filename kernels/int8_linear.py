@@ -11,6 +11,7 @@ BSR ``[nnzb, BC/4, BR, 4]`` walked through ``crow_indices``/``col_indices`` like
 
 from __future__ import annotations
 
+import math
 import torch
 import triton
 import triton.language as tl
@@ -140,7 +141,7 @@ def _run(op, x, w, weight_scale, weight_sum, crow, col, bias, shape, act_quant, 
         raise ValueError(f"weight_scale and weight_sum must have shape [{n}]")
     if bias is not None and (bias.shape != (n,) or bias.dtype != x.dtype):
         raise ValueError(f"bias must be [{n}] in {x.dtype}, got {tuple(bias.shape)} in {bias.dtype}")
-    x2 = x.reshape(-1, k)
+    x2 = x.reshape(math.prod(x.shape[:-1]), k)  # reshape(-1, 0) is ambiguous when k is 0
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     if not torch.isfinite(x2).all():
@@ -166,7 +167,7 @@ def _run(op, x, w, weight_scale, weight_sum, crow, col, bias, shape, act_quant, 
 def int8_linear(x, weight, weight_scale, weight_sum, bias, shape, act_quant="per_token"):
     """The op's arguments (dense k-quad weight); returns ``[..., out_features]`` in x's dtype."""
     n, k = (int(s) for s in shape)
-    expect = ((n + DENSE_ROWS - 1) // DENSE_ROWS, (k + 3) // 4, DENSE_ROWS, 4)
+    expect = ((n + DENSE_ROWS - 1) // DENSE_ROWS, (max(k, 1) + 3) // 4, DENSE_ROWS, 4)  # the CPU packing
     if tuple(weight.shape) != expect:
         raise ValueError(f"int8_linear: weight must have shape {list(expect)}, got {tuple(weight.shape)}")
     br, bc = DENSE_TILE
