@@ -4,7 +4,10 @@
 #   make test     install, then the whole test suite and gpu-check (what CI runs)
 #   make gpu-check  lower every Triton kernel to PTX/cubin for sm_80 and sm_90 (no GPU needed)
 #   make bench    install, then the kernel and whole-model benchmarks (run on a quiet machine)
-#   make fuzz     install, then 10,000 generated cases per op on every ISA path (tests/test_fuzz.py)
+#   make fuzz     install, then 10,000 generated cases per op on every ISA path (tests/test_fuzz.py) and
+#                 TRITON_FUZZ_EXAMPLES (1,000) per Triton kernel in the interpreter (tests/test_fuzz_triton.py)
+#   make soak     install, then the real MiniLM-L6 compressed, served on loopback to 4 client threads for
+#                 10 minutes: every answer checked, memory and rate watched (benchmarks/soak.py)
 #   make sanitize the extension built with ASan + UBSan in build/sanitize, the kernel tests run under it
 #   make bench-engines  venvs of the CPU engines (OpenVINO + NNCF, ONNX Runtime, DeepSparse) in build/engines
 #   make bench-e2e      whole-model side by side with those engines (quiet machine, ~10 min per model)
@@ -27,7 +30,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py pyproject.toml
 
-.PHONY: install demo test gpu-check bench fuzz sanitize bench-engines bench-e2e clean
+.PHONY: install demo test gpu-check bench fuzz soak sanitize bench-engines bench-e2e clean
 
 install: $(VENV)/.built
 
@@ -53,7 +56,11 @@ gpu-check: install
 	env -u TRITON_INTERPRET $(PY) -m sparsebert.kernels.gpu_check
 
 fuzz: install
-	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz.py --hypothesis-show-statistics
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz.py tests/test_fuzz_triton.py \
+		--hypothesis-show-statistics
+
+soak: install
+	mkdir -p results && $(PY) benchmarks/soak.py --minutes 10 --json results/soak.json
 
 # A copy of the tracked tree in build/sanitize, built there with the sanitizers (the normal build
 # in the checkout is left alone); python is not instrumented, so the runtimes are preloaded.
