@@ -5,7 +5,7 @@
 #   make gpu-check  lower every Triton kernel to PTX/cubin for sm_80 and sm_90 (no GPU needed)
 #   make bench    install, then the kernel and whole-model benchmarks (run on a quiet machine)
 #   make fuzz     install, then 10,000 generated cases per op on every ISA path (tests/test_fuzz.py) and
-#                 TRITON_FUZZ_EXAMPLES (1,000) per Triton kernel in the interpreter (tests/test_fuzz_triton.py)
+#                 TRITON_FUZZ_EXAMPLES (200) per Triton kernel in the interpreter (tests/test_fuzz_triton.py)
 #   make soak     install, then the real MiniLM-L6 compressed, served on loopback to 4 client threads for
 #                 10 minutes: every answer checked, memory and rate watched (benchmarks/soak.py)
 #   make sanitize the extension built with ASan + UBSan in build/sanitize, the kernel tests run under it
