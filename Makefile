@@ -8,6 +8,8 @@
 #                 TRITON_FUZZ_EXAMPLES (200) per Triton kernel in the interpreter (tests/test_fuzz_triton.py)
 #   make soak     install, then the real MiniLM-L6 compressed, served on loopback to 4 client threads for
 #                 10 minutes: every answer checked, memory and rate watched (benchmarks/soak.py)
+#   make bench-accuracy  fine-tune MiniLM-L6 on Rotten Tomatoes, prune with recovery, INT8: accuracy vs speed
+#                 (~55 min of CPU; runs in slices of 9 minutes, cached in build/bench_accuracy; --quick: ~12 min)
 #   make sanitize the extension built with ASan + UBSan in build/sanitize, the kernel tests run under it
 #   make bench-engines  venvs of the CPU engines (OpenVINO + NNCF, ONNX Runtime, DeepSparse) in build/engines
 #   make bench-e2e      whole-model side by side with those engines (quiet machine, ~10 min per model)
@@ -30,7 +32,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h') setup.py pyproject.toml
 
-.PHONY: install demo test gpu-check bench fuzz soak sanitize bench-engines bench-e2e clean
+.PHONY: install demo test gpu-check bench bench-accuracy bench-accuracy-quick fuzz soak sanitize bench-engines bench-e2e clean
 
 install: $(VENV)/.built
 
@@ -80,6 +82,15 @@ bench: install
 	$(PY) benchmarks/bench_linear.py
 	$(PY) benchmarks/bench_attention.py
 	$(PY) benchmarks/bench_compress.py
+
+# bench_accuracy.py exits 3 when its time slice ends with work left (the cache keeps what is done).
+bench-accuracy: install
+	status=3; while [ $$status -eq 3 ]; do $(PY) benchmarks/bench_accuracy.py --budget-minutes 9; status=$$?; done; \
+		exit $$status
+
+bench-accuracy-quick: install
+	status=3; while [ $$status -eq 3 ]; do $(PY) benchmarks/bench_accuracy.py --quick --budget-minutes 9; \
+		status=$$?; done; exit $$status
 
 bench-engines: install
 	bash benchmarks/engines/setup_engines.sh

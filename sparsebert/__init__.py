@@ -30,6 +30,7 @@ from .compress import CompressConfig, compress, decompress, is_compressed  # noq
 from .report import print_report, report  # noqa: E402
 from .serialize import load, save  # noqa: E402
 from .memory import keep_freed_memory  # noqa: E402
+from .recover import Recipe, recover  # noqa: E402
 
 if _importlib_util.find_spec("transformers") is not None:
     # Registers the "sparsebert" attention implementation and transformers' quantizer entry, so
@@ -49,5 +50,5 @@ def use_unpadded(model, enabled: bool = True):
 __all__ = [
     "SparseLinear", "Int8Linear", "SparseInt8Linear", "ops", "prune", "active_isa", "detected_isa", "use_unpadded",
     "CompressConfig", "compress", "decompress", "is_compressed", "report", "print_report", "save", "load",
-    "keep_freed_memory", "__version__",
+    "keep_freed_memory", "recover", "Recipe", "__version__",
 ]

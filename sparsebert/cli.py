@@ -1,4 +1,4 @@
-"""Command line: ``sparsebert info | compress | bench | eval | report``.
+"""Command line: ``sparsebert info | compress | bench | eval | report | recover``.
 
 A thin layer: parse, call the library, print. Exit codes: 0 done, 1 failed (one line on
 stderr), 2 usage. Tables on stdout, progress bars on stderr, ``--json`` for machines.
@@ -251,6 +251,158 @@ def report_cmd(args) -> int:
     return 0
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _tsv_line(path: str, index: int) -> int:
+    """The line number of the ``index``-th (0-based) non-blank line of ``path``."""
+    with open(path, encoding="utf-8") as f:
+        seen = -1
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                seen += 1
+                if seen == index:
+                    return number
+    return 0
+
+
+def _recover_labels(model, train_path, train_labels, eval_path, eval_labels) -> tuple[list[str], dict[str, int]]:
+    """(class names, label -> class id) for the TSV labels: the head's own label names when they
+    match, integers as class ids, else the sorted label strings numbered from 0."""
+    found = sorted(set(train_labels), key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit()
+                                                     else 0, s))
+    head = type(model).__name__.endswith("ForSequenceClassification")
+    if head:
+        n = model.config.num_labels
+        label2id = {str(k): int(v) for k, v in (getattr(model.config, "label2id", None) or {}).items()}
+        if set(found) <= set(label2id):
+            mapping = label2id
+        elif all(s.lstrip("-").isdigit() and 0 <= int(s) < n for s in found):
+            mapping = {s: int(s) for s in found}
+        elif len(found) == n:
+            mapping = {s: i for i, s in enumerate(found)}
+        else:
+            raise CliError(f"{train_path} has {len(found)} labels {found[:10]} but the model's head has {n} classes")
+        names = [next((s for s, i in mapping.items() if i == c), str(c)) for c in range(n)]
+    else:
+        if len(found) < 2:
+            raise CliError(f"{train_path} has {len(found)} label {found}: a classifier needs at least 2")
+        mapping = {s: i for i, s in enumerate(found)}
+        names = found
+    for path, labels in ((train_path, train_labels), (eval_path, eval_labels)):
+        for i, lab in enumerate(labels):
+            if lab not in mapping:
+                raise CliError(f"{path}:{_tsv_line(path, i)}: label {lab!r} is not one of {sorted(mapping)[:10]}")
+    return names, mapping
+
+
+def recover_cmd(args) -> int:
+    import copy
+    import math
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from sparsebert.data import read_tsv
+    from sparsebert.prune import model_block_sparsity
+    from sparsebert.recover import Recipe, accuracy, encode, recover
+
+    out = args.out
+    ours = {"teacher", "recover.pt"}
+    if os.path.isdir(out) and set(os.listdir(out)) - ours and not args.overwrite:
+        raise CliError(f"--out {out!r} exists and is not empty (pass --overwrite)")
+    if not os.path.isdir(args.model_dir):
+        raise CliError(f"{args.model_dir!r} is not a directory")
+    train_texts, train_labels = read_tsv(args.train)
+    eval_texts, eval_labels = read_tsv(args.eval)
+    model, tokenizer = _load_hf(args.model_dir)
+    if tokenizer is None:
+        raise CliError(f"{args.model_dir!r} has no tokenizer files: recover tokenizes the TSV texts with them")
+    names, mapping = _recover_labels(model, args.train, train_labels, args.eval, eval_labels)
+    train = encode(tokenizer, train_texts, [mapping[s] for s in train_labels], args.max_length)
+    evals = encode(tokenizer, eval_texts, [mapping[s] for s in eval_labels], args.max_length)
+    steps = args.epochs * math.ceil(len(train) / args.batch_size)
+    os.makedirs(out, exist_ok=True)
+
+    if type(model).__name__.endswith("ForSequenceClassification"):
+        teacher = model
+    else:  # no head: a dense teacher fine-tuned on the TSV first, cached under OUT/teacher
+        teacher_dir = os.path.join(out, "teacher")
+        key = {"model_dir": os.path.abspath(args.model_dir), "train": os.path.abspath(args.train),
+               "train_mtime": os.path.getmtime(args.train), "labels": names, "epochs": args.epochs,
+               "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "max_length": args.max_length}
+        key_file = os.path.join(teacher_dir, "sparsebert_teacher.json")
+        cached = os.path.isfile(key_file) and json.load(open(key_file)) == key
+        if cached:
+            teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
+        else:
+            config = AutoConfig.from_pretrained(args.model_dir, num_labels=len(names),
+                                                id2label=dict(enumerate(names)),
+                                                label2id={s: i for i, s in enumerate(names)})
+            teacher = AutoModelForSequenceClassification.from_pretrained(args.model_dir, config=config)
+            try:
+                recover(teacher, None, train, Recipe(sparsity=None, steps=steps, batch_size=args.batch_size,
+                                                     lr=args.lr, distill_weight=0.0, seed=args.seed))
+            except FloatingPointError as e:
+                raise CliError(f"fine-tuning the dense teacher: {_first_line(e)}") from None
+            teacher.save_pretrained(teacher_dir)
+            with open(key_file, "w") as f:
+                json.dump(key, f)
+    teacher.config.id2label = dict(enumerate(names))
+    teacher.config.label2id = {s: i for i, s in enumerate(names)}
+    dense_accuracy = accuracy(teacher, evals)
+
+    recipe = Recipe(sparsity=args.sparsity, block_size=args.block, method=args.method, steps=steps,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    student = copy.deepcopy(teacher)
+    try:
+        recover(student, teacher, train, recipe, checkpoint=os.path.join(out, "recover.pt"))
+    except FloatingPointError as e:
+        raise CliError(_first_line(e)) from None
+    sparsity = model_block_sparsity(student, args.block)
+    sparse_fp32_accuracy = accuracy(student, evals)
+    example = None
+    if args.int8 == "dynamic":
+        example = tokenizer(train_texts[:64], padding=True, truncation=True, max_length=args.max_length,
+                            return_tensors="pt")
+    sparsebert.compress(student, sparsebert.CompressConfig(block_size=args.block, int8=args.int8),
+                        example_inputs=example, progress=True)
+    result = {"dense_accuracy": dense_accuracy, "accuracy": accuracy(student, evals),
+              "sparse_fp32_accuracy": sparse_fp32_accuracy, "sparsity": sparsity, "block_size": list(args.block),
+              "int8": args.int8, "labels": names, "train_examples": len(train), "eval_examples": len(evals),
+              "recipe": recipe.to_dict(), "model_dir": os.path.abspath(args.model_dir)}
+    sparsebert.save(student, out, tokenizer=tokenizer, overwrite=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    ckpt = os.path.join(out, "recover.pt")
+    if os.path.isfile(ckpt):
+        os.remove(ckpt)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"dense accuracy  {dense_accuracy:.2f}% on {len(evals)} examples")
+        print(f"recovered       {result['accuracy']:.2f}% at {sparsity:.1%} of {args.block[0]}x{args.block[1]} blocks"
+              f"{' + INT8 ' + args.int8 if args.int8 else ''} (fp32 sparse: {sparse_fp32_accuracy:.2f}%)")
+        print(f"saved to {out}")
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------------
 
 
@@ -308,6 +460,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=report_cmd)
+
+    p = sub.add_parser("recover", help="prune while fine-tuning with distillation, on labelled TSV data",
+                       description="Fine-tune a Hugging Face BERT-family model directory while pruning it to "
+                                   "--sparsity on a cubic schedule, distilling from the dense model (a model without "
+                                   "a classification head gets a dense teacher fine-tuned first, cached under "
+                                   "OUT/teacher), then compress and save it with sparsebert.save, plus results.json.")
+    p.add_argument("model_dir")
+    p.add_argument("--train", required=True, help="TSV of text<TAB>label lines to train on")
+    p.add_argument("--eval", required=True, help="TSV of text<TAB>label lines to measure accuracy on")
+    p.add_argument("--sparsity", type=_fraction, required=True, help="share of blocks to prune, in [0, 1)")
+    p.add_argument("--block", type=_block, default=(32, 32), help="block size ROWSxCOLS (default 32x32)")
+    p.add_argument("--int8", type=_none_or, default=None, choices=["dynamic", "weight_only", None])
+    p.add_argument("--method", default="magnitude", choices=["magnitude", "movement"])
+    p.add_argument("--epochs", type=_positive_int, default=1, help="passes over --train (default 1)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--max-length", type=_positive_int, default=128, help="tokens per text (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory (sparsebert.save + results.json)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true", help="print results.json")
+    p.set_defaults(func=recover_cmd)
     return parser
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from .compress import STATE_ATTR, is_compressed
 from .memory import keep_freed_memory
+from .prune import restructure
 from .nn import Int8Linear, SparseInt8Linear, SparseLinear
 from .nn._buffers import dtype_from_name
 
@@ -186,6 +187,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
         del config.quantization_config
     with no_init_weights():
         model = cls(config)
+    restructure(model)  # a head- or FFN-pruned model: the per-layer sizes its config records
     model.tie_weights()  # the ties the class declares (from_pretrained does this too)
     for name, layer in manifest["layers"].items():
         if not isinstance(layer, dict):

@@ -1,7 +1,23 @@
+"""Pruning masks (block, unstructured, movement, global / per layer) and structural pruning of a
+BERT (heads, FFN neurons, layers) against references: the model with those units zeroed."""
+
+import copy
+
 import pytest
 import torch
+from torch import nn
 
-from sparsebert.prune import block_magnitude_mask
+import sparsebert
+from sparsebert import prune
+from sparsebert.nn.masked_linear import MaskedLinear, mask_linears, unmask_linears
+from sparsebert.prune import block_magnitude_mask, block_sparsity, magnitude_mask, movement_mask
+from model_helpers import first_output, tiny_bert, tiny_inputs
+
+
+def _close(out, ref, scale=1.0):
+    # float32 accumulation differs between the shrunk and the zeroed matrices: 1e-5 of the output
+    # scale is a few ulps of the hidden states' magnitude.
+    assert (out - ref).abs().max().item() <= 1e-5 * scale * max(1.0, ref.abs().max().item())
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.95, 1.0])
@@ -25,12 +41,262 @@ def test_partial_edge_blocks():
     assert mask[16:].all() and not mask[:16].any()
 
 
-@pytest.mark.parametrize("sparsity", [-0.1, 1.5, "0.5", None, True])
+@pytest.mark.parametrize("block", [(32, 32), (16, 16), (16, 1), (4, 1), (1, 4), (1, 1)])
+def test_exact_zero_block_count(block):
+    w = torch.randn(96, 160)
+    mask = block_magnitude_mask(w, 0.7, block)
+    nb = -(-96 // block[0]) * -(-160 // block[1])
+    assert block_sparsity(w * mask, block) == round(0.7 * nb) / nb
+
+
+def test_unstructured_and_ties():
+    w = torch.arange(1.0, 21.0).reshape(4, 5)
+    assert magnitude_mask(w, 0.25).flatten().tolist() == [False] * 5 + [True] * 15
+    z = torch.zeros(8, 8)  # all ties: the count is still exact
+    assert (~block_magnitude_mask(z, 0.5, (2, 2))).sum() == 32
+
+
+def test_movement_keeps_the_largest_summed_scores():
+    scores = torch.zeros(4, 4)
+    scores[:2, 2:] = 1.0   # block (0, 1): moving away from zero
+    scores[2:, :2] = -5.0  # block (1, 0): shrinking
+    scores[2:, 2:] = 0.5
+    mask = movement_mask(scores, 0.5, (2, 2))
+    assert mask[:2, 2:].all() and mask[2:, 2:].all() and not mask[2:, :2].any() and not mask[:2, :2].any()
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.5, "0.5", None, True, float("nan")])
 def test_bad_sparsity(sparsity):
     with pytest.raises(ValueError, match="sparsity must be a number in \\[0, 1\\]"):
         block_magnitude_mask(torch.randn(4, 4), sparsity, (2, 2))
 
 
-def test_bad_weight():
+def test_bad_weight_and_block():
     with pytest.raises(ValueError, match="weight must be 2-D"):
         block_magnitude_mask(torch.randn(4), 0.5, (2, 2))
+    with pytest.raises(ValueError, match="block"):
+        block_magnitude_mask(torch.randn(4, 4), 0.5, (0, 2))
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        block_magnitude_mask([[1.0]], 0.5, (1, 1))
+
+
+# --- whole model ----------------------------------------------------------------------------------
+
+
+def _encoder_blocks(model, block):
+    total = zero = 0
+    for lin in prune.encoder_linears(model).values():
+        n, k = lin.weight.shape
+        nb = -(-n // block[0]) * -(-k // block[1])
+        total += nb
+        zero += round(block_sparsity(lin.weight, block) * nb)
+    return zero, total
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("block", [(32, 32), (16, 16), (1, 4)])
+def test_model_masks_count(scope, block):
+    model = tiny_bert("BertForSequenceClassification")
+    masks = prune.prune_model(model, 0.75, block, scope=scope)
+    linears = prune.encoder_linears(model)
+    assert set(masks) == set(linears) and len(linears) == 12  # 6 per layer, heads not included
+    zero, total = _encoder_blocks(model, block)
+    if scope == "global":
+        assert zero == round(0.75 * total)
+    else:
+        for lin in linears.values():
+            n, k = lin.weight.shape
+            nb = -(-n // block[0]) * -(-k // block[1])
+            assert round(block_sparsity(lin.weight, block) * nb) == round(0.75 * nb)
+    assert prune.model_block_sparsity(model, block) == pytest.approx(zero / total)
+    assert model.classifier.weight.ne(0).all()  # the task head is never pruned
+
+
+def test_global_scope_prunes_the_small_layer_more():
+    model = tiny_bert()
+    with torch.no_grad():
+        model.encoder.layer[0].intermediate.dense.weight.mul_(0.01)
+    prune.prune_model(model, 0.3, (16, 16), scope="global")
+    assert block_sparsity(model.encoder.layer[0].intermediate.dense.weight, (16, 16)) == 1.0
+
+
+def test_prune_model_errors():
+    model = tiny_bert()
+    prune.prune_model(model, 0.5, (16, 16))
+    with pytest.raises(ValueError, match="density of 0.7000, above the model's current 0.5000"):
+        prune.prune_model(model, 0.3, (16, 16))
+    with pytest.raises(ValueError, match="method must be one of"):
+        prune.prune_model(model, 0.8, (16, 16), method="random")
+    with pytest.raises(ValueError, match="scope must be one of"):
+        prune.prune_model(model, 0.8, (16, 16), scope="row")
+    with pytest.raises(ValueError, match="movement' needs scores"):
+        prune.prune_model(model, 0.8, (16, 16), method="movement")
+    with pytest.raises(TypeError, match="BERT-family"):
+        prune.prune_model(nn.Sequential(nn.Linear(4, 4)), 0.5)
+    with pytest.raises(TypeError, match="got str"):
+        prune.prune_model("bert", 0.5)
+
+
+def test_movement_on_a_model():
+    model = tiny_bert()
+    scores = {n: torch.randn(lin.weight.shape) for n, lin in prune.encoder_linears(model).items()}
+    masks = prune.model_masks(model, 0.5, (16, 16), method="movement", scope="layer", scores=scores)
+    for n, m in masks.items():
+        assert torch.equal(m, movement_mask(scores[n], 0.5, (16, 16)))
+
+
+# --- masked training ------------------------------------------------------------------------------
+
+
+def test_masked_linear_trains_under_the_mask():
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 6)
+    mask = torch.rand(6, 8) > 0.5
+    m = MaskedLinear.from_linear(lin, mask)
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(m(x), nn.functional.linear(x, lin.weight * mask, lin.bias), rtol=0, atol=0)
+    opt = torch.optim.AdamW(m.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        m(x).square().sum().backward()
+        assert (m.weight.grad[~mask] == 0).all()
+        opt.step()
+        m.apply_mask_()
+    assert (m.weight[~mask] == 0).all() and (m.weight[mask] != lin.weight[mask]).all()
+    plain = m.to_linear()
+    assert type(plain) is nn.Linear and torch.equal(plain(x), m(x))
+    with pytest.raises(ValueError, match="mask must have the weight's shape"):
+        m.set_mask(torch.ones(3, 3, dtype=torch.bool))
+
+
+def test_masked_model_compresses_to_sparse():
+    model = tiny_bert("BertForSequenceClassification")
+    names = list(prune.encoder_linears(model))
+    mask_linears(model, names)
+    prune.prune_model(model, 0.75, (16, 16), scope="layer")
+    x = tiny_inputs()
+    ref = first_output(model, x)
+    assert sorted(unmask_linears(model)) == sorted(names)
+    cfg = sparsebert.CompressConfig(block_size=(16, 16), kernel="sparse", attention=None)
+    sparsebert.compress(model, cfg, cache=False)
+    kinds = {type(model.get_submodule(n)).__name__ for n in names}
+    assert kinds == {"SparseLinear"}
+    out = first_output(model, x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+# --- structural pruning ---------------------------------------------------------------------------
+
+
+def _zero_heads(model, heads):
+    """Reference: the same model with the heads' value rows zeroed (their output is then 0)."""
+    ref = copy.deepcopy(model)
+    for layer, hs in heads.items():
+        attn = ref.bert.encoder.layer[layer].attention.self if hasattr(ref, "bert") else \
+            ref.encoder.layer[layer].attention.self
+        d = attn.attention_head_size
+        with torch.no_grad():
+            for h in hs:
+                attn.value.weight[h * d:(h + 1) * d] = 0
+                attn.value.bias[h * d:(h + 1) * d] = 0
+    return ref
+
+
+@pytest.mark.parametrize("head", ["BertModel", "BertForSequenceClassification"])
+def test_prune_heads_equals_zeroed_heads(head):
+    model = tiny_bert(head)
+    heads = {0: [1, 3], 1: [0]}
+    ref = first_output(_zero_heads(model, heads), tiny_inputs())
+    prune.prune_heads(model, heads)
+    layer = (model.bert if hasattr(model, "bert") else model).encoder.layer
+    assert layer[0].attention.self.query.out_features == 32 and layer[1].attention.self.value.out_features == 48
+    assert layer[0].attention.output.dense.in_features == 32
+    assert model.config.heads_per_layer == [2, 3] and model.config.num_attention_heads == 4
+    _close(first_output(model, tiny_inputs()), ref)
+    prune.prune_heads(model, {0: [0]})  # indices into the layer as it is now
+    assert model.config.heads_per_layer == [1, 3]
+
+
+def test_prune_neurons_equals_zeroed_neurons():
+    model = tiny_bert("BertForSequenceClassification")
+    neurons = {0: list(range(0, 128, 2)), 1: [5, 6, 100]}
+    ref_model = copy.deepcopy(model)
+    for i, ns in neurons.items():
+        with torch.no_grad():
+            ref_model.bert.encoder.layer[i].intermediate.dense.weight[ns] = 0
+            ref_model.bert.encoder.layer[i].intermediate.dense.bias[ns] = 0  # GELU(0) = 0
+    ref = first_output(ref_model, tiny_inputs())
+    prune.prune_neurons(model, neurons)
+    assert model.config.intermediate_size_per_layer == [64, 125]
+    _close(first_output(model, tiny_inputs()), ref)
+
+
+def test_importance_selects_the_least_useful():
+    model = tiny_bert("BertForSequenceClassification")
+    batches = [dict(tiny_inputs(seed=s), labels=torch.tensor([0, 1, 2])) for s in range(3)]
+    imp = prune.head_importance(model, batches)
+    assert [tuple(s.shape) for s in imp] == [(4,), (4,)]
+    assert all(abs(s.norm().item() - 1) < 1e-5 for s in imp)
+    sel = prune.heads_to_prune(imp, 0.5)
+    assert sum(len(v) for v in sel.values()) == 4
+    flat = sorted((v.item(), i, h) for i, s in enumerate(imp) for h, v in enumerate(s))
+    assert {(i, h) for _, i, h in flat[:4]} == {(i, h) for i, hs in sel.items() for h in hs}
+    full = prune.heads_to_prune(imp, 1.0)  # every layer keeps its most important head
+    assert {i: len(v) for i, v in full.items()} == {0: 3, 1: 3}
+    assert all(int(torch.argmax(imp[i])) not in full[i] for i in full)
+    nimp = prune.neuron_importance(model, batches)
+    nsel = prune.neurons_to_prune(nimp, 0.5, multiple_of=16)
+    assert all(len(v) == 64 for v in nsel.values())
+    assert set(nsel[0]) == set(torch.argsort(nimp[0])[:64].tolist())
+    # the least important neuron matters least: pruning it moves the loss less than the most important
+    loss = lambda m: sum(m(**b).loss.item() for b in batches)  # noqa: E731
+    base = loss(model)
+    lo, hi = copy.deepcopy(model), copy.deepcopy(model)
+    prune.prune_neurons(lo, {0: torch.argsort(nimp[0])[:16].tolist()})
+    prune.prune_neurons(hi, {0: torch.argsort(nimp[0])[-16:].tolist()})
+    assert abs(loss(lo) - base) < abs(loss(hi) - base)
+
+
+def test_drop_layers_and_reload(tmp_path):
+    model = tiny_bert("BertForSequenceClassification", num_hidden_layers=3)
+    prune.prune_heads(model, {2: [0, 1]})
+    prune.prune_neurons(model, {0: list(range(32))})
+    prune.drop_layers(model, [1])
+    assert model.config.num_hidden_layers == 2 and model.config.heads_per_layer == [4, 2]
+    assert model.config.intermediate_size_per_layer == [96, 128]
+    x = tiny_inputs()
+    model.save_pretrained(tmp_path)
+    loaded = prune.from_pretrained(tmp_path)
+    assert type(loaded).__name__ == "BertForSequenceClassification"
+    assert torch.equal(first_output(loaded, x), first_output(model, x))
+
+
+def test_compressed_head_pruned_model_save_load(tmp_path):
+    model = tiny_bert("BertForSequenceClassification")
+    prune.prune_heads(model, {0: [0, 1]})
+    prune.prune_neurons(model, {1: list(range(64))})
+    sparsebert.compress(model, sparsebert.CompressConfig(int8="dynamic", kernel="dense", attention=None), cache=False)
+    sparsebert.save(model, tmp_path / "m")
+    loaded = sparsebert.load(tmp_path / "m")
+    assert torch.equal(first_output(loaded, tiny_inputs()), first_output(model, tiny_inputs()))
+
+
+def test_structural_errors():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="layer 0 would lose all its 4 heads"):
+        prune.prune_heads(model, {0: [0, 1, 2, 3]})
+    with pytest.raises(ValueError, match="layer 5 is not a layer index in \\[0, 2\\)"):
+        prune.prune_heads(model, {5: [0]})
+    with pytest.raises(ValueError, match="layer 1 has 4, no index 4"):
+        prune.prune_heads(model, {1: [4]})
+    with pytest.raises(ValueError, match="lists an index twice"):
+        prune.prune_neurons(model, {1: [3, 3]})
+    with pytest.raises(ValueError, match="would leave none"):
+        prune.drop_layers(model, [0, 1])
+    with pytest.raises(ValueError, match="fraction must be a number in \\[0, 1\\]"):
+        prune.heads_to_prune([torch.ones(4)], 2)
+    with pytest.raises(ValueError, match="no loss"):
+        prune.head_importance(model, [tiny_inputs()])
+    with pytest.raises(TypeError, match="dict"):
+        prune.prune_heads(model, [0, 1])
+    assert model.config.num_hidden_layers == 2 and not hasattr(model.config, "heads_per_layer")
