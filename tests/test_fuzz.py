@@ -120,6 +120,14 @@ def layout(data, x):
 @given(data=st.data(), isa=ISAS, m=DIMS, n=DIMS, k=DIMS, block_size=BLOCKS, dtype=FLOATS,
        bias=st.booleans(), nonfinite=st.sampled_from([None, "nan", "inf", "-inf"]))
 def test_bsr_linear(data, isa, m, n, k, block_size, dtype, bias, nonfinite):
+    x, w, b, packed = bsr_case(data, m, n, k, block_size, dtype, bias, nonfinite)
+    with isa_forced(isa):
+        out = bsr_linear(x, *packed, b, (n, k), block_size)
+    check_like_dense(out, x, w, b)
+
+
+def bsr_case(data, m, n, k, block_size, dtype, bias, nonfinite):
+    """(x, dense weight, bias, (values, crow, col)) of one generated block-sparse case."""
     seed_torch(data)
     w = pattern_weight(data, n, k, block_size).to(dtype)
     x = torch.randn(m, k).to(dtype)
@@ -127,14 +135,17 @@ def test_bsr_linear(data, isa, m, n, k, block_size, dtype, bias, nonfinite):
         x[data.draw(st.integers(0, m - 1)), data.draw(st.integers(0, k - 1))] = float(nonfinite)
     x = layout(data, x)
     b = torch.randn(n).to(dtype) if bias else None
-    values, crow, col = pack_bsr(w, block_size)
-    with isa_forced(isa):
-        out = bsr_linear(x, values, crow, col, b, (n, k), block_size)
+    return x, w, b, pack_bsr(w, block_size)
+
+
+def check_like_dense(out, x, w, b):
+    """The dense layer's result: same shape and dtype, same NaN/Inf pattern, and the finite rows
+    within the linear tolerance rule."""
     ref = F.linear(x.float(), w.float(), None if b is None else b.float())
-    assert out.shape == ref.shape and out.dtype == dtype
+    assert out.shape == ref.shape and out.dtype == x.dtype
     assert torch.equal(out.isnan(), ref.isnan()), "NaN pattern differs from the dense layer"
     assert torch.equal(out.isinf(), ref.isinf()), "Inf pattern differs from the dense layer"
-    rows = torch.isfinite(ref).all(1) if ref.numel() else torch.ones(m, dtype=torch.bool)
+    rows = torch.isfinite(ref).all(1) if ref.numel() else torch.ones(x.shape[0], dtype=torch.bool)
     assert_linear_close(out[rows], x[rows], w, b)
 
 

@@ -12,21 +12,18 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from conftest import assert_linear_close  # noqa: E402
 from test_attention import assert_attention_close  # noqa: E402
-from test_fuzz import layout, pattern_weight, seed_torch  # noqa: E402
+from test_fuzz import bsr_case, check_like_dense, layout, pattern_weight, seed_torch  # noqa: E402
 from test_triton_kernels import assert_int8_close  # noqa: E402
 
 from sparsebert import kernels  # noqa: E402
 from sparsebert.ops import attention_varlen_reference, bsr_int8_linear_reference, int8_linear_reference  # noqa: E402
-from sparsebert.ops import pack_bsr  # noqa: E402
 from sparsebert.ops.int8_format import pack_int8_bsr, pack_int8_dense, quantize_symmetric, weight_sum  # noqa: E402
 
 FUZZING = os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"
@@ -43,21 +40,8 @@ GPU_FLOATS = st.sampled_from([torch.float32, torch.bfloat16, torch.float16])
 @given(data=st.data(), m=SMALL, n=SMALL, k=SMALL, block_size=GPU_BLOCKS, dtype=GPU_FLOATS, bias=st.booleans(),
        nonfinite=st.sampled_from([None, None, "nan", "inf", "-inf"]))
 def test_bsr_linear(data, m, n, k, block_size, dtype, bias, nonfinite):
-    seed_torch(data)
-    w = pattern_weight(data, n, k, block_size).to(dtype)
-    x = torch.randn(m, k).to(dtype)
-    if nonfinite and m and k:
-        x[data.draw(st.integers(0, m - 1)), data.draw(st.integers(0, k - 1))] = float(nonfinite)
-    x = layout(data, x)
-    b = torch.randn(n).to(dtype) if bias else None
-    values, crow, col = pack_bsr(w, block_size)
-    out = kernels.bsr_linear(x, values, crow, col, b, (n, k), block_size)
-    ref = F.linear(x.float(), w.float(), None if b is None else b.float())
-    assert out.shape == ref.shape and out.dtype == dtype
-    assert torch.equal(out.isnan(), ref.isnan()), "NaN pattern differs from the dense layer"
-    assert torch.equal(out.isinf(), ref.isinf()), "Inf pattern differs from the dense layer"
-    rows = torch.isfinite(ref).all(1) if ref.numel() else torch.ones(m, dtype=torch.bool)
-    assert_linear_close(out[rows], x[rows], w, b)
+    x, w, b, packed = bsr_case(data, m, n, k, block_size, dtype, bias, nonfinite)
+    check_like_dense(kernels.bsr_linear(x, *packed, b, (n, k), block_size), x, w, b)
 
 
 INT8_BLOCKS = st.tuples(st.sampled_from([16, 32, 64]), st.sampled_from([32, 64]))
