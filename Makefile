@@ -82,6 +82,7 @@ bench: install
 	$(PY) benchmarks/bench_linear.py
 	$(PY) benchmarks/bench_attention.py
 	$(PY) benchmarks/bench_compress.py
+	$(PY) benchmarks/bench_memory.py
 
 # bench_accuracy.py exits 3 when its time slice ends with work left (the cache keeps what is done).
 bench-accuracy: install

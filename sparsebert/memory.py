@@ -4,7 +4,8 @@ A forward of a BERT allocates large temporaries (the FFN activations of a batch 
 of BERT-base are 48 MiB each) and frees them before the next one. With glibc's defaults, blocks
 above its mmap threshold (dynamic, at most 32 MiB) are mapped fresh on every allocation and
 returned to the OS on free, so each forward takes new pages from the OS (page faults and zeroing:
-on a 2-core Zen 5, 147,000 faults and ~40% of a 32 x 128 forward of the 90%-sparse INT8 model).
+on a 2-core Zen 5, ~74,000 faults per 32 x 128 forward of the 90%-sparse INT8 BERT-base, which
+runs 1.15x faster without them; benchmarks/bench_memory.py).
 Inference engines plan their memory once per input shape; here the same effect comes from telling
 the allocator to keep what is freed: blocks under ``mmap_threshold`` come from the heap and free
 heap space up to ``trim_threshold`` is kept, so a warm forward takes no new pages.
