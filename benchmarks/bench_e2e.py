@@ -1003,6 +1003,16 @@ def plot(rows: list[dict], shapes, path: str, title: str) -> None:
 
 
 # --- profile ---------------------------------------------------------------------------------------
+#
+# The profile records every op one forward dispatches (a TorchDispatchMode, below autograd: what
+# the kernels see), then replays each recorded call on its own recorded inputs, round by round,
+# and takes each call's median. torch.profiler was the first method: at 8x128 its own bookkeeping
+# tripled the forward (103 -> 333 ms on a Zen 5) and its allocations put page faults into
+# whichever op first wrote a fresh buffer (GELU showed 38%), so its shares were not the model's.
+# A replayed op runs with its inputs hot in cache, as in the forward, where each op reads what
+# the op before it wrote. Whatever the replay does not cover (Python between the ops, the
+# dispatcher above them, hooks) is the wall time of the unprofiled forward minus the replayed
+# sum: the "Python/dispatch overhead" row.
 
 PARTS = [
     ("GEMM sparsebert::bsr_int8_linear", ("sparsebert::bsr_int8_linear",)),
@@ -1011,9 +1021,10 @@ PARTS = [
     ("GEMM sparsebert::bsr_linear", ("sparsebert::bsr_linear",)),
     ("GEMM aten::linear/addmm", ("aten::linear", "aten::addmm", "aten::mm", "aten::matmul", "aten::bmm",
                                  "quantized::linear_dynamic")),
-    ("attention", ("sparsebert::attention_varlen", "sparsebert::attention", "aten::scaled_dot_product_attention")),
-    ("aten::gelu", ("aten::gelu",)),
-    ("aten::layer_norm", ("aten::layer_norm", "aten::native_layer_norm")),
+    ("attention", ("sparsebert::attention_varlen", "sparsebert::attention", "aten::scaled_dot_product_attention",
+                   "aten::_scaled_dot_product_flash_attention_for_cpu")),
+    ("GELU", ("aten::gelu",)),
+    ("LayerNorm", ("aten::layer_norm", "aten::native_layer_norm")),
     ("adds (residual, embeddings)", ("aten::add", "aten::add_")),
     ("packing/unpacking", ("aten::index_select", "aten::index_copy", "aten::index_copy_", "aten::nonzero")),
 ]
@@ -1021,41 +1032,65 @@ OTHER = "other aten ops"
 OVERHEAD = "Python/dispatch overhead"
 
 
-def _part_of(name: str) -> str | None:
+def _part_of(name: str) -> str:
     for part, names in PARTS:
         if name in names:
             return part
-    return None
+    return OTHER
 
 
-def attribute(events) -> tuple[dict[str, float], dict[str, float], float]:
-    """Splits the time inside top-level ops (microseconds) into PARTS: the outermost op that
-    names a part takes its whole time, children included; an op that names none keeps its own
-    self time as "other aten ops" and its children are looked at in turn. Returns (part -> us,
-    other op name -> us, time inside top-level ops)."""
-    parts = {p: 0.0 for p, _ in PARTS}
-    parts[OTHER] = 0.0
-    others: dict[str, float] = {}
+def record_calls(model: nn.Module, inputs: dict) -> list:
+    """Every op one forward dispatches, as (overload, args, kwargs), inputs kept alive."""
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    def walk(ev):
-        part = _part_of(ev.name)
-        if part is not None:
-            parts[part] += ev.cpu_time_total
-            return
-        parts[OTHER] += ev.self_cpu_time_total
-        others[ev.name] = others.get(ev.name, 0.0) + ev.self_cpu_time_total
-        for child in ev.cpu_children:
-            walk(child)
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
 
-    roots = [e for e in events if e.cpu_parent is None]
-    for ev in roots:
-        walk(ev)
-    return parts, others, sum(e.cpu_time_total for e in roots)
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            # In-place ops replay on copies: the recorded inputs of later calls stay as they were.
+            self.calls.append((func, args, kwargs, func._schema.is_mutable))
+            return func(*args, **kwargs)
+
+    rec = Recorder()
+    with torch.inference_mode(), rec:
+        model(**inputs)
+    return rec.calls
+
+
+def replay_times(calls: list, rounds: int) -> list[float]:
+    """Median seconds of each recorded call, replayed once per round in forward order; the
+    cost of calling an op from Python (measured on aten::alias) is subtracted."""
+    import torch.utils._pytree as pytree
+
+    def prepared(call):
+        func, args, kwargs, mutable = call
+        if mutable:
+            args, kwargs = pytree.tree_map_only(torch.Tensor, lambda t: t.clone(), (args, kwargs))
+        return func, args, kwargs
+
+    probe = torch.zeros(1)
+    base = []
+    per_call = [[] for _ in calls]
+    clock = time.perf_counter
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for i, call in enumerate(calls):
+                func, args, kwargs = prepared(call)
+                t0 = clock()
+                func(*args, **kwargs)
+                per_call[i].append(clock() - t0)
+            for _ in range(50):
+                t0 = clock()
+                torch.ops.aten.alias.default(probe)
+                base.append(clock() - t0)
+    cost = statistics.median(base)
+    return [max(0.0, statistics.median(ts) - cost) for ts in per_call]
 
 
 def run_profile(args, shapes) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
     torch.set_num_threads(args.threads)
     method = args.profile_method
     log(f"building {method} on {args.model}")
@@ -1068,26 +1103,35 @@ def run_profile(args, shapes) -> None:
         with torch.inference_mode():
             for _ in range(2):
                 model(**inputs)
-            t0 = time.perf_counter()
+            walls = []
             for _ in range(args.profile_iters):
-                model(**inputs)
-            plain = (time.perf_counter() - t0) * 1e6
-            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 t0 = time.perf_counter()
-                for _ in range(args.profile_iters):
-                    model(**inputs)
-                wall = (time.perf_counter() - t0) * 1e6
-        parts, others, inside = attribute(prof.events())
+                model(**inputs)
+                walls.append(time.perf_counter() - t0)
+        wall = statistics.median(walls) * 1e6
+        calls = record_calls(model, inputs)
+        times = replay_times(calls, args.profile_iters)
+        parts = {p: 0.0 for p, _ in PARTS}
+        parts[OTHER] = 0.0
+        others: dict[str, float] = {}
+        for (func, *_), t in zip(calls, times):
+            name = func._schema.name
+            part = _part_of(name)
+            parts[part] += t * 1e6
+            if part == OTHER:
+                others[name] = others.get(name, 0.0) + t * 1e6
+        inside = sum(parts.values())
         parts[OVERHEAD] = max(0.0, wall - inside)
-        results[shape_key(shape)] = {"wall_us": wall / args.profile_iters, "iters": args.profile_iters,
-                                     "unprofiled_wall_us": plain / args.profile_iters,
-                                     "parts_us": {k: v / args.profile_iters for k, v in parts.items()},
-                                     "others_us": {k: v / args.profile_iters for k, v in others.items()}}
+        results[shape_key(shape)] = {"wall_us": max(wall, inside), "iters": args.profile_iters, "ops": len(calls),
+                                     "unprofiled_wall_us": wall, "replayed_sum_us": inside,
+                                     "parts_us": parts, "others_us": others}
+        del calls
     extra = {
         "command": "python benchmarks/bench_e2e.py " + " ".join(sys.argv[1:]),
         "method": f"{method} ({info.get('layers', '')}) on {args.model}",
-        "profile": f"torch.profiler, CPU activities, record_shapes; {args.profile_iters} forwards per shape after 2 "
-                   f"warm-up forwards; {args.threads} threads; times include the profiler's own overhead",
+        "profile": f"each op of one forward (recorded below autograd) replayed on its own inputs, median of "
+                   f"{args.profile_iters} interleaved rounds; wall = median of {args.profile_iters} plain forwards; "
+                   f"{args.threads} threads",
     }
     print(untimed_header(f"Where the time goes: {method}", extra))
     print()
@@ -1109,11 +1153,10 @@ def run_profile(args, shapes) -> None:
         top = sorted(results[shape_key(s)]["others_us"].items(), key=lambda kv: -kv[1])[:6]
         w = results[shape_key(s)]["wall_us"]
         print(f"largest {OTHER} at {shape_title(s)}: " + ", ".join(f"{n} {v / w:.1%}" for n, v in top))
-    print("the same forwards without the profiler: " + ", ".join(
-        f"{shape_title(s)} {results[shape_key(s)]['unprofiled_wall_us'] / 1e3:.2f} ms" for s in shapes)
-        + " (the difference is the profiler's own cost, most of it counted as overhead above)")
-    print(f"\n{OVERHEAD}: wall time minus the time inside top-level ops (each counted once, its children inside "
-          "it). A part's time includes the ops it calls.")
+    print("ops per forward: " + ", ".join(f"{shape_title(s)} {results[shape_key(s)]['ops']}" for s in shapes))
+    print(f"\n{OVERHEAD}: the plain forward's wall time minus the sum of the replayed ops (Python between the "
+          "ops, module calls, the dispatcher above the kernels). A replayed op's time is its median over the "
+          "rounds, less the cost of calling an op from Python.")
     write_json(args.json, {"argv": sys.argv[1:], "model": args.model, "method": method, "info": info},
                [{"shape": k, **v} for k, v in results.items()])
 
@@ -1142,10 +1185,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="PNG path")
     p.add_argument("--check", action="store_true", help="every method once on a small shape, outputs against fp32")
-    p.add_argument("--profile", action="store_true", help="torch.profiler breakdown of one torch method")
+    p.add_argument("--profile", action="store_true", help="where one forward of a torch method spends its time")
     p.add_argument("--profile-method", default="sb_p32_int8",
                    choices=[k for k in keys if k in SB_CONFIGS or k.startswith(("hf_", "torch_int8_"))])
-    p.add_argument("--profile-iters", type=int, default=5)
+    p.add_argument("--profile-iters", type=int, default=7)
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error("--threads must be >= 1")
