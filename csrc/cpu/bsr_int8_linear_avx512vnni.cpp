@@ -156,16 +156,27 @@ void quantize_rows_avx512(const void* x, int64_t lda, bool bf16, int64_t m0, int
     zero[m] = zp;
     const __m512 vinv = _mm512_set1_ps(inv);
     const __m512i vzp = _mm512_set1_epi32(zp);
-    const __m512i vqmin = _mm512_set1_epi32(static_cast<int32_t>(qmin)), vqmax = _mm512_set1_epi32(255);
+    const __m512i vqmin = _mm512_set1_epi8(static_cast<char>(static_cast<int>(qmin)));
     uint8_t* q = out + m * ldq;
-    for (int64_t k = 0; k < ldq; k += 16) {
-      const int lanes = static_cast<int>(min_i64(16, ldq - k));
-      const __mmask16 in = avx512_mask(static_cast<int>(min_i64(lanes, K - k)));
-      // cvtps_epi32 rounds half to even (default MXCSR), as torch.round does; lanes past K are
-      // 0 and become the zero point.
-      __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(load16(x, bf16, row + k, in), vinv)), vzp);
-      v = _mm512_min_epi32(_mm512_max_epi32(v, vqmin), vqmax);
-      _mm512_mask_cvtepi32_storeu_epi8(q + k, avx512_mask(lanes), v);
+    // 64 values per step: four int32 vectors narrowed by two saturating packs (signed 32 -> 16,
+    // then unsigned 16 -> 8: the clamp to [0, 255]) and one permute back to input order, then a
+    // single 64-byte store. (A masked vpmovdb store per 16 values costs several times more.)
+    // cvtps_epi32 rounds half to even (default MXCSR), as torch.round does; lanes past K are 0
+    // and become the zero point.
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    for (int64_t k = 0; k < ldq; k += 64) {
+      __m512i v[4];
+      for (int j = 0; j < 4; ++j) {
+        const int64_t kj = k + 16 * j;
+        const __mmask16 in = avx512_mask(static_cast<int>(kj < K ? min_i64(16, K - kj) : 0));
+        v[j] = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(load16(x, bf16, row + kj, in), vinv)), vzp);
+      }
+      const __m512i packed =
+          _mm512_packus_epi16(_mm512_packs_epi32(v[0], v[1]), _mm512_packs_epi32(v[2], v[3]));
+      const __m512i bytes = _mm512_max_epu8(_mm512_permutexvar_epi32(order, packed), vqmin);
+      const int64_t n = min_i64(64, ldq - k);
+      if (n == 64) _mm512_storeu_si512(q + k, bytes);
+      else _mm512_mask_storeu_epi8(q + k, (~0ULL) >> (64 - n), bytes);
     }
   }
 }
