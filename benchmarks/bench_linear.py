@@ -15,6 +15,12 @@ torch._int_mm (the int8 GEMM alone, activations already quantized: a lower bound
 Run it on a quiet machine: two cores shared with a build or a test suite measure contention.
 Speedups are same-run ratios of medians; GFLOP/s is "effective": the dense layer's 2*M*N*K
 flops divided by the method's time.
+
+Roofline: before timing, the CPU's own limits are measured on each thread count (the fp32 FMA,
+bf16 vdpbf16ps and INT8 vpdpbusd peaks of sparsebert._C.peak_ops, and DRAM read bandwidth), and
+each row says how close to them it runs: the operations a kernel actually does (stored blocks
+only) as a share of the peak of its instruction, and for INT8 the weight bytes it streams per
+second as a share of DRAM bandwidth (the bound of small M with cold weights).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
-    Method, copies_for, fmt_ms, fmt_ratio, gflops, header, l3_bytes, markdown_table,
+    Method, copies_for, cpu_peaks, describe_peaks, fmt_ms, fmt_ratio, gflops, header, l3_bytes, markdown_table,
     tensor_bytes, time_methods, write_json,
 )
 
@@ -180,9 +186,23 @@ def run_int8_case(k, n, m, bias, pools):
     return {name: timing.median(name) for name in timing.samples}
 
 
+def measure_peaks(threads):
+    """{threads: peaks} for each thread count, measured before anything is timed."""
+    return {t: cpu_peaks(t) for t in threads}
+
+
+def peak_lines(peaks):
+    return {"peaks": "; ".join(describe_peaks(p, t) for t, p in peaks.items())}
+
+
+def pct(value, limit):
+    return "n/a" if not limit else f"{value / limit:.0%}"
+
+
 def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
     sparsity = parse_list(args.sparsity, float)[-1] if args.sparsity != DEFAULT_SPARSITY else 0.9
     block = parse_list(args.blocks, parse_block)[0]
+    peaks = measure_peaks(threads)
     print(header("bench_linear --suite int8: INT8 linear layers vs torch fp32, bf16 and dynamic INT8", {
         "command": "python benchmarks/bench_linear.py " + " ".join(argv),
         "cold weights": f"each method rotates through {cold_bytes >> 20} MiB of distinct weight copies",
@@ -190,11 +210,16 @@ def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
                             + ", per-tensor and per-channel weights; 'best' is the fastest of them in that row",
         "int8_mm": "torch._int_mm on already-quantized int8 activations (the int8 GEMM alone, a lower bound)",
         "SparseInt8Linear": f"{sparsity:.0%} of {block[0]}x{block[1]} blocks pruned by magnitude",
+        **peak_lines(peaks),
+        "roofline columns": "Int8Linear: 2*M*N*K / time as a share of the INT8 vpdpbusd peak, and K*N weight "
+                            "bytes / time as a share of DRAM read bandwidth; SparseInt8: the operations of its "
+                            "stored blocks only / time, as a share of the same peak",
     }))
     print()
     columns = ["layer", "K->N", "M", "thr", "cache", "fp32 ms", "bf16 ms", "best quantize_dynamic ms",
                "_int_mm ms", "Int8Linear ms", "weight-only ms", "best int8 vs fp32", "best int8 vs best qd",
-               f"SparseInt8 {sparsity:.0%} ms", "vs fp32 "]
+               f"SparseInt8 {sparsity:.0%} ms", "vs fp32 ", "Int8Linear GOP/s (% VNNI peak)",
+               "Int8Linear weights GB/s (% DRAM)", "SparseInt8 GOP/s done (% VNNI peak)"]
     rows, records = [], []
     engine_rows = []
     for layer, (k, n) in shapes:
@@ -209,16 +234,28 @@ def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
                     # The better of the two INT8 paths (dynamic, weight-only) in this row.
                     ours = min(med["Int8Linear"], med["Int8Linear_wo"])
                     sparse = med["SparseInt8Linear"]
+                    vnni, dram = peaks[t].get("int8_vnni"), peaks[t]["dram_read"]
+                    dense_ops = 2 * m * n * k
+                    int8_gops = dense_ops / med["Int8Linear"] / 1e9
+                    weight_gbs = k * n / med["Int8Linear"] / 1e9
+                    sparse_gops = dense_ops * (1 - pools["SparseInt8Linear"][0].sparsity) / sparse / 1e9
                     rec = dict(layer=layer, k=k, n=n, m=m, threads=t, cache=cache, sparsity=sparsity,
                                block=list(block), **{f"{name}_s": v for name, v in med.items()},
                                best_quantize_dynamic=best, speedup_vs_fp32=med["fp32"] / ours,
-                               speedup_vs_best_qd=qd[best] / ours, sparse_speedup_vs_fp32=med["fp32"] / sparse)
+                               speedup_vs_best_qd=qd[best] / ours, sparse_speedup_vs_fp32=med["fp32"] / sparse,
+                               int8_gops=int8_gops, int8_share_of_vnni_peak=vnni and int8_gops * 1e9 / vnni,
+                               int8_weight_gbs=weight_gbs, int8_share_of_dram=weight_gbs * 1e9 / dram,
+                               sparse_gops_done=sparse_gops,
+                               sparse_share_of_vnni_peak=vnni and sparse_gops * 1e9 / vnni, peaks=peaks[t])
                     records.append(rec)
                     row = [layer, f"{k}->{n}", str(m), str(t), cache, fmt_ms(med["fp32"]), fmt_ms(med["bf16"]),
                            f"{fmt_ms(qd[best])} ({best[3:]})", fmt_ms(med["int8_mm"]), fmt_ms(med["Int8Linear"]),
                            fmt_ms(med["Int8Linear_wo"]),
                            fmt_ratio(rec["speedup_vs_fp32"]), fmt_ratio(rec["speedup_vs_best_qd"]),
-                           fmt_ms(sparse), fmt_ratio(rec["sparse_speedup_vs_fp32"])]
+                           fmt_ms(sparse), fmt_ratio(rec["sparse_speedup_vs_fp32"]),
+                           f"{int8_gops:,.0f} ({pct(int8_gops * 1e9, vnni)})",
+                           f"{weight_gbs:.1f} ({pct(weight_gbs * 1e9, dram)})",
+                           f"{sparse_gops:,.0f} ({pct(sparse_gops * 1e9, vnni)})"]
                     rows.append(row)
                     engine_rows.append([layer, str(m), str(t), cache] + [fmt_ms(qd[name]) for name in sorted(qd)])
                     engine_names = sorted(qd)
@@ -265,14 +302,18 @@ def main(argv=None):
     if args.suite == "int8":
         return main_int8(args, shapes, ms, threads, caches, cold_bytes, argv_list)
 
+    peaks = measure_peaks(threads)
     print(header("bench_linear: block-sparse linear vs dense F.linear and torch BSR", {
         "command": "python benchmarks/bench_linear.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cold weights": f"each method rotates through {cold_bytes >> 20} MiB of distinct weight copies",
         "torch BSR": "torch.mm(w_bsr, x.t()) under no_grad, no bias; n/a where torch has no kernel for the dtype or block size",
+        **peak_lines(peaks),
+        "% peak": "sparsebert's operations on its stored blocks only / time, as a share of the fp32 FMA peak "
+                  "(fp32) or the bf16 vdpbf16ps peak (bf16; the fp32 one where the CPU lacks it)",
     }))
     print()
     columns = ["layer", "K->N", "M", "dtype", "block", "sparsity", "thr", "cache", "dense ms", "torch BSR ms",
-               "sparsebert ms", "GFLOP/s eff", "vs dense", "vs torch BSR"]
+               "sparsebert ms", "GFLOP/s eff", "% peak", "vs dense", "vs torch BSR"]
     rows, records = [], []
     for dtype_name in dtypes:
         dtype = DTYPES[dtype_name]
@@ -286,16 +327,21 @@ def main(argv=None):
                             for m in ms:
                                 med = run_case(k, n, m, block, dtype, bias, pools)
                                 ours, dense, tb = med["sparsebert"], med["dense"], med.get("torch_bsr")
+                                values = pools["sparsebert"][0][0]
+                                stored = values.shape[0] * block[0] * block[1] / (n * k)
+                                peak = (peaks[t].get("bf16_dot") if dtype_name == "bf16" else None) \
+                                    or peaks[t]["fp32_fma"]
+                                done = 2 * m * n * k * stored / ours
                                 rec = dict(layer=layer, k=k, n=n, m=m, dtype=dtype_name, block=list(block),
                                            sparsity=sparsity, threads=t, cache=cache, dense_s=dense,
                                            torch_bsr_s=tb, sparsebert_s=ours,
-                                           gflops_eff=gflops(2 * m * n * k, ours),
+                                           gflops_eff=gflops(2 * m * n * k, ours), share_of_peak=done / peak,
                                            speedup_vs_dense=dense / ours,
                                            speedup_vs_torch_bsr=None if tb is None else tb / ours)
                                 records.append(rec)
                                 row = [layer, f"{k}->{n}", str(m), dtype_name, f"{block[0]}x{block[1]}",
                                        f"{sparsity:.2f}", str(t), cache, fmt_ms(dense), fmt_ms(tb), fmt_ms(ours),
-                                       f"{rec['gflops_eff']:.0f}", fmt_ratio(rec["speedup_vs_dense"]),
+                                       f"{rec['gflops_eff']:.0f}", pct(done, peak), fmt_ratio(rec["speedup_vs_dense"]),
                                        fmt_ratio(rec["speedup_vs_torch_bsr"])]
                                 rows.append(row)
                                 print("| " + " | ".join(row) + " |", file=sys.stderr, flush=True)

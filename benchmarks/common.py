@@ -67,6 +67,52 @@ def header(title: str, extra: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
+PEAK_KINDS = {"fp32_fma": "fp32 FMA", "bf16_dot": "bf16 vdpbf16ps", "int8_vnni": "INT8 vpdpbusd"}
+
+
+def cpu_peaks(threads: int, repeats: int = 5, dram_mib: int = 512) -> dict[str, float | None]:
+    """The CPU's own limits on `threads` threads, each the best of `repeats` runs: operations per
+    second of each peak loop of the extension (``sparsebert._C.peak_ops``: independent chains of
+    one instruction on every thread; a multiply-add counts 2; None where the active ISA level
+    lacks the instruction) and "dram_read", bytes per second of torch's sum over a tensor far
+    larger than the caches."""
+    from sparsebert import _C
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        peaks: dict[str, float | None] = {}
+        for kind in PEAK_KINDS:
+            try:
+                _C.peak_ops(kind, 1000)  # raises where the ISA level lacks it
+            except ValueError:
+                peaks[kind] = None
+                continue
+            best = 0.0
+            for _ in range(repeats):
+                ops, secs, _ = _C.peak_ops(kind, 5_000_000)
+                best = max(best, ops / secs)
+            peaks[kind] = best
+        big = torch.ones(dram_mib << 18)  # float32: dram_mib MiB
+        big.sum()
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            big.sum()
+            best = min(best, time.perf_counter() - t0)
+        peaks["dram_read"] = big.numel() * 4 / best
+        del big
+        return peaks
+    finally:
+        torch.set_num_threads(prev)
+
+
+def describe_peaks(peaks: dict[str, float | None], threads: int) -> str:
+    parts = [f"{label} {peaks[k] / 1e9:,.0f} G/s" for k, label in PEAK_KINDS.items() if peaks.get(k)]
+    return (f"{threads} threads: " + ", ".join(parts) + f", DRAM read {peaks['dram_read'] / 1e9:.1f} GB/s "
+            "(ops: a multiply-add counts 2; peaks of sparsebert._C.peak_ops, DRAM: torch.sum over 512 MiB)")
+
+
 def copies_for(bytes_per_copy: int, cold: bool, cold_bytes: int) -> int:
     """Copies of one weight needed so that rotating through them streams from DRAM."""
     if not cold:

@@ -8,7 +8,10 @@
 
 #include <torch/library.h>
 
+#include <string>
+
 #include "cpu/isa.h"
+#include "cpu/peak.h"
 
 TORCH_LIBRARY(sparsebert, m) {
   // y = x @ W.T + bias for a block-sparse W of shape `shape` = (out_features, in_features),
@@ -60,11 +63,41 @@ PyObject* py_active_isa(PyObject*, PyObject*) {
   }
 }
 
+PyObject* py_peak_ops(PyObject*, PyObject* args) {
+  const char* kind = nullptr;
+  long long iters = 0;
+  if (!PyArg_ParseTuple(args, "sL", &kind, &iters)) return nullptr;
+  const std::string name(kind);
+  sparsebert::PeakMeasurement m{};
+  std::string error;
+  PyObject* error_type = nullptr;
+  // The loops run without the GIL; an exception is turned into a Python error after it is back.
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    m = sparsebert::measure_peak(name, iters);
+  } catch (const std::invalid_argument& e) {
+    error = e.what();
+    error_type = PyExc_ValueError;
+  } catch (const std::exception& e) {
+    error = e.what();
+    error_type = PyExc_RuntimeError;
+  }
+  Py_END_ALLOW_THREADS
+  if (error_type != nullptr) {
+    PyErr_SetString(error_type, error.c_str());
+    return nullptr;
+  }
+  return Py_BuildValue("(ddi)", m.ops, m.seconds, m.threads);
+}
+
 PyMethodDef methods[] = {
     {"detected_isa", py_detected_isa, METH_NOARGS,
      "The best CPU ISA level this machine supports: scalar, avx2, avx512 or avx512bf16."},
     {"active_isa", py_active_isa, METH_NOARGS,
      "The ISA level CPU kernels use now (detected_isa(), or SPARSEBERT_ISA if set)."},
+    {"peak_ops", py_peak_ops, METH_VARARGS,
+     "peak_ops(kind, iters) -> (ops, seconds, threads): one peak loop (fp32_fma, bf16_dot or int8_vnni) of "
+     "`iters` iterations on every thread of torch's pool at once; ops counts a multiply-add as 2."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "sparsebert C++ kernels", -1, methods};

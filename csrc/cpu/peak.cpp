@@ -1,0 +1,53 @@
+// Runs one peak loop (peak_<isa>.cpp) on every thread of torch's pool at once and times the
+// parallel region.
+#include "peak.h"
+
+#include <ATen/Parallel.h>
+
+#include <chrono>
+#include <stdexcept>
+#include <vector>
+
+#include "isa.h"
+#include "peak_kernel.h"
+
+namespace sparsebert {
+
+PeakMeasurement measure_peak(const std::string& kind, int64_t iters) {
+  using Fn = cpu::PeakResult (*)(int64_t);
+  const Isa isa = active_isa();
+  Fn fn = nullptr;
+  Isa needs = Isa::kAvx512Bf16;
+  if (kind == "fp32_fma") {
+    needs = Isa::kAvx2;
+    fn = isa >= Isa::kAvx512 ? cpu::peak_fp32_fma_avx512 : isa >= Isa::kAvx2 ? cpu::peak_fp32_fma_avx2 : nullptr;
+  } else if (kind == "bf16_dot") {
+    fn = isa >= Isa::kAvx512Bf16 ? cpu::peak_bf16_dot_avx512bf16 : nullptr;
+  } else if (kind == "int8_vnni") {
+    fn = isa >= Isa::kAvx512Bf16 ? cpu::peak_int8_vnni_avx512vnni : nullptr;
+  } else {
+    throw std::invalid_argument("kind='" + kind + "' is not a peak; use fp32_fma, bf16_dot or int8_vnni");
+  }
+  if (fn == nullptr)
+    throw std::invalid_argument("the " + kind + " peak needs the " + isa_name(needs) +
+                                " ISA level; the active level is " + isa_name(isa));
+  if (iters < 1) throw std::invalid_argument("iters must be >= 1, got " + std::to_string(iters));
+  const int threads = at::get_num_threads();
+  std::vector<cpu::PeakResult> res(threads);
+  const auto t0 = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) res[i] = fn(iters);
+  });
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double ops = 0;
+  float sink = 0;
+  for (const auto& r : res) {
+    ops += r.ops;
+    sink += r.sink;
+  }
+  // Never true for finite accumulators; the comparison keeps every loop's result alive.
+  if (sink != sink) throw std::runtime_error("peak loop produced NaN");
+  return {ops, secs, threads};
+}
+
+}  // namespace sparsebert

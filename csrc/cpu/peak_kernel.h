@@ -1,0 +1,25 @@
+// Peak-throughput loops: independent chains of one instruction (FMA, vdpbf16ps, vpdpbusd), enough
+// of them to cover its latency on every core this targets, nothing else in the loop. The
+// benchmarks divide each kernel's operations per second by these, so every speed claim says how
+// close to the CPU's own limit it is. Each ISA file (peak_<isa>.cpp) compiles with its flags; the
+// dispatcher (peak.cpp) runs one loop per thread of torch's pool.
+#pragma once
+
+#include <cstdint>
+
+namespace sparsebert {
+namespace cpu {
+
+// Each runs `iters` iterations on the calling thread and returns the operations done (a
+// multiply-add counts 2) and a value derived from every accumulator (so nothing is dead code).
+struct PeakResult {
+  double ops;
+  float sink;
+};
+PeakResult peak_fp32_fma_avx2(int64_t iters);
+PeakResult peak_fp32_fma_avx512(int64_t iters);
+PeakResult peak_bf16_dot_avx512bf16(int64_t iters);
+PeakResult peak_int8_vnni_avx512vnni(int64_t iters);
+
+}  // namespace cpu
+}  // namespace sparsebert

@@ -1,0 +1,44 @@
+"""sparsebert._C.peak_ops: the CPU peaks the benchmarks' roofline columns divide by."""
+
+import pytest
+import torch
+
+import sparsebert
+from sparsebert import _C
+
+LEVELS = ["scalar", "avx2", "avx512", "avx512bf16", "amx"]
+
+
+def level_at_least(name: str) -> bool:
+    return LEVELS.index(sparsebert.detected_isa()) >= LEVELS.index(name)
+
+
+@pytest.mark.parametrize("kind, needs, ops_per_iter_per_thread", [
+    ("fp32_fma", "avx2", None), ("bf16_dot", "avx512bf16", 16 * 32 * 2), ("int8_vnni", "avx512bf16", 16 * 64 * 2)])
+def test_peak_counts_its_operations(kind, needs, ops_per_iter_per_thread):
+    if not level_at_least(needs):
+        pytest.skip(f"CPU lacks {needs}")
+    ops, secs, threads = _C.peak_ops(kind, 1000)
+    assert threads == torch.get_num_threads() and secs > 0
+    if ops_per_iter_per_thread is None:  # 16 zmm chains x 16 lanes, or 12 ymm chains x 8 lanes
+        per = 16 * 16 * 2 if level_at_least("avx512") else 12 * 8 * 2
+    else:
+        per = ops_per_iter_per_thread
+    assert ops == 1000 * per * threads
+
+
+def test_peak_follows_the_active_level(monkeypatch):
+    if not level_at_least("avx512"):
+        pytest.skip("CPU lacks avx512")
+    monkeypatch.setenv("SPARSEBERT_ISA", "avx2")
+    ops, _, threads = _C.peak_ops("fp32_fma", 10)
+    assert ops == 10 * 12 * 8 * 2 * threads  # the ymm loop
+    with pytest.raises(ValueError, match="int8_vnni peak needs the avx512bf16 ISA level; the active level is avx2"):
+        _C.peak_ops("int8_vnni", 10)
+
+
+@pytest.mark.parametrize("kind, iters, message", [
+    ("fp64", 10, "kind='fp64' is not a peak"), ("fp32_fma", 0, "iters must be >= 1, got 0")])
+def test_peak_rejects_bad_arguments(kind, iters, message):
+    with pytest.raises(ValueError, match=message):
+        _C.peak_ops(kind, iters)
