@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sparsebert import ops
 from sparsebert.ops import bsr_linear, bsr_linear_reference, bsr_to_dense, pack_bsr
+from sparsebert.prune import block_magnitude_mask
 from conftest import assert_linear_close, block_sparse_weight
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -276,3 +278,30 @@ def test_non_finite_inputs_propagate_as_in_the_dense_layer(isa, dtype, block_siz
     finite = torch.isfinite(ref)
     assert finite[[0, 2, 3, 5, 7, 8]].all() and not finite[[1, 4, 6]].any()
     assert_linear_close(out[finite.all(1)], x[finite.all(1)], w, bias)
+
+
+def test_indices_changed_in_place_after_a_call_are_checked_again():
+    """A pattern is validated once per (tensors, version): an in-place write through the tensor
+    or any view bumps the version, so the next call walks the indices again."""
+    w = torch.randn(64, 64) * block_magnitude_mask(torch.randn(64, 64), 0.5, (16, 16))
+    values, crow, col = pack_bsr(w, (16, 16))
+    x = torch.randn(5, 64)
+    ops.bsr_linear(x, values, crow, col, None, (64, 64), (16, 16))  # valid: remembered
+    col[0] = 4  # out of range for 4 block columns
+    with pytest.raises(ValueError, match=r"col_indices\[0\]=4 is out of range for 4 block columns"):
+        ops.bsr_linear(x, values, crow, col, None, (64, 64), (16, 16))
+    col[0] = 0
+    crow.view(-1)[1:2].fill_(crow[2].item() + 1)  # through a view
+    with pytest.raises(ValueError, match="crow_indices must be non-decreasing"):
+        ops.bsr_linear(x, values, crow, col, None, (64, 64), (16, 16))
+
+
+def test_inference_tensor_indices_are_checked_on_every_call():
+    w = torch.randn(64, 64) * block_magnitude_mask(torch.randn(64, 64), 0.5, (16, 16))
+    with torch.inference_mode():
+        values, crow, col = (t.clone() for t in pack_bsr(w, (16, 16)))
+        x = torch.randn(5, 64)
+        ops.bsr_linear(x, values, crow, col, None, (64, 64), (16, 16))
+        col[-1] = -1  # inference tensors track no version: checked anyway
+        with pytest.raises(ValueError, match=r"col_indices\[\d+\]=-1 is out of range"):
+            ops.bsr_linear(x, values, crow, col, None, (64, 64), (16, 16))

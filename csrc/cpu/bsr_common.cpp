@@ -2,7 +2,64 @@
 
 #include <ATen/Parallel.h>
 
+#include <mutex>
+#include <unordered_map>
+
 namespace sparsebert {
+namespace {
+
+// Index patterns already validated, so that a layer called again with the same crow/col tensors
+// is not walked again on every forward (a fine-grained pattern holds one index per 4 weights:
+// walking them cost as much as the product at small batches). An entry holds weak references to
+// both tensors (no other tensor can take their address while it exists), their version counters
+// (an in-place change through any view bumps them) and the shape they were checked against.
+// Inference tensors have no version counter and are checked on every call.
+struct Validated {
+  c10::weak_intrusive_ptr<c10::TensorImpl> crow, col;
+  int64_t crow_version, col_version;
+  int64_t nb, ncb, nnzb;
+};
+
+struct PairHash {
+  size_t operator()(const std::pair<const void*, const void*>& p) const {
+    return std::hash<const void*>()(p.first) * 31 + std::hash<const void*>()(p.second);
+  }
+};
+
+std::mutex validated_mutex;
+std::unordered_map<std::pair<const void*, const void*>, Validated, PairHash> validated;
+constexpr size_t kMaxValidated = 4096;
+
+bool trackable(const at::Tensor& t) { return !t.is_inference(); }
+
+bool was_validated(const at::Tensor& crow, const at::Tensor& col, int64_t nb, int64_t ncb, int64_t nnzb) {
+  if (!trackable(crow) || !trackable(col)) return false;
+  std::lock_guard<std::mutex> lock(validated_mutex);
+  const auto it = validated.find({crow.unsafeGetTensorImpl(), col.unsafeGetTensorImpl()});
+  if (it == validated.end()) return false;
+  const Validated& v = it->second;
+  return !v.crow.expired() && !v.col.expired() && v.crow_version == crow._version() &&
+         v.col_version == col._version() && v.nb == nb && v.ncb == ncb && v.nnzb == nnzb;
+}
+
+void remember_validated(const at::Tensor& crow, const at::Tensor& col, int64_t nb, int64_t ncb, int64_t nnzb) {
+  if (!trackable(crow) || !trackable(col)) return;
+  std::lock_guard<std::mutex> lock(validated_mutex);
+  if (validated.size() >= kMaxValidated) {
+    for (auto it = validated.begin(); it != validated.end();)
+      it = it->second.crow.expired() || it->second.col.expired() ? validated.erase(it) : std::next(it);
+    if (validated.size() >= kMaxValidated) validated.clear();
+  }
+  validated.insert_or_assign(
+      std::make_pair<const void*, const void*>(crow.unsafeGetTensorImpl(), col.unsafeGetTensorImpl()),
+      Validated{c10::weak_intrusive_ptr<c10::TensorImpl>(crow.getIntrusivePtr()),
+                c10::weak_intrusive_ptr<c10::TensorImpl>(col.getIntrusivePtr()),
+                crow._version(), col._version(), nb, ncb, nnzb});
+}
+
+void check_pattern(const at::Tensor& crow, const at::Tensor& col, int64_t nb, int64_t ncb, int64_t nnzb);
+
+}  // namespace
 
 void check_indices(const at::Tensor& crow, const at::Tensor& col, int64_t nb, int64_t ncb,
                    int64_t nnzb) {
@@ -14,11 +71,39 @@ void check_indices(const at::Tensor& crow, const at::Tensor& col, int64_t nb, in
   TORCH_CHECK_VALUE(col.dim() == 1 && col.size(0) == nnzb, "values holds ", nnzb,
                     " blocks, so col_indices must have shape [", nnzb, "] (one per stored block), got ",
                     col.sizes());
+  if (was_validated(crow, col, nb, ncb, nnzb)) return;
+  check_pattern(crow, col, nb, ncb, nnzb);
+  remember_validated(crow, col, nb, ncb, nnzb);
+}
+
+namespace {
+
+void check_pattern(const at::Tensor& crow, const at::Tensor& col, int64_t nb, int64_t ncb, int64_t nnzb) {
   const int32_t* cr = crow.data_ptr<int32_t>();
   const int32_t* cl = col.data_ptr<int32_t>();
   TORCH_CHECK_VALUE(cr[0] == 0, "crow_indices[0] must be 0, got ", cr[0]);
   TORCH_CHECK_VALUE(cr[nb] == nnzb, "crow_indices[-1] must equal the number of stored blocks ",
                     nnzb, ", got ", cr[nb]);
+  // Every call checks every index, so the common case (all valid) is one branch-free pass the
+  // compiler vectorizes; only a pattern it rejects is walked again, check by check, for the
+  // message that names the first bad value. (Fine-grained patterns hold one index per 4 weights:
+  // checking them one branch at a time cost a third of a 1x4-block call.)
+  bool ok = true;
+  {
+    int32_t bad = 0;
+    for (int64_t i = 0; i < nb; ++i) bad |= cr[i] > cr[i + 1];
+    ok = bad == 0;
+  }
+  if (ok) {
+    const uint32_t ncols = static_cast<uint32_t>(ncb);
+    int32_t bad = 0;
+    for (int64_t j = 0; j < nnzb; ++j) bad |= static_cast<uint32_t>(cl[j]) >= ncols;  // negatives too
+    for (int64_t i = 0; i < nb; ++i) {
+      const int64_t j1 = cr[i + 1];
+      for (int64_t j = cr[i] + 1; j < j1; ++j) bad |= cl[j - 1] >= cl[j];
+    }
+    if (bad == 0) return;
+  }
   // All of crow first: the column checks below walk the ranges it gives.
   for (int64_t i = 0; i < nb; ++i)
     TORCH_CHECK_VALUE(cr[i] <= cr[i + 1], "crow_indices must be non-decreasing, but crow_indices[",
@@ -31,7 +116,10 @@ void check_indices(const at::Tensor& crow, const at::Tensor& col, int64_t nb, in
                         "within a block row, but block row ", i, " has ", cl[j - 1], " then ", cl[j]);
     }
   }
+  TORCH_CHECK(false, "check_indices: the fast pass rejected a pattern the detailed pass accepts");
 }
+
+}  // namespace
 
 // Splits block rows [0, nb) into `groups` contiguous ranges of about equal work. Work of a block
 // row = its stored blocks * bc (multiply-add steps per row of x) + a fixed 8 for its output

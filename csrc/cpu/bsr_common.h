@@ -13,7 +13,10 @@ namespace sparsebert {
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Raises ValueError, naming the bad value, unless crow/col form a valid BSR pattern of nb block
-// rows, ncb block columns and nnzb stored blocks.
+// rows, ncb block columns and nnzb stored blocks. A pattern is walked once: the same pair of
+// tensors, unchanged since (same version counters, so no in-place write through any view), is
+// not walked again. Writes that bypass the version counter (through `.data`, numpy, a raw
+// pointer) are not seen: change indices in place with tensor ops, or pass new tensors.
 void check_indices(const at::Tensor& crow, const at::Tensor& col, int64_t nb, int64_t ncb, int64_t nnzb);
 
 // Runs fn over the whole output: block rows split into groups of equal work (stored blocks),
