@@ -84,6 +84,32 @@ def test_bsr_int8_linear(isa, dtype, block_size, m):
     assert_matches_reference(*run_bsr(torch.randn(m, 256).to(dtype), 80, 256, block_size))
 
 
+# Blocks of one output row (fine-grained pruning): on AVX-512 VNNI levels a kernel vectorized over
+# rows of x, whose tiles are 16 outputs x 16..64 rows: shapes on both sides of every edge.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", [(1, 4), (1, 8), (1, 32)])
+@pytest.mark.parametrize("m", [1, 15, 16, 17, 64, 65, 130])
+@pytest.mark.parametrize("n,k,sparsity", [(48, 256, 0.9), (17, 100, 0.5), (1, 4, 0.0), (33, 770, 0.99)])
+def test_bsr_int8_one_output_blocks(isa, dtype, block_size, m, n, k, sparsity):
+    assert_matches_reference(*run_bsr(torch.randn(m, k).to(dtype), n, k, block_size, sparsity))
+
+
+@pytest.mark.parametrize("mode", ["per_token_asym", "per_tensor"])
+def test_bsr_int8_one_output_blocks_modes_and_layout(isa, mode):
+    # 3-D input with a row stride, empty output rows, no bias, every act_quant family.
+    x = torch.randn(3, 23, 96 + 7)[..., 7:]
+    w = torch.randn(40, 96)
+    w[5:9] = 0
+    q, s = quantize_symmetric(w)
+    q = q * block_magnitude_mask(w, 0.8, (1, 4))
+    values, crow, col = pack_int8_bsr(q, (1, 4))
+    args = (values, s, weight_sum(q), crow, col, None, (40, 96), (1, 4), mode)
+    out = bsr_int8_linear(x, *args)
+    assert out.shape == (3, 23, 40)
+    assert_matches_reference(out, bsr_int8_linear_reference(x, *args))
+    assert torch.equal(out[..., 5:9], torch.zeros(3, 23, 4))
+
+
 @pytest.mark.parametrize("sparsity", [0.0, 1.0])
 def test_bsr_int8_dense_and_empty_patterns(isa, sparsity):
     out, ref = run_bsr(torch.randn(20, 64), 48, 64, (16, 16), sparsity)

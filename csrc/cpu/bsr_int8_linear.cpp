@@ -59,6 +59,12 @@ Int8Kernels select_int8(bool f32, const cpu::BsrLinearArgs& args) {
   return {cpu::quantize_rows_scalar, f32 ? cpu::bsr_int8_linear_f32_scalar : cpu::bsr_int8_linear_bf16_scalar};
 }
 
+// Blocks of one output row: the kernel vectorized over rows of x (AVX-512 VNNI levels).
+bool rows_kernel_eligible(int64_t br, int64_t bc) {
+  const Isa isa = active_isa();
+  return (isa == Isa::kAvx512Bf16 || isa == Isa::kAmx) && br == 1 && bc % 4 == 0;
+}
+
 void check_weight_scale(const at::Tensor& weight_scale, int64_t N) {
   TORCH_CHECK_VALUE(weight_scale.device().is_cpu(), "weight_scale must be on the CPU, got ", weight_scale.device());
   TORCH_CHECK_VALUE(weight_scale.scalar_type() == at::kFloat && weight_scale.dim() == 1 &&
@@ -149,6 +155,19 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   for (int64_t m = 0; m < M; ++m)
     TORCH_CHECK_VALUE(!std::isnan(sp[m]), "x holds Inf or NaN in row ", m,
                       " (of the input flattened to [", M, ", ", K, "]): it cannot be quantized");
+  if (rows_kernel_eligible(br, bc)) {
+    const int64_t quads = ldq / 4, ldx = ceil_div(M, 16) * 16;
+    at::Tensor xt = at::empty({quads, ldx}, x.options().dtype(at::kInt));
+    uint32_t* xtp = reinterpret_cast<uint32_t*>(xt.data_ptr<int32_t>());
+    at::parallel_for(0, ceil_div(quads, 16), 1, [&](int64_t c0, int64_t c1) {
+      cpu::transpose_quads_avx512(qp, ldq, M, quads, xtp, ldx, c0 * 16, std::min(quads, c1 * 16));
+    });
+    args.x = xtp;
+    args.lda = ldx;
+    run_bsr_tasks(args, nb, x.scalar_type() == at::kFloat ? cpu::bsr_int8_linear_rows_f32_avx512vnni
+                                                          : cpu::bsr_int8_linear_rows_bf16_avx512vnni);
+    return call.result();
+  }
   run_bsr_tasks(args, nb, kern.gemm);
   return call.result();
 }

@@ -183,3 +183,196 @@ void quantize_rows_avx512(const void* x, int64_t lda, bool bf16, int64_t m0, int
 
 }  // namespace cpu
 }  // namespace sparsebert
+
+// --- one-output blocks: vectorized over rows of x ------------------------------------------------
+//
+// With blocks of one output (br == 1: a CSR of k-quads, the "1x4" blocks of fine-grained
+// pruning) the output-vectorized kernel above has one useful lane in 16. This one turns the
+// product around: a vector holds 16 rows of x at one k-quad, and each stored quad of an output
+// is one broadcast and one vpdpbusd per 16 rows. The activations are transposed once per call
+// to quad-major order, xt[quad][row] (transpose_quads_avx512), so those 16 rows are one load.
+// A tile is 16 outputs x up to 64 rows: each output accumulates its own quads into MR vectors
+// (independent chains), the int32 sums go to a small buffer, and 16 x 16 in-register
+// transposes turn them back into rows of y for the dequantizing epilogue.
+namespace sparsebert {
+namespace cpu {
+namespace {
+
+// Transposes the 16 x 16 32-bit matrix r[0..16) in place (rows become columns).
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // r[4a + b] now holds, in 128-bit lane L, rows 4a..4a+3 of column 4L + b; two rounds of
+  // 128-bit lane shuffles gather each column's four lanes into one vector.
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
+constexpr int kRowsPerVec = 16, kMaxVecs = 4, kTileOut = 16;
+
+// Sums of one output over its stored blocks for MR * 16 rows from row m, blocks of KB k-quads
+// (KB = 0: the block width kb known only at run time). U independent accumulator sets take
+// turns block by block, so at least four vpdpbusd chains are in flight however few rows there
+// are (one chain would wait out the instruction's latency at every quad). Everything is written
+// out without lambdas or pointers to the accumulators, which keeps them in registers.
+template <int MR, int KB>
+inline void rows_accumulate(const uint32_t* __restrict xt, int64_t ldx, const int8_t* __restrict vals,
+                            const int32_t* __restrict col, int64_t b0, int64_t b1, int kb_rt, int64_t m,
+                            int32_t* __restrict out /* [MR * 16] */) {
+  constexpr int U = MR >= 3 ? 1 : 4 / MR;
+  const int kb = KB > 0 ? KB : kb_rt;
+  __m512i acc[U][MR];
+#pragma GCC unroll 4
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) acc[u][r] = _mm512_setzero_si512();
+  const uint32_t* x0 = xt + m;
+  int64_t b = b0;
+  for (; b + U <= b1; b += U) {
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      const uint32_t* xb = x0 + static_cast<int64_t>(col[b + u]) * kb * ldx;
+      const int8_t* wb = vals + (b + u) * int64_t(kb) * 4;
+      for (int kk = 0; kk < kb; ++kk) {
+        uint32_t quad;
+        std::memcpy(&quad, wb + kk * 4, 4);
+        const __m512i w = _mm512_set1_epi32(static_cast<int>(quad));
+#pragma GCC unroll 4
+        for (int r = 0; r < MR; ++r)
+          acc[u][r] = _mm512_dpbusd_epi32(acc[u][r], _mm512_loadu_si512(xb + kk * ldx + r * kRowsPerVec), w);
+      }
+    }
+  }
+  for (; b < b1; ++b) {
+    const uint32_t* xb = x0 + static_cast<int64_t>(col[b]) * kb * ldx;
+    const int8_t* wb = vals + b * int64_t(kb) * 4;
+    for (int kk = 0; kk < kb; ++kk) {
+      uint32_t quad;
+      std::memcpy(&quad, wb + kk * 4, 4);
+      const __m512i w = _mm512_set1_epi32(static_cast<int>(quad));
+#pragma GCC unroll 4
+      for (int r = 0; r < MR; ++r)
+        acc[0][r] = _mm512_dpbusd_epi32(acc[0][r], _mm512_loadu_si512(xb + kk * ldx + r * kRowsPerVec), w);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r) {
+    __m512i s = acc[0][r];
+#pragma GCC unroll 4
+    for (int u = 1; u < U; ++u) s = _mm512_add_epi32(s, acc[u][r]);
+    _mm512_storeu_si512(out + r * kRowsPerVec, s);
+  }
+}
+
+template <int KB>
+inline void rows_accumulate_mr(int mr, const uint32_t* xt, int64_t ldx, const int8_t* vals, const int32_t* col,
+                               int64_t b0, int64_t b1, int kb, int64_t m, int32_t* out) {
+  switch (mr) {
+    case 1: return rows_accumulate<1, KB>(xt, ldx, vals, col, b0, b1, kb, m, out);
+    case 2: return rows_accumulate<2, KB>(xt, ldx, vals, col, b0, b1, kb, m, out);
+    case 3: return rows_accumulate<3, KB>(xt, ldx, vals, col, b0, b1, kb, m, out);
+    default: return rows_accumulate<4, KB>(xt, ldx, vals, col, b0, b1, kb, m, out);
+  }
+}
+
+template <class Y>
+void bsr_int8_rows_impl(const BsrLinearArgs& a, int64_t n0, int64_t n1, int64_t m0, int64_t m1) {
+  const uint32_t* xt = static_cast<const uint32_t*>(a.x);
+  const int8_t* vals = static_cast<const int8_t*>(a.values);
+  Y* y = static_cast<Y*>(a.y);
+  const int kb = (a.bc + 3) / 4;
+  alignas(64) int32_t sums[kTileOut][kMaxVecs * kRowsPerVec];
+  // Vectors start at multiples of 16 rows (the transposed buffer holds whole vectors); rows of a
+  // vector before m0 are computed and not stored (another task owns them).
+  for (int64_t c0 = m0 / kRowsPerVec * kRowsPerVec; c0 < m1; c0 += kMaxVecs * kRowsPerVec) {
+    const int rows = static_cast<int>(min_i64(kMaxVecs * kRowsPerVec, m1 - c0));
+    const int mr = (rows + kRowsPerVec - 1) / kRowsPerVec;
+    for (int64_t t0 = n0; t0 < n1; t0 += kTileOut) {
+      const int outs = static_cast<int>(min_i64(kTileOut, n1 - t0));
+      for (int j = 0; j < outs; ++j) {
+        const int64_t b0 = a.crow[t0 + j], b1 = a.crow[t0 + j + 1];
+        if (kb == 1) rows_accumulate_mr<1>(mr, xt, a.lda, vals, a.col, b0, b1, kb, c0, sums[j]);
+        else rows_accumulate_mr<0>(mr, xt, a.lda, vals, a.col, b0, b1, kb, c0, sums[j]);
+      }
+      // Epilogue per 16 rows: the 16 outputs' sums transposed to rows, then as the other INT8
+      // kernels: (acc - row_zero * col_sum) * row_scale * col_scale + bias.
+      const __mmask16 k = avx512_mask(outs);
+      const __m512i csum = _mm512_maskz_loadu_epi32(k, a.col_sum + t0);
+      const __m512 cscale = _mm512_maskz_loadu_ps(k, a.col_scale + t0);
+      const __m512 bias = a.bias ? _mm512_maskz_loadu_ps(k, a.bias + t0) : _mm512_setzero_ps();
+      for (int v = 0; v < mr; ++v) {
+        const int vrows = static_cast<int>(min_i64(kRowsPerVec, rows - v * kRowsPerVec));
+        __m512i r[16];
+        if (vrows <= 4) {
+          // A few rows (small batches): gathering their 16 sums costs less than the transpose.
+          for (int i = 0; i < vrows; ++i) {
+            alignas(64) int32_t row[16] = {};
+            for (int j = 0; j < outs; ++j) row[j] = sums[j][v * kRowsPerVec + i];
+            r[i] = _mm512_load_si512(row);
+          }
+        } else {
+          for (int j = 0; j < 16; ++j)
+            r[j] = j < outs ? _mm512_load_si512(sums[j] + v * kRowsPerVec) : _mm512_setzero_si512();
+          transpose16(r);
+        }
+        for (int i = 0; i < vrows; ++i) {
+          const int64_t m = c0 + v * kRowsPerVec + i;
+          if (m < m0) continue;
+          const __m512i corr = _mm512_sub_epi32(r[i], _mm512_mullo_epi32(csum, _mm512_set1_epi32(a.row_zero[m])));
+          __m512 o = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), _mm512_set1_ps(a.row_scale[m]));
+          o = _mm512_mul_ps(o, cscale);
+          if (a.bias) o = _mm512_add_ps(o, bias);
+          store_f32x16<Y>(y + m * a.ldy + t0, o, k);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void bsr_int8_linear_rows_f32_avx512vnni(const BsrLinearArgs& a, int64_t n0, int64_t n1, int64_t m0, int64_t m1) {
+  bsr_int8_rows_impl<float>(a, n0, n1, m0, m1);
+}
+
+void bsr_int8_linear_rows_bf16_avx512vnni(const BsrLinearArgs& a, int64_t n0, int64_t n1, int64_t m0, int64_t m1) {
+  bsr_int8_rows_impl<uint16_t>(a, n0, n1, m0, m1);
+}
+
+void transpose_quads_avx512(const uint8_t* q, int64_t ldq, int64_t M, int64_t quads, uint32_t* xt, int64_t ldx,
+                            int64_t q0, int64_t q1) {
+  // 16 rows x 16 quads (64 bytes of each row) per step; rows past M read as zeros (never used).
+  for (int64_t m0 = 0; m0 < ldx; m0 += 16) {
+    for (int64_t c = q0; c < q1; c += 16) {
+      const __mmask16 k = avx512_mask(static_cast<int>(min_i64(16, quads - c)));
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = m0 + i < M ? _mm512_maskz_loadu_epi32(k, q + (m0 + i) * ldq + c * 4) : _mm512_setzero_si512();
+      transpose16(r);
+      const int n = static_cast<int>(min_i64(16, quads - c));
+      for (int i = 0; i < n; ++i) _mm512_storeu_si512(xt + (c + i) * ldx + m0, r[i]);
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace sparsebert

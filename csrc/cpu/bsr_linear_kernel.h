@@ -75,6 +75,17 @@ void bsr_int8_linear_bf16_avx512vnni(const BsrLinearArgs&, int64_t, int64_t, int
 void bsr_int8_linear_f32_amx(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 void bsr_int8_linear_bf16_amx(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 
+// INT8 with blocks of one output (br == 1, bc a multiple of 4), vectorized over rows of x: `x`
+// is then the quantized activation buffer transposed to k-quad-major order (uint32 quads,
+// element [quad][row], row stride lda = the rows rounded up to 16), as written by
+// transpose_quads_avx512; the block-row range [rb0, rb1) is a range of outputs.
+void bsr_int8_linear_rows_f32_avx512vnni(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void bsr_int8_linear_rows_bf16_avx512vnni(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+// xt[c][m] = the 4 bytes of row m of q at quad c, for quads [q0, q1) of `quads` and rows
+// [0, ldx): rows past M are zeros. q: [M, ldq] bytes.
+void transpose_quads_avx512(const uint8_t* q, int64_t ldq, int64_t M, int64_t quads, uint32_t* xt, int64_t ldx,
+                            int64_t q0, int64_t q1);
+
 // Weight-only INT8 (int8_weight_only_linear): x fp32 or bf16 as it is, weights int8 in the
 // plain packing (kp = 1), widened to fp32 in registers; y = acc * col_scale[n] + bias[n].
 // row_scale and col_sum are nullptr.
