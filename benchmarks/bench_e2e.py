@@ -64,14 +64,15 @@ LOAD_JOBS = 2
 
 # --- what is compared ------------------------------------------------------------------------------
 
-PRUNING = {"dense": None, "p32": (0.9, (32, 32)), "p16": (0.9, (16, 4))}
-WEIGHT_LABELS = {"dense": "dense", "p32": "90% 32x32 blocks", "p16": "90% 16x4 blocks"}
+PRUNING = {"dense": None, "p32": (0.9, (32, 32)), "p16": (0.9, (16, 4)), "p1x4": (0.9, (1, 4))}
+WEIGHT_LABELS = {"dense": "dense", "p32": "90% 32x32 blocks", "p16": "90% 16x4 blocks", "p1x4": "90% 1x4 blocks"}
 
 SB_CONFIGS = {
     "sb_int8": dict(int8="dynamic", kernel="dense", attention="unpadded"),
     "sb_p32_fp32": dict(sparsity=0.9, block_size=(32, 32), kernel="sparse", attention="unpadded"),
     "sb_p32_int8": dict(sparsity=0.9, block_size=(32, 32), int8="dynamic", kernel="sparse", attention="unpadded"),
     "sb_p16_int8": dict(sparsity=0.9, block_size=(16, 4), int8="dynamic", kernel="sparse", attention="unpadded"),
+    "sb_p1x4_int8": dict(sparsity=0.9, block_size=(1, 4), int8="dynamic", kernel="sparse", attention="unpadded"),
 }
 QUANT_ENGINES = ("fbgemm", "x86", "onednn")
 
@@ -107,6 +108,7 @@ def all_specs() -> list[Spec]:
         Spec("sb_p32_fp32", "sparsebert fp32, unpadded", "p32", "torch", family="sparsebert"),
         Spec("sb_p32_int8", "sparsebert INT8, unpadded", "p32", "torch", tol=TOL_INT8, family="sparsebert"),
         Spec("sb_p16_int8", "sparsebert INT8, unpadded", "p16", "torch", tol=TOL_INT8, family="sparsebert"),
+        Spec("sb_p1x4_int8", "sparsebert INT8, unpadded", "p1x4", "torch", tol=TOL_INT8, family="sparsebert"),
         Spec("ort_fp32", "ONNX Runtime fp32 (BERT fusions)", "dense", "onnxruntime", "ov_ort", "ort_opt",
              family="engine"),
         Spec("ort_int8", "ONNX Runtime INT8 (BERT fusions, quantize_dynamic)", "dense", "onnxruntime", "ov_ort",
@@ -123,6 +125,8 @@ def all_specs() -> list[Spec]:
         Spec("ds_p32_int8", "DeepSparse INT8 (static QOperator)", "p32", "deepsparse", "deepsparse", "qop_int8",
              tol=TOL_INT8, static_shape=True, family="engine"),
         Spec("ds_p16_int8", "DeepSparse INT8 (static QOperator)", "p16", "deepsparse", "deepsparse", "qop_int8",
+             tol=TOL_INT8, static_shape=True, family="engine"),
+        Spec("ds_p1x4_int8", "DeepSparse INT8 (static QOperator)", "p1x4", "deepsparse", "deepsparse", "qop_int8",
              tol=TOL_INT8, static_shape=True, family="engine"),
     ]
     return s
@@ -581,7 +585,16 @@ def setup(args, shapes) -> dict:
     prepared = None
     engine_specs = [s for s in specs if s.engine != "torch"]
     if engine_specs:
-        for venv in sorted({s.venv for s in engine_specs}):
+        # The engines' own venvs, and every installed venv that can make a file they need (the
+        # static INT8 file DeepSparse runs is made with ONNX Runtime's quantizer when installed).
+        needed = set()
+        for s in engine_specs:
+            a = s.artifact
+            while a is not None:
+                needed.add(a)
+                a = ARTIFACTS[a][2]
+        makers = {v for a in needed for v in ARTIFACTS[a][3] if venv_python(engines_dir, v) is not None}
+        for venv in sorted({s.venv for s in engine_specs} | makers):
             tools[venv] = Worker(f"tools-{venv}", str(venv_python(engines_dir, venv)),
                                  workdir / "logs" / f"tools-{venv}.log", args.threads)
         calib = calibration_inputs(base, tokenizer, args.calib)
