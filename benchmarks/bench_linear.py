@@ -130,7 +130,7 @@ def quantized_dynamic(linear, engine, per_channel):
                                    dtype=torch.qint8)
 
 
-def build_int8_pools(k, n, sparsity, block, cold, cold_bytes):
+def build_int8_pools(k, n, sparsity, block, cold, cold_bytes, pack=None):
     """Per method, distinct copies of its weights (see build_weights)."""
     linear = torch.nn.Linear(k, n)
     pruned = copy.deepcopy(linear)
@@ -154,7 +154,9 @@ def build_int8_pools(k, n, sparsity, block, cold, cold_bytes):
     pool("Int8Linear", lambda: copy.deepcopy(q8), k * n)
     wo8 = Int8Linear.from_dense(linear, weight_only=True)
     pool("Int8Linear_wo", lambda: copy.deepcopy(wo8), k * n)
-    sq8 = SparseInt8Linear.from_dense(pruned, block)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pruned in other blocks than it is packed in: said in the header
+        sq8 = SparseInt8Linear.from_dense(pruned, pack or block)
     pool("SparseInt8Linear", lambda: copy.deepcopy(sq8), tensor_bytes(sq8.values))
     return linear.bias.detach(), pools
 
@@ -202,6 +204,7 @@ def pct(value, limit):
 def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
     sparsity = parse_list(args.sparsity, float)[-1] if args.sparsity != DEFAULT_SPARSITY else 0.9
     block = parse_list(args.blocks, parse_block)[0]
+    pack = parse_block(args.pack) if args.pack else block
     peaks = measure_peaks(threads)
     print(header("bench_linear --suite int8: INT8 linear layers vs torch fp32, bf16 and dynamic INT8", {
         "command": "python benchmarks/bench_linear.py " + " ".join(argv),
@@ -209,7 +212,9 @@ def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
         "quantize_dynamic": "torch.ao.quantization.quantize_dynamic (qint8), engines " + ", ".join(QD_ENGINES)
                             + ", per-tensor and per-channel weights; 'best' is the fastest of them in that row",
         "int8_mm": "torch._int_mm on already-quantized int8 activations (the int8 GEMM alone, a lower bound)",
-        "SparseInt8Linear": f"{sparsity:.0%} of {block[0]}x{block[1]} blocks pruned by magnitude",
+        "SparseInt8Linear": f"{sparsity:.0%} of {block[0]}x{block[1]} blocks pruned by magnitude"
+                            + ("" if pack == block else f", stored in {pack[0]}x{pack[1]} blocks (any block "
+                                                         "holding a nonzero is stored)"),
         **peak_lines(peaks),
         "roofline columns": "Int8Linear: 2*M*N*K / time as a share of the INT8 vpdpbusd peak, and K*N weight "
                             "bytes / time as a share of DRAM read bandwidth; SparseInt8: the operations of its "
@@ -224,7 +229,7 @@ def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
     engine_rows = []
     for layer, (k, n) in shapes:
         for cache in caches:
-            bias, pools = build_int8_pools(k, n, sparsity, block, cache == "cold", cold_bytes)
+            bias, pools = build_int8_pools(k, n, sparsity, block, cache == "cold", cold_bytes, pack)
             for t in threads:
                 torch.set_num_threads(t)
                 for m in ms:
@@ -281,6 +286,9 @@ def main(argv=None):
     p.add_argument("--sparsity", default=DEFAULT_SPARSITY,
                    help="bsr: the list; int8: the sparsity of the SparseInt8Linear rows (default 0.9)")
     p.add_argument("--blocks", default="32x32")
+    p.add_argument("--pack", default=None,
+                   help="int8: the block size SparseInt8Linear stores (default: the pruning block, the first of "
+                        "--blocks); --blocks 1x1 --pack 1x4 is unstructured pruning stored in 1x4 blocks")
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--threads", default="2")
     p.add_argument("--cache", default="cold", help="hot, cold or both (hot,cold)")
