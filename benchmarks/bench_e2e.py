@@ -56,6 +56,7 @@ from sparsebert import CompressConfig  # noqa: E402
 WORKER = HERE / "engines" / "worker.py"
 DEFAULT_ENGINES_DIR = ROOT / "build" / "engines"
 DEFAULT_WORK_DIR = ROOT / "build" / "bench_e2e"
+HOLD_ENV = "SPARSEBERT_BENCH_HOLD_GIB"  # worker.py: GiB of other arrays a method's process holds
 RECIPE = 2  # part of the prepared-files directory name: bump when export or quantization changes
 INPUT_NAMES = ["input_ids", "attention_mask"]
 OPSET = 17
@@ -348,6 +349,8 @@ class Worker:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+        if name.startswith(("hello-", "tools-")):
+            env.pop(HOLD_ENV, None)  # only the timed methods hold the memory
         self._log_file = open(log_path, "w")
         self.proc = subprocess.Popen([python, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log_file, text=True, cwd=str(ROOT), env=env, bufsize=1)
@@ -895,6 +898,9 @@ def bench_header(args, state, shapes) -> str:
         "threads": f"{args.threads} per method; every method in a process of its own, timed there around the call",
         "runtimes": "; ".join(runtimes),
     }
+    if args.hold_gib:
+        extra["held memory"] = (f"every method's process holds {args.hold_gib:g} GiB of other arrays (64 MiB each, "
+                                "every page written) from before it builds or loads its model to its end")
     for k, why in state["skipped"].items():
         extra[f"skipped {k}"] = why
     return header(f"Whole model, side by side: {args.model}", extra)
@@ -971,7 +977,8 @@ def report(args, state, shapes, results, dropped, head: str) -> None:
                               "real_tokens": state["inputs"][shape_key(sh)]["real_tokens"],
                               "speedup_vs_hf_fp32": b / r["ms"] if b else None, **r})
     meta = {"header": head, "notes": notes, "argv": sys.argv[1:], "model": args.model,
-            "fingerprint": state["fingerprint"], "threads": args.threads, "skipped": state["skipped"],
+            "fingerprint": state["fingerprint"], "threads": args.threads, "hold_gib": args.hold_gib,
+            "skipped": state["skipped"],
             "dropped": dropped, "hello": state["hello"], "recipes": state["recipes"],
             "python": platform.python_version(), "torch": torch.__version__, "sparsebert": sparsebert.__version__}
     write_json(args.json, meta, json_rows)
@@ -1191,6 +1198,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-rounds", type=int, default=40)
     p.add_argument("--min-seconds", type=float, default=0.5,
                    help="per method and shape; rounds continue past --rounds until this is reached")
+    p.add_argument("--hold-gib", type=float, default=0.0,
+                   help="each timed method's process first allocates and writes this many GiB of other arrays "
+                        "and holds them (a server process that holds much else)")
     p.add_argument("--calib", type=int, default=16,
                    help="calibration samples (1x128) for NNCF and the static INT8 ONNX")
     p.add_argument("--engines-dir", default=str(DEFAULT_ENGINES_DIR))
@@ -1205,6 +1215,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error("--threads must be >= 1")
+    if args.hold_gib < 0:
+        p.error(f"--hold-gib must be >= 0, got {args.hold_gib}")
+    if args.hold_gib:
+        os.environ[HOLD_ENV] = f"{args.hold_gib:g}"
     default_shapes = "2x32-mixed" if args.check else "1x128,8x128" if args.profile else "1x128,8x128,8x128-mixed"
     try:
         shapes = [parse_shape(t) for t in (args.shapes or default_shapes).split(",") if t.strip()]

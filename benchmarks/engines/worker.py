@@ -397,5 +397,16 @@ class Worker:
                 runner.close()
 
 
+def _hold_memory() -> list:
+    """SPARSEBERT_BENCH_HOLD_GIB (set by bench_e2e --hold-gib): arrays of 64 MiB, every page
+    written, held for the life of the process, as a server that holds much else would."""
+    gib = float(os.environ.get("SPARSEBERT_BENCH_HOLD_GIB", "0") or 0)
+    if gib <= 0:
+        return []
+    chunk = 64 << 20
+    return [np.ones(chunk // 8) for _ in range(int(gib * (1 << 30)) // chunk)]
+
+
 if __name__ == "__main__":
+    _HELD = _hold_memory()
     Worker().serve()
