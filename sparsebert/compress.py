@@ -86,6 +86,12 @@ class CompressConfig:
       in float32).
     - ``tokens``: rows of the activation the per-layer timing uses (default: the token count of
       ``example_inputs``, else 128).
+    - ``compile``: also compile the converted model in place (``model.compile(dynamic=True)``):
+      torch's inductor fuses the work between the sparsebert kernels (GELU, residual adds,
+      LayerNorm, reshapes) and plans its buffers. The first forward compiles (about half a minute
+      for BERT-base on 2 cores, once more for the first batch of another size; inductor caches on
+      disk); ``load`` compiles a saved model again. Outputs move by INT8 rounding flips only
+      (see ``benchmarks/bench_e2e.py``, which measures it beside the eager model).
     """
 
     sparsity: float | dict[str, float] | None = None
@@ -98,6 +104,7 @@ class CompressConfig:
     kernel: str = "auto"
     min_cosine: float = 0.999
     tokens: int | None = None
+    compile: bool = False
 
     def __post_init__(self):
         if isinstance(self.dtype, torch.dtype):
@@ -131,6 +138,8 @@ class CompressConfig:
             raise ValueError(f"skip must be module-name patterns (strings), got {self.skip!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if self.kernel == "sparse" and self.int8 == "weight_only":
             raise ValueError("kernel='sparse' with int8='weight_only': there is no block-sparse weight-only kernel; "
                              "use int8='dynamic' or kernel='auto'")
@@ -579,7 +588,10 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
             use_unpadded(model)
         setattr(model, STATE_ATTR, state)
         mark_compressed(model)
+        if cfg.compile:
+            compile_model(model)
     except BaseException:
+        model._compiled_call_impl = None
         _restore(replaced)
         if cfg.attention == "unpadded":
             use_unpadded(model, enabled=False)
@@ -699,6 +711,14 @@ def is_compressed(model: nn.Module) -> bool:
     return getattr(model, STATE_ATTR, None) is not None
 
 
+def compile_model(model: nn.Module) -> nn.Module:
+    """``model.compile(dynamic=True)``: in place, so the model stays the object the caller holds
+    (``save``, ``report`` and ``decompress`` see it as before). Dynamic shapes: batches of other
+    sizes and token counts reuse the compiled code instead of compiling again for each."""
+    model.compile(dynamic=True)
+    return model
+
+
 def decompress(model: nn.Module) -> nn.Module:
     """A dense copy of a compressed model: every converted layer back to ``nn.Linear`` with the
     weight it multiplies by (dequantized for INT8), the padded encoder and transformers' SDPA
@@ -708,6 +728,7 @@ def decompress(model: nn.Module) -> nn.Module:
 
     if is_compressed(dense):
         delattr(dense, STATE_ATTR)
+    dense._compiled_call_impl = None  # the stock baseline runs eager
     unmark_compressed(dense)
     use_unpadded(dense, enabled=False)  # compress accepted the model, so it is BERT-family
     dense.set_attn_implementation("sdpa")

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .compress import STATE_ATTR, is_compressed
+from .compress import STATE_ATTR, compile_model, is_compressed
 from .memory import keep_freed_memory
 from .prune import restructure
 from .nn import Int8Linear, SparseInt8Linear, SparseLinear
@@ -269,4 +269,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
     mark_compressed(model)
     model.config._name_or_path = manifest.get("source") or str(path)
     keep_freed_memory()  # see sparsebert.memory: a warm forward takes no fresh pages
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if cfg.compile:
+        compile_model(model)
+    return model

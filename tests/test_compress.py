@@ -240,6 +240,7 @@ def test_failure_leaves_the_model_unchanged(monkeypatch):
     (dict(kernel="sparse", int8="weight_only"), r"no block-sparse weight-only kernel"),
     (dict(min_cosine=1.5), r"min_cosine must be a number in \[-1, 1\], got 1.5"),
     (dict(tokens=0), r"tokens must be a positive int or None, got 0"),
+    (dict(compile="yes"), r"compile must be True or False, got 'yes'"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -345,3 +346,29 @@ def test_failure_while_committing_restores_the_model(monkeypatch):
         compress(model, CompressConfig(sparsity=0.5, block_size=(16, 16), attention="unpadded", kernel="sparse"))
     assert_unchanged(model, snap)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_compile_option_compiles_in_place_and_survives_save_and_load(tmp_path):
+    """compile=True: the same model object, compiled in place; its outputs are the eager ones up
+    to INT8 rounding flips; a saved model loads compiled; decompress gives an eager baseline."""
+    cfg = dict(sparsity=0.5, block_size=(16, 16), int8="dynamic", kernel="sparse", attention="unpadded")
+    base = tiny_bert(seed=3)
+    inputs = tiny_inputs(padded=True)
+    eager = compress(copy.deepcopy(base), CompressConfig(**cfg), cache=False)
+    model = copy.deepcopy(base)
+    out = compress(model, CompressConfig(**cfg, compile=True), cache=False)
+    assert out is model and model._compiled_call_impl is not None
+    with torch.inference_mode():
+        ref = first_output(eager, inputs)
+        got = first_output(model, inputs)
+    mask = inputs["attention_mask"].bool()
+    assert rel_err(got[mask], ref[mask]) < 2e-2
+    sparsebert.save(model, tmp_path / "m")
+    loaded = sparsebert.load(tmp_path / "m")
+    assert loaded._compiled_call_impl is not None
+    assert loaded.sparsebert_state["config"]["compile"] is True
+    with torch.inference_mode():
+        again = first_output(loaded, inputs)
+    assert rel_err(again[mask], ref[mask]) < 2e-2
+    dense = sparsebert.decompress(model)
+    assert dense._compiled_call_impl is None
