@@ -75,6 +75,9 @@ SB_CONFIGS = {
     "sb_p16_int8": dict(sparsity=0.9, block_size=(16, 4), int8="dynamic", kernel="sparse", attention="unpadded"),
     "sb_p1x4_int8": dict(sparsity=0.9, block_size=(1, 4), int8="dynamic", kernel="sparse", attention="unpadded"),
 }
+# The same models compiled (CompressConfig(compile=True): inductor around the sparsebert kernels).
+SB_CONFIGS.update({f"{k}_c": dict(v, compile=True) for k, v in list(SB_CONFIGS.items())
+                   if k in ("sb_int8", "sb_p32_int8", "sb_p1x4_int8")})
 QUANT_ENGINES = ("fbgemm", "x86", "onednn")
 
 # Max relative difference (see compare()) a method may have against fp32 on its weights in --check.
@@ -110,6 +113,11 @@ def all_specs() -> list[Spec]:
         Spec("sb_p32_int8", "sparsebert INT8, unpadded", "p32", "torch", tol=TOL_INT8, family="sparsebert"),
         Spec("sb_p16_int8", "sparsebert INT8, unpadded", "p16", "torch", tol=TOL_INT8, family="sparsebert"),
         Spec("sb_p1x4_int8", "sparsebert INT8, unpadded", "p1x4", "torch", tol=TOL_INT8, family="sparsebert"),
+        Spec("sb_int8_c", "sparsebert INT8, unpadded, compiled", "dense", "torch", tol=TOL_INT8, family="sparsebert"),
+        Spec("sb_p32_int8_c", "sparsebert INT8, unpadded, compiled", "p32", "torch", tol=TOL_INT8,
+             family="sparsebert"),
+        Spec("sb_p1x4_int8_c", "sparsebert INT8, unpadded, compiled", "p1x4", "torch", tol=TOL_INT8,
+             family="sparsebert"),
         Spec("ort_fp32", "ONNX Runtime fp32 (BERT fusions)", "dense", "onnxruntime", "ov_ort", "ort_opt",
              family="engine"),
         Spec("ort_int8", "ONNX Runtime INT8 (BERT fusions, quantize_dynamic)", "dense", "onnxruntime", "ov_ort",
