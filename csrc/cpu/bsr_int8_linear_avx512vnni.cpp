@@ -262,6 +262,8 @@ inline void rows_accumulate(const uint32_t* __restrict xt, int64_t ldx, const in
       }
     }
   }
+  // The blocks left over (fewer than U), on the first accumulator set. (Folding them into the
+  // loop above with a bound check per turn measured ~20% slower at M <= 16.)
   for (; b < b1; ++b) {
     const uint32_t* xb = x0 + static_cast<int64_t>(col[b]) * kb * ldx;
     const int8_t* wb = vals + b * int64_t(kb) * 4;
