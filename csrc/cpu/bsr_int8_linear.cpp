@@ -40,8 +40,8 @@ struct Int8Kernels {
 // INT8 kernels per level: VNNI needs AVX512_VNNI, which every CPU of the avx512bf16 level has;
 // the avx512 level (no BF16, VNNI not guaranteed) runs the AVX2 kernel with the AVX-512
 // quantizer.
-Int8Kernels select_int8(bool f32, const cpu::BsrLinearArgs& args) {
-  switch (active_isa()) {
+Int8Kernels select_int8(Isa isa, bool f32, const cpu::BsrLinearArgs& args) {
+  switch (isa) {
     case Isa::kAmx:
       if (amx_int8_eligible(args))
         return {cpu::quantize_rows_avx512, f32 ? cpu::bsr_int8_linear_f32_amx : cpu::bsr_int8_linear_bf16_amx};
@@ -60,8 +60,7 @@ Int8Kernels select_int8(bool f32, const cpu::BsrLinearArgs& args) {
 }
 
 // Blocks of one output row: the kernel vectorized over rows of x (AVX-512 VNNI levels).
-bool rows_kernel_eligible(int64_t br, int64_t bc) {
-  const Isa isa = active_isa();
+bool rows_kernel_eligible(Isa isa, int64_t br, int64_t bc) {
   return (isa == Isa::kAvx512Bf16 || isa == Isa::kAmx) && br == 1 && bc % 4 == 0;
 }
 
@@ -133,7 +132,8 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   args.row_zero = row_zero.data_ptr<int32_t>();
   args.col_scale = cs.data_ptr<float>();
   args.col_sum = sums.data_ptr<int32_t>();
-  const Int8Kernels kern = select_int8(x.scalar_type() == at::kFloat, args);
+  const Isa isa = active_isa();  // read once per call (it looks at SPARSEBERT_ISA)
+  const Int8Kernels kern = select_int8(isa, x.scalar_type() == at::kFloat, args);
 
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   const void* xp = call.x2.data_ptr();
@@ -155,7 +155,7 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   for (int64_t m = 0; m < M; ++m)
     TORCH_CHECK_VALUE(!std::isnan(sp[m]), "x holds Inf or NaN in row ", m,
                       " (of the input flattened to [", M, ", ", K, "]): it cannot be quantized");
-  if (rows_kernel_eligible(br, bc)) {
+  if (rows_kernel_eligible(isa, br, bc)) {
     const int64_t quads = ldq / 4, ldx = ceil_div(M, 16) * 16;
     at::Tensor xt = at::empty({quads, ldx}, x.options().dtype(at::kInt));
     uint32_t* xtp = reinterpret_cast<uint32_t*>(xt.data_ptr<int32_t>());
