@@ -88,7 +88,7 @@ class CompressConfig:
       ``example_inputs``, else 128).
     - ``compile``: also compile the converted model in place (``model.compile(dynamic=True)``):
       torch's inductor fuses the work between the sparsebert kernels (GELU, residual adds,
-      LayerNorm, reshapes) and plans its buffers. The first forward compiles (about half a minute
+      LayerNorm, reshapes) and plans its buffers. The first forward compiles (tens of seconds
       for BERT-base on 2 cores, once more for the first batch of another size; inductor caches on
       disk); ``load`` compiles a saved model again. Outputs move by INT8 rounding flips only
       (see ``benchmarks/bench_e2e.py``, which measures it beside the eager model).
