@@ -133,14 +133,14 @@ def base_model(seed: int, num_labels: int):
 class Runner:
     """Trains (or loads from the cache) the models and evaluates them."""
 
-    def __init__(self, args, train, test, tokenizer):
+    def __init__(self, args, train, test, tokenizer, fresh: bool = False):
         self.args, self.train, self.test, self.tok = args, train, test, tokenizer
+        self.fresh = fresh  # measure every row again; keep the results file as it is
         self.cache = Path(args.cache_dir)
         self.cache.mkdir(parents=True, exist_ok=True)
         self.start = time.perf_counter()
         self.budget = args.budget_minutes * 60 if args.budget_minutes else None
-        self.results_file = self.cache / (f"results-{args.dataset}-seed{args.seed}"
-                                          + (f"-test{args.test_limit}" if args.test_limit else "") + ".json")
+        self.results_file = results_path(args)
         self.results = json.loads(self.results_file.read_text()) if self.results_file.is_file() else {}
 
     def left(self) -> float | None:
@@ -153,7 +153,7 @@ class Runner:
 
     def trained(self, key: str, build, teacher, recipe: Recipe):
         """The model of ``key``: from the cache, or ``build()`` trained with ``recipe``."""
-        d = self.cache / f"{self.args.dataset}-{key}-seed{self.args.seed}"
+        d = model_dir(self.args, key)
         if (d / "model.safetensors").is_file():
             return prune.from_pretrained(d)
         self.check_budget(60)
@@ -181,7 +181,7 @@ class Runner:
         """One table row: accuracy, speedup against ``dense`` (fp32, SDPA), weight bytes."""
         row_key = f"{key}|{'int8' if int8 else 'fp32'}{'|calibrated' if int8 and self.args.calibrate else ''}" \
                   f"{'|unpadded' if unpadded_dense else ''}"
-        if row_key in self.results:
+        if row_key in self.results and not self.fresh:
             return self.results[row_key]
         self.check_budget(90)
         sparsity = prune.model_block_sparsity(model, block) if block else 0.0
@@ -203,8 +203,9 @@ class Runner:
         row = {"name": name, "key": key, "int8": int8, "accuracy": acc, "block_sparsity": sparsity,
                "block": list(block) if block else None, "speedup": speedup, "ms": ms, "ms_dense": ms_dense,
                "bytes": size, "formats": formats}
-        self.results[row_key] = row
-        self.results_file.write_text(json.dumps(self.results, indent=1))
+        if not self.fresh:
+            self.results[row_key] = row
+            self.results_file.write_text(json.dumps(self.results, indent=1))
         print(f"  {name}{' + INT8' if int8 else ''}: {acc:.2f}%", file=sys.stderr)
         return row
 
@@ -236,7 +237,8 @@ def recipe_for(args, **kw) -> Recipe:
     return Recipe(**base)
 
 
-def run(args) -> list[dict]:
+def make_runner(args, fresh: bool = False) -> Runner:
+    """The data of ``args.dataset`` split and tokenized, in a :class:`Runner`."""
     from transformers import AutoTokenizer
 
     from sparsebert.data import minilm_path
@@ -248,14 +250,21 @@ def run(args) -> list[dict]:
     tok = AutoTokenizer.from_pretrained(minilm_path())
     train = encode(tok, [t for t, _ in train_raw], [y for _, y in train_raw])
     test = encode(tok, [t for t, _ in test_raw], [y for _, y in test_raw])
-    runner = Runner(args, train, test, tok)
+    runner = Runner(args, train, test, tok, fresh=fresh)
     runner.calib = train_raw[:64]
+    runner.num_labels = 1 + max(y for _, y in examples)
+    return runner
+
+
+def run(args) -> list[dict]:
+    runner = make_runner(args)
+    train = runner.train
     rows = []
     steps = args.steps
 
     # Dense fine-tuning: the baseline and the teacher.
     dense_key = f"dense-{steps}-lr{args.dense_lr}"
-    dense = runner.trained(dense_key, lambda: base_model(args.seed, 1 + max(y for _, y in examples)), None,
+    dense = runner.trained(dense_key, lambda: base_model(args.seed, runner.num_labels), None,
                            recipe_for(args, sparsity=None, distill_weight=0.0, lr=args.dense_lr))
     dense.eval()
     rows.append(runner.evaluate("dense fp32", dense_key, dense, None, False, dense))
@@ -307,6 +316,51 @@ def run(args) -> list[dict]:
     return rows
 
 
+def results_path(args) -> Path:
+    return Path(args.cache_dir) / (f"results-{args.dataset}-seed{args.seed}"
+                                   + (f"-test{args.test_limit}" if args.test_limit else "") + ".json")
+
+
+def model_dir(args, key: str) -> Path:
+    return Path(args.cache_dir) / f"{args.dataset}-{key}-seed{args.seed}"
+
+
+def cached_pick(args, max_drop: float = 2.0) -> tuple[dict, dict] | None:
+    """(dense fp32 row, recovered row) from the results of an earlier run whose models are still
+    cached: the fastest recovered configuration within ``max_drop`` points of the dense model, or
+    the most accurate one when none is; None when there is nothing cached."""
+    f = results_path(args)
+    if not f.is_file():
+        return None
+    rows = list(json.loads(f.read_text()).values())
+    dense = [r for r in rows if r["key"].startswith("dense-") and not r["int8"] and r["speedup"] == 1.0
+             and (model_dir(args, r["key"]) / "model.safetensors").is_file()]
+    ours = [r for r in rows if r["key"].startswith(("recover-", "structured-"))
+            and (model_dir(args, r["key"]) / "model.safetensors").is_file()]
+    if not dense or not ours:
+        return None
+    close = [r for r in ours if r["accuracy"] >= dense[0]["accuracy"] - max_drop]
+    pick = max(close, key=lambda r: r["speedup"]) if close else max(ours, key=lambda r: r["accuracy"])
+    return dense[0], pick
+
+
+def demo(cache_dir=DEFAULT_CACHE, rounds: int = 3, threads: int = 2) -> list[dict] | None:
+    """For ``make demo``: the cached dense and recovered Rotten Tomatoes classifiers (see
+    :func:`cached_pick`), their test accuracy and speed measured again now; None when no
+    recovered model is cached."""
+    args = parser().parse_args(["--cache-dir", str(cache_dir), "--rounds", str(rounds), "--threads", str(threads)])
+    picked = cached_pick(args)
+    if picked is None:
+        return None
+    dense_row, row = picked
+    runner = make_runner(args, fresh=True)
+    dense = prune.from_pretrained(model_dir(args, dense_row["key"])).eval()
+    model = prune.from_pretrained(model_dir(args, row["key"])).eval()
+    block = tuple(row["block"]) if row["block"] else None
+    return [runner.evaluate(dense_row["name"], dense_row["key"], dense, None, False, dense),
+            runner.evaluate(row["name"], row["key"], model, block, row["int8"], dense)]
+
+
 def plot(rows: list[dict], path: str, title: str) -> None:
     import matplotlib
 
@@ -344,7 +398,7 @@ def table(rows: list[dict]) -> str:
                            "weights MiB (vs dense)", "encoder layer formats"], out)
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer steps and configurations (~12 min on 2 cores)")
     p.add_argument("--dataset", default="movies", choices=sorted(DATASETS))
@@ -375,7 +429,11 @@ def main(argv=None):
     p.add_argument("--plot", default=None,
                    help="PNG path (default: CACHE_DIR/accuracy_vs_speedup-DATASET-STEPSsteps.png)")
     p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     n_train = round(0.8 * len(DATASETS[args.dataset]()))
     epoch = math.ceil(n_train / 32)

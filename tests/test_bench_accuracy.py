@@ -1,0 +1,72 @@
+"""bench_accuracy's quick profile: every stage of the accuracy benchmark on the real MiniLM-L6 and
+real sentences, a few steps each, then a rerun from the cache and the demo's pick from it."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench_accuracy():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_accuracy
+    finally:
+        sys.path.remove(str(BENCH))
+    return bench_accuracy
+
+
+ARGS = ["--steps", "3", "--test-limit", "48", "--sparsities", "0.5", "--oneshot", "0.5", "--blocks", "32x32",
+        "--no-structured", "--rounds", "1"]
+
+
+def test_quick_profile_trains_caches_and_reruns(bench_accuracy, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    argv = ARGS + ["--cache-dir", str(cache), "--json", str(tmp_path / "rows.json"),
+                   "--plot", str(tmp_path / "plot.png")]
+    assert bench_accuracy.main(argv) == 0
+    out, err = capsys.readouterr()
+    names = ["dense fp32", "dense fp32, unpadded encoder", "dense + INT8", "50% 32x32 recovered",
+             "50% 32x32 recovered + INT8", "50% 32x32 one-shot, no fine-tuning", "50% 32x32 one-shot + fine-tuning"]
+    for name in names:
+        assert f"| {name} |" in out, name
+    assert err.count("training ") == 3  # dense, recovered, one-shot + fine-tuning
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+    import json
+
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    by = {r["name"] + (" + INT8" if r["int8"] else ""): r for r in rows}
+    assert set(by) == set(names)
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 100.0 and r["speedup"] > 0
+    assert by["dense fp32"]["speedup"] == 1.0 and by["dense fp32"]["block_sparsity"] == 0.0
+    # Recovery reached the target on the 32x32 grid of the encoder's linears; INT8 shrinks the weights.
+    assert by["50% 32x32 recovered"]["block_sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert by["50% 32x32 recovered + INT8"]["bytes"] < by["50% 32x32 recovered"]["bytes"] < by["dense fp32"]["bytes"]
+
+    # The rerun trains nothing and measures nothing: the table comes from the cache, the same.
+    assert bench_accuracy.main(argv) == 0
+    out2, err2 = capsys.readouterr()
+    assert "training " not in err2
+    assert out2.split("\n\n", 1)[1] == out.split("\n\n", 1)[1]  # everything after the header
+
+    # The demo's pick: the fastest recovered row within 2 points, or the most accurate one.
+    args = bench_accuracy.parser().parse_args(argv)
+    dense_row, pick = bench_accuracy.cached_pick(args)
+    assert dense_row["name"] == "dense fp32" and pick["key"].startswith("recover-")
+    ours = [r for r in rows if r["key"].startswith("recover-")]
+    close = [r for r in ours if r["accuracy"] >= dense_row["accuracy"] - 2.0]
+    if close:
+        assert pick["speedup"] == max(r["speedup"] for r in close)
+    else:
+        assert pick["accuracy"] == max(r["accuracy"] for r in ours)
+
+
+def test_nothing_cached_means_no_pick(bench_accuracy, tmp_path):
+    args = bench_accuracy.parser().parse_args(["--cache-dir", str(tmp_path)])
+    assert bench_accuracy.cached_pick(args) is None
+    assert bench_accuracy.demo(cache_dir=tmp_path) is None
