@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -351,11 +352,11 @@ class WorkerError(RuntimeError):
 class Worker:
     """A ``worker.py`` process: JSON lines over its stdin/stdout, its stderr in a log file."""
 
-    def __init__(self, name: str, python: str, log_path: Path, threads: int):
+    def __init__(self, name: str, python: str, log_path: Path, threads: int, env: dict | None = None):
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        env = dict(os.environ, **(env or {}))
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
         if name.startswith(("hello-", "tools-")):
             env.pop(HOLD_ENV, None)  # only the timed methods hold the memory
@@ -632,7 +633,14 @@ def setup(args, shapes) -> dict:
     active: list[Active] = []
     for s in specs:
         py = sys.executable if s.venv is None else str(venv_python(engines_dir, s.venv))
-        active.append(Active(s, Worker(s.key, py, workdir / "logs" / f"{s.key}.log", args.threads)))
+        env = None
+        if SB_CONFIGS.get(s.key, {}).get("compile"):
+            # An empty inductor cache of its own: the first call at each shape is a cold compile,
+            # what a new deployment pays, not a hit on an earlier run's cache.
+            cold = workdir / "inductor-cold" / s.key
+            shutil.rmtree(cold, ignore_errors=True)
+            env = {"TORCHINDUCTOR_CACHE_DIR": str(cold)}
+        active.append(Active(s, Worker(s.key, py, workdir / "logs" / f"{s.key}.log", args.threads, env)))
     todo = [a for a in active if not a.spec.static_shape]
     for i in range(0, len(todo), LOAD_JOBS):
         pending = []
@@ -823,11 +831,13 @@ def run_bench(args, state: dict, shapes) -> None:
                 continue
             try:
                 ensure_runner(a, state, args, shape)
-                mx, l2 = check_output(a, state, key)
+                t0 = time.perf_counter()
+                mx, l2 = check_output(a, state, key)  # the first call at this shape: compiles where it does
+                first = time.perf_counter() - t0
             except WorkerError as e:
                 dropped[a.spec.key] = f"at {key}: {str(e).splitlines()[0]}"
                 continue
-            results.setdefault(a.spec.key, {})[key] = {"max_rel_diff": mx, "rel_l2": l2}
+            results.setdefault(a.spec.key, {})[key] = {"max_rel_diff": mx, "rel_l2": l2, "first_call_s": first}
             active.append(a)
         inner: dict[str, list[float]] = {a.spec.key: [] for a in active}
 
@@ -948,6 +958,13 @@ def report(args, state, shapes, results, dropped, head: str) -> None:
             f"{results[s.key][shape_key(sh)]['ms']:.1f}" for sh in shapes
             if "ms" in results[s.key].get(shape_key(sh), {})) for s in q)
         notes.append(f"torch quantize_dynamic per engine (ms, shapes in column order): {per}.")
+    compiled = [s for s in specs if SB_CONFIGS.get(s.key, {}).get("compile") and s.key in results]
+    if compiled:
+        per = "; ".join(f"{s.key} " + " / ".join(
+            f"{results[s.key][shape_key(sh)]['first_call_s']:.1f}" for sh in shapes
+            if "first_call_s" in results[s.key].get(shape_key(sh), {})) for s in compiled)
+        notes.append(f"torch.compile time, the first call at each shape in column order (s, a cold compile "
+                     f"plus one forward: each compiled method starts with an empty inductor cache): {per}.")
     by_engine: dict[str, list[Active]] = {}
     for a in state["active"]:
         by_engine.setdefault(a.spec.engine, []).append(a)
