@@ -79,3 +79,18 @@ def _no_env_isa():
 def _timing_cache(tmp_path_factory):
     # compress's per-layer timings go to a cache of the test session, not the user's.
     os.environ["SPARSEBERT_CACHE_DIR"] = str(tmp_path_factory.mktemp("sparsebert-cache"))
+
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def import_benchmark(name: str):
+    """A script of benchmarks/ imported as a module (its directory on sys.path only meanwhile)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(BENCHMARKS)

@@ -1,22 +1,14 @@
 """bench_accuracy's quick profile: every stage of the accuracy benchmark on the real MiniLM-L6 and
 real sentences, a few steps each, then a rerun from the cache and the demo's pick from it."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench_accuracy():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_accuracy
-    finally:
-        sys.path.remove(str(BENCH))
-    return bench_accuracy
+    return import_benchmark("bench_accuracy")
 
 
 ARGS = ["--steps", "3", "--test-limit", "48", "--sparsities", "0.5", "--oneshot", "0.5", "--blocks", "32x32",

@@ -8,17 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import import_benchmark
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench_e2e():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_e2e
-    finally:
-        sys.path.remove(str(BENCH))
-    return bench_e2e
+    return import_benchmark("bench_e2e")
 
 
 def test_recorded_calls_are_the_forward(bench_e2e):

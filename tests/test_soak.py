@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import import_benchmark
+
 SOAK = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
 
 
@@ -21,11 +23,7 @@ def test_soak_quick_profile(tmp_path):
 
 def test_soak_counts_a_wrong_answer_as_a_failure(tmp_path, monkeypatch):
     """The check can fail: a server whose answers differ from the sequential ones is caught."""
-    sys.path.insert(0, str(SOAK.parent))
-    try:
-        import soak
-    finally:
-        sys.path.remove(str(SOAK.parent))
+    soak = import_benchmark("soak")
     real = soak.Server.embed_digest
     calls = {"n": 0}
 
