@@ -327,21 +327,27 @@ def model_dir(args, key: str) -> Path:
 
 def cached_pick(args, max_drop: float = 2.0) -> tuple[dict, dict] | None:
     """(dense fp32 row, recovered row) from the results of an earlier run whose models are still
-    cached: the fastest recovered configuration within ``max_drop`` points of the dense model, or
-    the most accurate one when none is; None when there is nothing cached."""
+    cached, the recovered model trained for as many steps as its dense teacher: the fastest
+    recovered configuration within ``max_drop`` points of its dense model, or the most accurate
+    one when none is; None when there is nothing cached."""
     f = results_path(args)
     if not f.is_file():
         return None
-    rows = list(json.loads(f.read_text()).values())
-    dense = [r for r in rows if r["key"].startswith("dense-") and not r["int8"] and r["speedup"] == 1.0
-             and (model_dir(args, r["key"]) / "model.safetensors").is_file()]
-    ours = [r for r in rows if r["key"].startswith(("recover-", "structured-"))
+    # Rows as evaluate() keys them without options: "<model key>|fp32" or "<model key>|int8".
+    rows = [r for k, r in json.loads(f.read_text()).items()
+            if k == f"{r['key']}|{'int8' if r['int8'] else 'fp32'}"
             and (model_dir(args, r["key"]) / "model.safetensors").is_file()]
-    if not dense or not ours:
+    pairs = []
+    for d in (r for r in rows if r["key"].startswith("dense-") and not r["int8"]):
+        steps = d["key"].split("-")[1]  # dense-<steps>-lr<lr>; the others hold -<steps>-<scope>-
+        ours = [r for r in rows if r["key"].startswith(("recover-", "structured-")) and f"-{steps}-" in r["key"]]
+        pairs += [(d, r) for r in ours]
+    if not pairs:
         return None
-    close = [r for r in ours if r["accuracy"] >= dense[0]["accuracy"] - max_drop]
-    pick = max(close, key=lambda r: r["speedup"]) if close else max(ours, key=lambda r: r["accuracy"])
-    return dense[0], pick
+    close = [(d, r) for d, r in pairs if r["accuracy"] >= d["accuracy"] - max_drop]
+    if close:
+        return max(close, key=lambda dr: dr[1]["speedup"])
+    return max(pairs, key=lambda dr: dr[1]["accuracy"])
 
 
 def demo(cache_dir=DEFAULT_CACHE, rounds: int = 3, threads: int = 2) -> list[dict] | None:

@@ -89,7 +89,7 @@ def recovered_case(args, records) -> None:
     if rows is None:
         print(f"No recovered model is cached in {bench_accuracy.DEFAULT_CACHE}. `make bench-accuracy-quick` "
               "fine-tunes the dense classifier and recovers an 80% 32x32 model (about 12 min on 2 cores: "
-              "~1.0 s per fine-tuning step, ~1.15 s per recovery step with the teacher); `make bench-accuracy` "
+              "1.0-1.4 s per fine-tuning step, 1.2-2.1 s per recovery step with the teacher); `make bench-accuracy` "
               "the full table (about 55 min). The demo shows the cached model here afterwards.")
         return
     print(bench_accuracy.table(rows))
