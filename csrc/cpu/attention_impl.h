@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "attention_kernel.h"
@@ -75,26 +76,50 @@ inline vf vexp(vf x) {
   return x == x ? y : x;
 }
 
-// Lane i of the result is lane i ^ step of v (a butterfly step of a horizontal reduction).
-inline vf swap_lanes(vf v, int step) {
-  vi idx;
-  for (int i = 0; i < W; ++i) idx[i] = i ^ step;
-  return __builtin_shuffle(v, idx);
+// Lane i of the result is lane i ^ Step of v (a butterfly step of a horizontal reduction). The
+// index vector is a literal, so each step is one constant shuffle.
+template <int Step, size_t... I>
+inline vf swap_lanes(vf v, std::index_sequence<I...>) {
+  return __builtin_shuffle(v, vi{static_cast<int32_t>(I ^ Step)...});
 }
 
+template <int Step = W / 2>
 inline float hmax(vf v) {
-#pragma GCC unroll 8
-  for (int step = W / 2; step > 0; step /= 2) {
-    const vf u = swap_lanes(v, step);
-    v = u > v ? u : v;
-  }
-  return v[0];
+  const vf u = swap_lanes<Step>(v, std::make_index_sequence<W>());
+  v = u > v ? u : v;
+  if constexpr (Step > 1)
+    return hmax<Step / 2>(v);
+  else
+    return v[0];
 }
 
+template <int Step = W / 2>
 inline float hsum(vf v) {
-#pragma GCC unroll 8
-  for (int step = W / 2; step > 0; step /= 2) v += swap_lanes(v, step);
-  return v[0];
+  v += swap_lanes<Step>(v, std::make_index_sequence<W>());
+  if constexpr (Step > 1)
+    return hsum<Step / 2>(v);
+  else
+    return v[0];
+}
+
+// One stage of an in-register transpose of W rows of W floats: between rows x and y = x + B
+// (x with bit B clear), swaps the elements whose row and lane differ in bit B. Lane l of x takes
+// y's lane l - B where l has bit B, and lane l of y takes x's lane l + B where it has not.
+template <int B, size_t... I>
+inline void transpose_pair(vf& x, vf& y, std::index_sequence<I...>) {
+  const vf lo = __builtin_shuffle(x, y, vi{static_cast<int32_t>((I & B) ? W + I - B : I)...});
+  const vf hi = __builtin_shuffle(x, y, vi{static_cast<int32_t>((I & B) ? W + I : I + B)...});
+  x = lo;
+  y = hi;
+}
+
+// r[i][l] becomes r[l][i]: log2(W) stages, each swapping one bit of the row and lane index.
+template <int B = 1>
+inline void transpose(vf (&r)[W]) {
+#pragma GCC unroll 16
+  for (int i = 0; i < W; ++i)
+    if (!(i & B)) transpose_pair<B>(r[i], r[i + B], std::make_index_sequence<W>());
+  if constexpr (2 * B < W) transpose<2 * B>(r);
 }
 
 // dst[0 .. n) = scale * src[off .. off + n), widened to fp32. One loop per element type, no branch
@@ -107,6 +132,13 @@ inline void load_row(const void* base, int64_t off, bool bf16, int64_t n, float 
     const float* src = static_cast<const float*>(base) + off;
     for (int64_t d = 0; d < n; ++d) dst[d] = src[d] * scale;
   }
+}
+
+// Asks for the cache lines of n elements at base + off (in elements) ahead of their use.
+inline void prefetch_row(const void* base, int64_t off, bool bf16, int64_t n) {
+  const int64_t esz = bf16 ? 2 : 4;
+  const char* p = static_cast<const char*>(base) + off * esz;
+  for (int64_t b = 0; b < n * esz; b += 64) __builtin_prefetch(p + b);
 }
 
 // S[r0 .. r0+RR) x [c0 .. c0 + NC*W) = Q K^T over the D head dims; K^T block rows have NK floats.
@@ -172,7 +204,7 @@ inline void pv_cols(float* o, int64_t dp, const float* p, const float* v, int64_
 enum : uint8_t { kSkip = 0, kPlain = 1, kBias = 2, kMask = 3 };
 
 struct Scratch {
-  std::vector<float> kt, v, q, s, o, m, l, alpha, bias;
+  std::vector<float> kt, kr, v, q, s, o, m, l, alpha, bias;
   std::vector<uint8_t> kind;
 };
 
@@ -254,19 +286,41 @@ inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
   w.v.assign(skp * dp, 0.f);
   const void* kbase = static_cast<const char*>(a.k) + koff * (a.bf16 ? 2 : 4);
   const void* vbase = static_cast<const char*>(a.v) + voff * (a.bf16 ? 2 : 4);
-  // V: one row copy per kept key. K^T: a key's D values go to one column of its block (stride
-  // NK), read from the V-sized row buffer `kr` so that the load loop stays contiguous.
-  float kr[256];
+  // V: one row copy per kept key. K^T: W keys at a time, their rows widened into `kr` (W x dp,
+  // zero past D and for keys not kept), then each W x W square transposed in registers and
+  // stored as W rows of the block (one key per lane).
+  w.kr.resize(W * dp);
+  float* kr = w.kr.data();
   for (int64_t kb = 0; kb < nkb; ++kb) {
     if (w.kind[kb] == kSkip) continue;
     const int64_t j1 = (kb + 1) * NK < lk ? (kb + 1) * NK : lk;
     float* ktb = w.kt.data() + kb * NK * D;
-    for (int64_t j = kb * NK; j < j1; ++j) {
-      if (w.bias[j] != 0.f) continue;  // padding: stays zero, whatever k and v hold there
-      load_row(vbase, j * a.v_ss, a.bf16, D, 1.f, w.v.data() + j * dp);
-      load_row(kbase, j * a.k_ss, a.bf16, D, 1.f, kr);
-      float* col = ktb + (j - kb * NK);
-      for (int64_t d = 0; d < D; ++d) col[d * NK] = kr[d];
+    for (int64_t jg = kb * NK; jg < j1; jg += W) {
+      for (int jj = 0; jj < W; ++jj) {
+        const int64_t j = jg + jj;
+        float* row = kr + jj * dp;
+        // padding (and keys past lk): zero, whatever k and v hold there
+        if (j >= j1 || w.bias[j] != 0.f) {
+          std::memset(row, 0, sizeof(float) * dp);
+          continue;
+        }
+        load_row(vbase, j * a.v_ss, a.bf16, D, 1.f, w.v.data() + j * dp);
+        load_row(kbase, j * a.k_ss, a.bf16, D, 1.f, row);
+        if (j + W < j1) {  // the same key of the next group: rows far apart defeat the prefetchers
+          prefetch_row(kbase, (j + W) * a.k_ss, a.bf16, D);
+          prefetch_row(vbase, (j + W) * a.v_ss, a.bf16, D);
+        }
+        for (int64_t d = D; d < dp; ++d) row[d] = 0.f;
+      }
+      float* dst = ktb + (jg - kb * NK);
+      for (int64_t d0 = 0; d0 < dp; d0 += W) {
+        vf sq[W];
+#pragma GCC unroll 16
+        for (int jj = 0; jj < W; ++jj) sq[jj] = loadu(kr + jj * dp + d0);
+        transpose(sq);
+        const int nd = static_cast<int>(D - d0 < W ? D - d0 : W);
+        for (int i = 0; i < nd; ++i) storeu(dst + (d0 + i) * NK, sq[i]);
+      }
     }
   }
 
