@@ -41,15 +41,23 @@ struct Avx2Int8 : Avx2Lanes {
   static acc_t fma(acc_t a, w_t w, x_t x) {
     return {_mm256_add_epi32(a.lo, _mm256_madd_epi16(w.lo, x)), _mm256_add_epi32(a.hi, _mm256_madd_epi16(w.hi, x))};
   }
-  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const float* col_scale, const int32_t* col_sum,
-                      const float* bias) {
+  struct cols_t {
+    __m256i sum, sum128;  // sum128 = 128 * col_sum: symmetric rows need no multiply
+    __m256 scale, bias;
+    bool has_bias;
+  };
+  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t* col_sum, const float* bias) {
+    const __m256i sum = _mm256_maskload_epi32(col_sum, k.v);
+    return {sum, _mm256_slli_epi32(sum, 7), _mm256_maskload_ps(col_scale, k.v),
+            bias ? _mm256_maskload_ps(bias, k.v) : _mm256_setzero_ps(), bias != nullptr};
+  }
+  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c) {
     // hadd: [o0 o1 o4 o5 | o2 o3 o6 o7] as 64-bit pairs; the permute puts them in order.
     const __m256i sums = _mm256_permute4x64_epi64(_mm256_hadd_epi32(a.lo, a.hi), 0xd8);
-    const __m256i corr =
-        _mm256_sub_epi32(sums, _mm256_mullo_epi32(_mm256_maskload_epi32(col_sum, k.v), _mm256_set1_epi32(row_zero)));
-    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), _mm256_set1_ps(row_scale));
-    v = _mm256_mul_ps(v, _mm256_maskload_ps(col_scale, k.v));
-    if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(bias, k.v));
+    const __m256i zs = row_zero == 128 ? c.sum128 : _mm256_mullo_epi32(c.sum, _mm256_set1_epi32(row_zero));
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sums, zs)), _mm256_set1_ps(row_scale));
+    v = _mm256_mul_ps(v, c.scale);
+    if (c.has_bias) v = _mm256_add_ps(v, c.bias);
     store8<Y>(p, v, k);
   }
 };
@@ -80,9 +88,17 @@ struct Avx2WeightOnly : Avx2Lanes {
   }
   static x_t load_x_single(const X* p) { return load_x(p); }
   static acc_t fma(acc_t a, w_t w, x_t x) { return _mm256_fmadd_ps(w, x, a); }
-  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const float* col_scale, const int32_t*, const float* bias) {
-    __m256 v = _mm256_mul_ps(a, _mm256_maskload_ps(col_scale, k.v));
-    if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(bias, k.v));
+  struct cols_t {
+    __m256 scale, bias;
+    bool has_bias;
+  };
+  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t*, const float* bias) {
+    return {_mm256_maskload_ps(col_scale, k.v), bias ? _mm256_maskload_ps(bias, k.v) : _mm256_setzero_ps(),
+            bias != nullptr};
+  }
+  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c) {
+    __m256 v = _mm256_mul_ps(a, c.scale);
+    if (c.has_bias) v = _mm256_add_ps(v, c.bias);
     store8<Y>(p, v, k);
   }
 };

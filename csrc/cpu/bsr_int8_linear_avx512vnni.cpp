@@ -21,18 +21,6 @@ inline void store_f32x16<float>(float* p, __m512 v, __mmask16 k) { _mm512_mask_s
 template <>
 inline void store_f32x16<uint16_t>(uint16_t* p, __m512 v, __mmask16 k) { store_bf16x16(p, v, k); }
 
-// acc (int32) -> (acc - row_zero * col_sum) * row_scale * col_scale + bias, stored as Y.
-template <class Y>
-inline void dequant_store16(Y* p, __m512i acc, __mmask16 k, float row_scale, int32_t row_zero,
-                            const float* col_scale, const int32_t* col_sum, const float* bias) {
-  const __m512i corr =
-      _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(k, col_sum), _mm512_set1_epi32(row_zero)));
-  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), _mm512_set1_ps(row_scale));
-  v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, col_scale));
-  if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias));
-  store_f32x16<Y>(p, v, k);
-}
-
 template <class Y>
 struct Avx512Int8Vnni : Avx512Lanes {
   using xelem = uint8_t;
@@ -53,9 +41,26 @@ struct Avx512Int8Vnni : Avx512Lanes {
   }
   static x_t load_x_single(const uint8_t* p) { return load_x(p); }
   static acc_t fma(acc_t a, w_t w, x_t x) { return _mm512_dpbusd_epi32(a, x, w); }
-  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const float* col_scale,
-                      const int32_t* col_sum, const float* bias) {
-    dequant_store16<Y>(p, a, k, row_scale, row_zero, col_scale, col_sum, bias);
+  // One vector of outputs' factors; sum128 = 128 * col_sum, the correction of every row
+  // quantized symmetrically (zero point 128), so those rows need no multiply.
+  struct cols_t {
+    __m512i sum, sum128;
+    __m512 scale, bias;
+    bool has_bias;
+  };
+  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t* col_sum, const float* bias) {
+    const __m512i sum = _mm512_maskz_loadu_epi32(k, col_sum);
+    return {sum, _mm512_slli_epi32(sum, 7), _mm512_maskz_loadu_ps(k, col_scale),
+            bias ? _mm512_maskz_loadu_ps(k, bias) : _mm512_setzero_ps(), bias != nullptr};
+  }
+  // acc (int32) -> (acc - row_zero * col_sum) * row_scale * col_scale + bias, stored as Y (the
+  // int32 product wraps alike either way: 128 * s and s << 7 have the same low 32 bits).
+  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c) {
+    const __m512i zs = row_zero == 128 ? c.sum128 : _mm512_mullo_epi32(c.sum, _mm512_set1_epi32(row_zero));
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a, zs)), _mm512_set1_ps(row_scale));
+    v = _mm512_mul_ps(v, c.scale);
+    if (c.has_bias) v = _mm512_add_ps(v, c.bias);
+    store_f32x16<Y>(p, v, k);
   }
 };
 
@@ -81,9 +86,17 @@ struct Avx512WeightOnly : Avx512Lanes {
   }
   static x_t load_x_single(const X* p) { return load_x(p); }
   static acc_t fma(acc_t a, w_t w, x_t x) { return _mm512_fmadd_ps(w, x, a); }
-  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const float* col_scale, const int32_t*, const float* bias) {
-    __m512 v = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(k, col_scale));
-    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias));
+  struct cols_t {
+    __m512 scale, bias;
+    bool has_bias;
+  };
+  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t*, const float* bias) {
+    return {_mm512_maskz_loadu_ps(k, col_scale), bias ? _mm512_maskz_loadu_ps(k, bias) : _mm512_setzero_ps(),
+            bias != nullptr};
+  }
+  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c) {
+    __m512 v = _mm512_mul_ps(a, c.scale);
+    if (c.has_bias) v = _mm512_add_ps(v, c.bias);
     store_f32x16<Y>(p, v, k);
   }
 };

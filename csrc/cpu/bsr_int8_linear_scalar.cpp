@@ -35,11 +35,19 @@ struct ScalarInt8 : ScalarLanes {
   static acc_t fma(acc_t a, w_t w, x_t x) {
     return a + x.x[0] * w.w[0] + x.x[1] * w.w[1] + x.x[2] * w.w[2] + x.x[3] * w.w[3];
   }
-  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const float* col_scale,
-                      const int32_t* col_sum, const float* bias) {
+  // One output's factors, read only where the output exists.
+  struct cols_t {
+    const float* scale;
+    const int32_t* sum;
+    const float* bias;
+  };
+  static cols_t load_cols(mask_t, const float* col_scale, const int32_t* col_sum, const float* bias) {
+    return {col_scale, col_sum, bias};
+  }
+  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c) {
     if (!k) return;
-    const float v = static_cast<float>(a - row_zero * col_sum[0]) * row_scale * col_scale[0];
-    store_float<Y>(p, bias ? v + bias[0] : v);
+    const float v = static_cast<float>(a - row_zero * c.sum[0]) * row_scale * c.scale[0];
+    store_float<Y>(p, c.bias ? v + c.bias[0] : v);
   }
 };
 
@@ -63,10 +71,15 @@ struct ScalarWeightOnly : ScalarLanes {
   }
   static x_t load_x_single(const X* p) { return load_x(p); }
   static acc_t fma(acc_t a, w_t w, x_t x) { return a + w * x; }
-  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const float* col_scale, const int32_t*, const float* bias) {
+  struct cols_t {
+    const float* scale;
+    const float* bias;
+  };
+  static cols_t load_cols(mask_t, const float* col_scale, const int32_t*, const float* bias) { return {col_scale, bias}; }
+  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c) {
     if (!k) return;
-    const float v = a * col_scale[0];
-    store_float<Y>(p, bias ? v + bias[0] : v);
+    const float v = a * c.scale[0];
+    store_float<Y>(p, c.bias ? v + c.bias[0] : v);
   }
 };
 

@@ -10,7 +10,9 @@
 //                  uint8_t quantized x, int8_t weights, float or bf16 out)
 //   kQuantized     false: acc starts at the bias and store() writes it; true: acc starts at 0
 //                  and store_q() dequantizes (per-row and per-column scales) and adds the bias
-//                  (weight-only int8: no row scale, no zero-point sum)
+//                  (weight-only int8: no row scale, no zero-point sum); cols_t / load_cols()
+//                  hold one vector's per-output factors (scale, weight sum, bias), loaded once
+//                  per tile and passed to store_q() for each row
 //   kWholeGroups   true: x is a padded buffer, so a partial last group of KP inputs is read
 //                  whole (its weights are zero); false: the tail is read with load_x_single
 //   VL             output features per vector;  KP  k values per packed lane (1 fp32, 2 bf16,
@@ -141,16 +143,29 @@ void tile_kernel(const Tile<T>& t) {
     }
   }
 
+  if constexpr (T::kQuantized) {
+    // The per-row factors are read before any store (y may alias them as far as the compiler
+    // knows), and each vector of per-output factors once per tile, not once per row.
+    float row_scale[MR];
+    int32_t row_zero[MR];
 #pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)
+    for (int m = 0; m < MR; ++m) {
+      row_scale[m] = t.row_scale ? t.row_scale[m] : 1.f;
+      row_zero[m] = t.row_zero ? t.row_zero[m] : 0;
+    }
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      if constexpr (T::kQuantized)
-        T::store_q(t.y + m * t.ldy + v * VL, acc[m][v], mask[v], t.row_scale ? t.row_scale[m] : 1.f,
-                   t.row_zero ? t.row_zero[m] : 0, t.col_scale + v * VL, t.col_sum ? t.col_sum + v * VL : nullptr, t.bias ? t.bias + v * VL : nullptr);
-      else
-        T::store(t.y + m * t.ldy + v * VL, acc[m][v], mask[v]);
+      const typename T::cols_t c = T::load_cols(mask[v], t.col_scale + v * VL, t.col_sum ? t.col_sum + v * VL : nullptr,
+                                                t.bias ? t.bias + v * VL : nullptr);
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; ++m) T::store_q(t.y + m * t.ldy + v * VL, acc[m][v], mask[v], row_scale[m], row_zero[m], c);
     }
+  } else {
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) T::store(t.y + m * t.ldy + v * VL, acc[m][v], mask[v]);
+  }
 }
 
 // rows -> tile_kernel<T, rows, NV>, so a tail of rows runs in one pass with a smaller tile.
