@@ -82,6 +82,19 @@ def test_long_block_rows(isa, dtype, block_size, sparsity):
     assert_linear_close(run(x, w, bias, block_size), x, w, bias)
 
 
+# Outputs of 8 MiB and more are written with non-temporal stores (whole, aligned vectors only):
+# n = 4096 keeps every vector aligned, n = 4088 misaligns rows and leaves a partial vector.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [4096, 4088])
+def test_large_outputs_streamed(isa, dtype, n):
+    m, k = 1041, 32
+    assert m * n * torch.finfo(dtype).bits // 8 >= 8 << 20
+    w = block_sparse_weight(n, k, (8, 16), 0.5, dtype)
+    x = torch.randn(m, k).to(dtype)
+    bias = torch.randn(n).to(dtype)
+    assert_linear_close(run(x, w, bias, (8, 16)), x, w, bias)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_no_bias(isa, dtype):
     w = block_sparse_weight(64, 64, (16, 16), 0.5, dtype)

@@ -154,6 +154,20 @@ def test_zero_weight_rows(isa):
     assert torch.equal(out[:, 5], b[5].expand(4))
 
 
+# Outputs of 8 MiB and more are written with non-temporal stores (whole, 64-byte aligned vectors
+# only): n = 4096 keeps every vector aligned, n = 4088 misaligns every other row and leaves a
+# partial vector at each row's end; (1, 4) blocks take the kernel vectorized over rows.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [4096, 4088])
+@pytest.mark.parametrize("block_size", [None, (32, 32), (1, 4)])
+def test_large_outputs_streamed(isa, dtype, n, block_size):
+    m, k = 1041, 32
+    assert m * n * torch.finfo(dtype).bits // 8 >= 8 << 20
+    x = torch.randn(m, k).to(dtype)
+    out, ref = run_dense(x, n, k) if block_size is None else run_bsr(x, n, k, block_size, 0.5)
+    assert_matches_reference(out, ref)
+
+
 def test_threads_agree(isa):
     x = torch.randn(70, 128)
     packed, s, sums, b = dense_case(96, 128, torch.float32)

@@ -26,6 +26,7 @@ struct Avx2Lanes {
   static constexpr int VL = 8;
   using mask_t = Avx2Mask;
   static mask_t mask(int lanes) { return avx2_mask(lanes); }
+  static void stream_fence() {}  // no streaming stores here: stream_y is a hint they ignore
 };
 
 // Eight fp32 results stored as Y (float, or bf16 bits rounded like every other path).

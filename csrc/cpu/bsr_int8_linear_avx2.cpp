@@ -51,7 +51,7 @@ struct Avx2Int8 : Avx2Lanes {
     return {sum, _mm256_slli_epi32(sum, 7), _mm256_maskload_ps(col_scale, k.v),
             bias ? _mm256_maskload_ps(bias, k.v) : _mm256_setzero_ps(), bias != nullptr};
   }
-  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c) {
+  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c, bool) {
     // hadd: [o0 o1 o4 o5 | o2 o3 o6 o7] as 64-bit pairs; the permute puts them in order.
     const __m256i sums = _mm256_permute4x64_epi64(_mm256_hadd_epi32(a.lo, a.hi), 0xd8);
     const __m256i zs = row_zero == 128 ? c.sum128 : _mm256_mullo_epi32(c.sum, _mm256_set1_epi32(row_zero));
@@ -96,7 +96,7 @@ struct Avx2WeightOnly : Avx2Lanes {
     return {_mm256_maskload_ps(col_scale, k.v), bias ? _mm256_maskload_ps(bias, k.v) : _mm256_setzero_ps(),
             bias != nullptr};
   }
-  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c) {
+  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c, bool) {
     __m256 v = _mm256_mul_ps(a, c.scale);
     if (c.has_bias) v = _mm256_add_ps(v, c.bias);
     store8<Y>(p, v, k);

@@ -15,13 +15,6 @@ namespace cpu {
 namespace {
 
 template <class Y>
-inline void store_f32x16(Y* p, __m512 v, __mmask16 k);
-template <>
-inline void store_f32x16<float>(float* p, __m512 v, __mmask16 k) { _mm512_mask_storeu_ps(p, k, v); }
-template <>
-inline void store_f32x16<uint16_t>(uint16_t* p, __m512 v, __mmask16 k) { store_bf16x16(p, v, k); }
-
-template <class Y>
 struct Avx512Int8Vnni : Avx512Lanes {
   using xelem = uint8_t;
   using welem = int8_t;
@@ -55,12 +48,12 @@ struct Avx512Int8Vnni : Avx512Lanes {
   }
   // acc (int32) -> (acc - row_zero * col_sum) * row_scale * col_scale + bias, stored as Y (the
   // int32 product wraps alike either way: 128 * s and s << 7 have the same low 32 bits).
-  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c) {
+  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c, bool stream) {
     const __m512i zs = row_zero == 128 ? c.sum128 : _mm512_mullo_epi32(c.sum, _mm512_set1_epi32(row_zero));
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a, zs)), _mm512_set1_ps(row_scale));
     v = _mm512_mul_ps(v, c.scale);
     if (c.has_bias) v = _mm512_add_ps(v, c.bias);
-    store_f32x16<Y>(p, v, k);
+    store_f32x16(p, v, k, stream);
   }
 };
 
@@ -94,10 +87,10 @@ struct Avx512WeightOnly : Avx512Lanes {
     return {_mm512_maskz_loadu_ps(k, col_scale), bias ? _mm512_maskz_loadu_ps(k, bias) : _mm512_setzero_ps(),
             bias != nullptr};
   }
-  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c) {
+  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c, bool stream) {
     __m512 v = _mm512_mul_ps(a, c.scale);
     if (c.has_bias) v = _mm512_add_ps(v, c.bias);
-    store_f32x16<Y>(p, v, k);
+    store_f32x16(p, v, k, stream);
   }
 };
 
@@ -356,11 +349,12 @@ void bsr_int8_rows_impl(const BsrLinearArgs& a, int64_t n0, int64_t n1, int64_t 
           __m512 o = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), _mm512_set1_ps(a.row_scale[m]));
           o = _mm512_mul_ps(o, cscale);
           if (a.bias) o = _mm512_add_ps(o, bias);
-          store_f32x16<Y>(y + m * a.ldy + t0, o, k);
+          store_f32x16(y + m * a.ldy + t0, o, k, a.stream_y);
         }
       }
     }
   }
+  if (a.stream_y) _mm_sfence();  // the streaming stores are weakly ordered
 }
 
 }  // namespace

@@ -44,7 +44,7 @@ struct ScalarInt8 : ScalarLanes {
   static cols_t load_cols(mask_t, const float* col_scale, const int32_t* col_sum, const float* bias) {
     return {col_scale, col_sum, bias};
   }
-  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c) {
+  static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c, bool) {
     if (!k) return;
     const float v = static_cast<float>(a - row_zero * c.sum[0]) * row_scale * c.scale[0];
     store_float<Y>(p, c.bias ? v + c.bias[0] : v);
@@ -76,7 +76,7 @@ struct ScalarWeightOnly : ScalarLanes {
     const float* bias;
   };
   static cols_t load_cols(mask_t, const float* col_scale, const int32_t*, const float* bias) { return {col_scale, bias}; }
-  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c) {
+  static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c, bool) {
     if (!k) return;
     const float v = a * c.scale[0];
     store_float<Y>(p, c.bias ? v + c.bias[0] : v);

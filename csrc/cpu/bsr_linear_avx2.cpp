@@ -24,7 +24,7 @@ struct Avx2F32 : Avx2Lanes {
   static x_t load_x(const float* p) { return _mm256_broadcast_ss(p); }
   static x_t load_x_single(const float* p) { return _mm256_broadcast_ss(p); }
   static acc_t fma(acc_t a, w_t w, x_t x) { return _mm256_fmadd_ps(w, x, a); }
-  static void store(float* p, acc_t a, mask_t k) { _mm256_maskstore_ps(p, k.v, a); }
+  static void store(float* p, acc_t a, mask_t k, bool) { _mm256_maskstore_ps(p, k.v, a); }
 };
 
 struct Avx2Bf16 : Avx2Lanes {
@@ -55,7 +55,7 @@ struct Avx2Bf16 : Avx2Lanes {
   static acc_t fma(acc_t a, w_t w, x_t x) {
     return _mm256_fmadd_ps(w.odd, x.hi, _mm256_fmadd_ps(w.even, x.lo, a));
   }
-  static void store(uint16_t* p, acc_t a, mask_t k) { store8<uint16_t>(p, a, k); }
+  static void store(uint16_t* p, acc_t a, mask_t k, bool) { store8<uint16_t>(p, a, k); }
 };
 
 }  // namespace

@@ -28,7 +28,7 @@ struct Avx512Bf16Dot : Avx512Lanes {
   // (x[m, k], 0): the upper half of the 32-bit lane is the second element of the pair.
   static x_t load_x_single(const uint16_t* p) { return (__m512bh)_mm512_set1_epi32(p[0]); }
   static acc_t fma(acc_t a, w_t w, x_t x) { return _mm512_dpbf16_ps(a, w, x); }
-  static void store(uint16_t* p, acc_t a, mask_t k) { store_bf16x16(p, a, k); }
+  static void store(uint16_t* p, acc_t a, mask_t k, bool stream) { store_bf16x16(p, a, k, stream); }
 };
 
 }  // namespace

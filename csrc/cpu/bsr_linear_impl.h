@@ -21,7 +21,9 @@
 //   mr_max(nv)     rows of x one tile covers: MR * NV accumulators + NV weight vectors + one
 //                  broadcast must fit the register file (32 zmm, 16 ymm), else the tile spills
 //   acc_t, w_t, x_t and load_bias / load_w / load_x / load_x_single / fma / store
-//   VL, mask_t, mask(lanes)  from its ISA's lanes base (ScalarLanes below, Avx2Lanes, Avx512Lanes)
+//   VL, mask_t, mask(lanes), stream_fence()  from its ISA's lanes base (ScalarLanes below,
+//                  Avx2Lanes, Avx512Lanes); store / store_q take a `stream` flag (Tile::stream)
+//                  that a traits type may ignore
 #pragma once
 
 #include <cstdint>
@@ -41,6 +43,7 @@ struct ScalarLanes {
   static constexpr int VL = 1;
   using mask_t = bool;
   static mask_t mask(int lanes) { return lanes > 0; }
+  static void stream_fence() {}  // no streaming stores here: stream_y is a hint they ignore
 };
 
 // One register tile: MR rows of x times up to NV * VL outputs of one block row.
@@ -62,6 +65,7 @@ struct Tile {
   YE* y;                   // row 0 of the tile, first output
   int64_t ldy;
   bool prefetch;           // first pass over these weights: they may still be in DRAM
+  bool stream;             // whole vectors of y go out with non-temporal stores (stream_y)
   // Quantized traits only, offset to the tile's first row / output: per-row activation scale,
   // per-output weight scale and sum of quantized weights (the u8 zero-point correction).
   const float* row_scale;
@@ -158,13 +162,13 @@ void tile_kernel(const Tile<T>& t) {
       const typename T::cols_t c = T::load_cols(mask[v], t.col_scale + v * VL, t.col_sum ? t.col_sum + v * VL : nullptr,
                                                 t.bias ? t.bias + v * VL : nullptr);
 #pragma GCC unroll 16
-      for (int m = 0; m < MR; ++m) T::store_q(t.y + m * t.ldy + v * VL, acc[m][v], mask[v], row_scale[m], row_zero[m], c);
+      for (int m = 0; m < MR; ++m) T::store_q(t.y + m * t.ldy + v * VL, acc[m][v], mask[v], row_scale[m], row_zero[m], c, t.stream);
     }
   } else {
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) T::store(t.y + m * t.ldy + v * VL, acc[m][v], mask[v]);
+      for (int v = 0; v < NV; ++v) T::store(t.y + m * t.ldy + v * VL, acc[m][v], mask[v], t.stream);
   }
 }
 
@@ -221,6 +225,7 @@ void bsr_linear_impl(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m
       t.bc = a.bc;
       t.br = a.br;
       t.ldy = a.ldy;
+      t.stream = a.stream_y;
       for (int lane0 = 0; lane0 < n_valid; lane0 += TILE_LANES) {
         const int lanes = n_valid - lane0 < TILE_LANES ? n_valid - lane0 : TILE_LANES;
         const int nv = (lanes + T::VL - 1) / T::VL;
@@ -242,6 +247,8 @@ void bsr_linear_impl(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m
       }
     }
   }
+  // Non-temporal stores are weakly ordered: fence them before another thread reads y.
+  if (a.stream_y) T::stream_fence();
 }
 
 }  // namespace

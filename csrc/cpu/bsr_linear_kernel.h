@@ -41,6 +41,11 @@ struct BsrLinearArgs {
   const int32_t* row_zero = nullptr; // [M] activation zero point per token (128 if symmetric)
   const float* col_scale = nullptr;  // [N] weight scale per output channel
   const int32_t* col_sum = nullptr;  // [N] sum over k of the int8 weights of output n
+  // Write whole vectors of y with non-temporal stores (AVX-512 variants; the others ignore it):
+  // set by the dispatcher when y is larger than the caches hold, so that its lines are not read
+  // for ownership first and do not evict x and the weights. Only whole, aligned vectors stream
+  // (the others are stored as usual), so y 64-byte aligned with ldy a multiple of 16 streams all.
+  bool stream_y = false;
 };
 
 // Each variant computes the outputs of block rows [rb0, rb1) for input rows [m0, m1).

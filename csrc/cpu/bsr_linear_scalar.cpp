@@ -22,7 +22,7 @@ struct ScalarF32 : ScalarLanes {
   static x_t load_x(const float* p) { return *p; }
   static x_t load_x_single(const float* p) { return *p; }
   static acc_t fma(acc_t a, w_t w, x_t x) { return a + w * x; }
-  static void store(float* p, acc_t a, mask_t k) {
+  static void store(float* p, acc_t a, mask_t k, bool) {
     if (k) *p = a;
   }
 };
@@ -46,7 +46,7 @@ struct ScalarBf16 : ScalarLanes {
   static x_t load_x(const uint16_t* p) { return {bf16_bits_to_f32(p[0]), bf16_bits_to_f32(p[1])}; }
   static x_t load_x_single(const uint16_t* p) { return {bf16_bits_to_f32(p[0]), 0.f}; }
   static acc_t fma(acc_t a, w_t w, x_t x) { return a + w.even * x.lo + w.odd * x.hi; }
-  static void store(uint16_t* p, acc_t a, mask_t k) {
+  static void store(uint16_t* p, acc_t a, mask_t k, bool) {
     if (k) *p = f32_to_bf16_bits(a);
   }
 };
