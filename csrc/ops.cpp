@@ -23,15 +23,16 @@ TORCH_LIBRARY(sparsebert, m) {
   // y = dequant(quant(x) @ W_q.T) + bias: x quantized to 8 bits inside the op (act_quant:
   // per_token | per_token_asym | per_tensor | per_tensor_asym), W_q int8 per output channel
   // (weight_scale), weight_sum[n] = sum_k W_q[n, k]; exact int32 accumulation. Block-sparse W_q
-  // in the k-quad packing (sparsebert.ops.int8_format).
+  // in the k-quad packing (sparsebert.ops.int8_format). activation: none | gelu (the exact, erf
+  // GELU), applied to y in the epilogue, after the bias.
   m.def(
       "bsr_int8_linear(Tensor x, Tensor values, Tensor weight_scale, Tensor weight_sum, "
       "Tensor crow_indices, Tensor col_indices, Tensor? bias, int[2] shape, int[2] block_size, "
-      "str act_quant=\"per_token\") -> Tensor");
+      "str act_quant=\"per_token\", str activation=\"none\") -> Tensor");
   // The dense case: weight [ceil(N/32), ceil(K/4), 32, 4], the k-quad packing of 32-output rows.
   m.def(
       "int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_sum, Tensor? bias, "
-      "int[2] shape, str act_quant=\"per_token\") -> Tensor");
+      "int[2] shape, str act_quant=\"per_token\", str activation=\"none\") -> Tensor");
   // Weight-only (mixed precision): y = x @ (W_q * weight_scale[:, None]).T + bias with x in
   // float32/bfloat16 as it is; weight [ceil(N/32), K, 32, 1] int8 (sparsebert.ops.int8_format).
   m.def(

@@ -62,10 +62,13 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BR: tl.constexpr, GROUP_M: tl
 
 
 @triton.jit
-def store_tile(y_ptr, y, rm, cols, M, N, stride_ym, b_ptr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr):
-    """y (+ bias[cols]) into rows rm, columns cols of y, in y's dtype."""
+def store_tile(y_ptr, y, rm, cols, M, N, stride_ym, b_ptr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr,
+               GELU: tl.constexpr = False):
+    """y (+ bias[cols]), then the exact GELU if asked, into rows rm, columns cols of y, in y's dtype."""
     if HAS_BIAS:
         y += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    if GELU:
+        y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
     y_ptrs = y_ptr + rm[:, None] * stride_ym + cols[None, :]
     if EVEN:
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty))

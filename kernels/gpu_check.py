@@ -56,11 +56,12 @@ def int8_cases(quick):
                 for even in ((False, True) if i == 0 else (False,)):
                     sig = dict(zip(names, ["*i8", "*fp32", "*i8", "*fp32", "*i32", "*i32", PTR[dt], PTR[dt]]
                                    + ["i32"] * 6))
+                    # The even variant also carries the GELU epilogue (activation="gelu").
                     const = dict(SPARSE=sparse, HAS_BIAS=True, BR=br, BC=bc, GROUP_M=8, EVEN_M=even, EVEN_K=even,
-                                 EVEN_N=even, INTERPRET=False, **cfg.kwargs)
+                                 EVEN_N=even, GELU=even, INTERPRET=False, **cfg.kwargs)
                     kind = f"bsr_int8_linear {br}x{bc}" if sparse else "int8_linear"
-                    yield (f"{kind} out {dt} {cfg.kwargs} even={even}", int8_mod.int8_linear_kernel, sig, const, cfg,
-                           True)
+                    yield (f"{kind} out {dt} {cfg.kwargs} even={even} gelu={even}", int8_mod.int8_linear_kernel,
+                           sig, const, cfg, True)
     for dt in ("fp32", "bf16", "fp16"):
         sig = {"x_ptr": PTR[dt], "q_ptr": "*i8", "s_ptr": "*fp32", "K": "i32", "stride_xm": "i32", "stride_qm": "i32"}
         yield (f"quantize_per_token {dt}", int8_mod.quantize_per_token_kernel, sig, {"BLOCK_K": 1024},

@@ -61,7 +61,7 @@ def int8_linear_kernel(
     q_ptr, sx_ptr, w_ptr, sw_ptr, crow_ptr, col_ptr, b_ptr, y_ptr,
     M, N, K, KQ, stride_qm, stride_ym,
     SPARSE: tl.constexpr, HAS_BIAS: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
-    BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr, GELU: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BR, GROUP_M)
@@ -108,7 +108,7 @@ def int8_linear_kernel(
     sx = tl.load(sx_ptr + rm, mask=rm < M, other=0.0)
     sw = tl.load(sw_ptr + cols, mask=cols < N, other=0.0)
     y = acc.to(tl.float32) * sx[:, None] * sw[None, :]
-    store_tile(y_ptr, y, rm, cols, M, N, stride_ym, b_ptr, HAS_BIAS, EVEN_M and EVEN_N)
+    store_tile(y_ptr, y, rm, cols, M, N, stride_ym, b_ptr, HAS_BIAS, EVEN_M and EVEN_N, GELU)
 
 
 _kernel = triton.heuristics(EVEN_HEURISTICS)(int8_linear_kernel)
@@ -126,8 +126,10 @@ def quantize_per_token(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, s
 
 
-def _run(op, x, w, weight_scale, weight_sum, crow, col, bias, shape, act_quant, br, bc, sparse):
+def _run(op, x, w, weight_scale, weight_sum, crow, col, bias, shape, act_quant, activation, br, bc, sparse):
     check_device(op, x, w, weight_scale, weight_sum, crow, col, bias)
+    if activation not in ("none", "gelu"):
+        raise ValueError(f"activation={activation!r} is not one; use one of ('none', 'gelu')")
     if act_quant != "per_token":
         raise ValueError(f"{op} on the GPU path quantizes activations per_token only, got act_quant={act_quant!r}")
     if x.dtype not in DTYPES:
@@ -155,7 +157,8 @@ def _run(op, x, w, weight_scale, weight_sum, crow, col, bias, shape, act_quant, 
         dummy = sx
         args = (q, sx, w.contiguous(), sw, crow if sparse else dummy, col if sparse else dummy,
                 bias if bias is not None else sx, y, m, n, k, kq, q.stride(0), y.stride(0))
-        meta = dict(SPARSE=sparse, HAS_BIAS=bias is not None, BR=br, BC=bc, GROUP_M=GROUP_M, INTERPRET=INTERPRET)
+        meta = dict(SPARSE=sparse, HAS_BIAS=bias is not None, BR=br, BC=bc, GROUP_M=GROUP_M,
+                    GELU=activation == "gelu", INTERPRET=INTERPRET)
         grid = lambda cfg: (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, br),)  # noqa: E731
         if INTERPRET:
             _kernel[grid](*args, **meta, BLOCK_M=16 if m <= 16 else 32)
@@ -164,7 +167,7 @@ def _run(op, x, w, weight_scale, weight_sum, crow, col, bias, shape, act_quant, 
     return y.view(*x.shape[:-1], n)
 
 
-def int8_linear(x, weight, weight_scale, weight_sum, bias, shape, act_quant="per_token"):
+def int8_linear(x, weight, weight_scale, weight_sum, bias, shape, act_quant="per_token", activation="none"):
     """The op's arguments (dense k-quad weight); returns ``[..., out_features]`` in x's dtype."""
     n, k = (int(s) for s in shape)
     expect = ((n + DENSE_ROWS - 1) // DENSE_ROWS, (max(k, 1) + 3) // 4, DENSE_ROWS, 4)  # the CPU packing
@@ -172,11 +175,11 @@ def int8_linear(x, weight, weight_scale, weight_sum, bias, shape, act_quant="per
         raise ValueError(f"int8_linear: weight must have shape {list(expect)}, got {tuple(weight.shape)}")
     br, bc = DENSE_TILE
     return _run("int8_linear", x, weight, weight_scale, weight_sum, None, None, bias, shape, act_quant,
-                br, bc, False)
+                activation, br, bc, False)
 
 
 def bsr_int8_linear(x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape, block_size,
-                    act_quant="per_token"):
+                    act_quant="per_token", activation="none"):
     """The op's arguments (BSR k-quad values); returns ``[..., out_features]`` in x's dtype."""
     br, bc = check_block_size("bsr_int8_linear", block_size)
     if bc < 32:  # int8 tensor-core tiles are 32 inputs deep
@@ -184,4 +187,4 @@ def bsr_int8_linear(x, values, weight_scale, weight_sum, crow_indices, col_indic
     if tuple(values.shape[1:]) != (bc // 4, br, 4):
         raise ValueError(f"values must have shape [nnzb, {bc // 4}, {br}, 4], got {tuple(values.shape)}")
     return _run("bsr_int8_linear", x, values, weight_scale, weight_sum, crow_indices.contiguous(),
-                col_indices.contiguous(), bias, shape, act_quant, br, bc, True)
+                col_indices.contiguous(), bias, shape, act_quant, activation, br, bc, True)

@@ -39,6 +39,7 @@ from sparsebert.ops.int8_format import (
     weight_sum,
 )
 from test_attention import assert_attention_close
+from sparsebert.ops.int8_linear import ACTIVATIONS
 from test_int8_linear import assert_matches_reference
 
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
@@ -173,11 +174,12 @@ def activations(data, m, k, dtype):
 
 
 @given(data=st.data(), isa=ISAS, m=DIMS, n=DIMS, k=DIMS, dtype=FLOATS, bias=st.booleans(),
-       act_quant=st.sampled_from(ACT_QUANT_MODES))
-def test_int8_linear(data, isa, m, n, k, dtype, bias, act_quant):
+       act_quant=st.sampled_from(ACT_QUANT_MODES), activation=st.sampled_from(ACTIVATIONS))
+def test_int8_linear(data, isa, m, n, k, dtype, bias, act_quant, activation):
     seed_torch(data)
     q, s = quantize_symmetric(int8_weight(data, n, k))
-    args = (pack_int8_dense(q), s, weight_sum(q), torch.randn(n).to(dtype) if bias else None, (n, k), act_quant)
+    args = (pack_int8_dense(q), s, weight_sum(q), torch.randn(n).to(dtype) if bias else None, (n, k), act_quant,
+            activation)
     x = activations(data, m, k, dtype)
     with isa_forced(isa):
         out = int8_linear(x, *args)
@@ -185,14 +187,14 @@ def test_int8_linear(data, isa, m, n, k, dtype, bias, act_quant):
 
 
 @given(data=st.data(), isa=ISAS, m=DIMS, n=DIMS, k=DIMS, block_size=BLOCKS, dtype=FLOATS, bias=st.booleans(),
-       act_quant=st.sampled_from(ACT_QUANT_MODES))
-def test_bsr_int8_linear(data, isa, m, n, k, block_size, dtype, bias, act_quant):
+       act_quant=st.sampled_from(ACT_QUANT_MODES), activation=st.sampled_from(ACTIVATIONS))
+def test_bsr_int8_linear(data, isa, m, n, k, block_size, dtype, bias, act_quant, activation):
     seed_torch(data)
     q, s = quantize_symmetric(int8_weight(data, n, k))
     q = q * (pattern_weight(data, n, k, block_size) != 0)
     values, crow, col = pack_int8_bsr(q, block_size)
     args = (values, s, weight_sum(q), crow, col, torch.randn(n).to(dtype) if bias else None, (n, k), block_size,
-            act_quant)
+            act_quant, activation)
     x = activations(data, m, k, dtype)
     with isa_forced(isa):
         out = bsr_int8_linear(x, *args)

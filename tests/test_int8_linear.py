@@ -168,6 +168,42 @@ def test_large_outputs_streamed(isa, dtype, n, block_size):
     assert_matches_reference(out, ref)
 
 
+# GELU in the epilogue (activation="gelu") of every kernel family: dense, blocks of 32 and 16
+# outputs (both tile widths), odd blocks, and one-output blocks (the kernel vectorized over rows);
+# row scales from 0.01 to 3 put outputs in the negative tail, on the curve and on the linear part.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", [None, (32, 32), (16, 16), (8, 3), (1, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gelu_epilogue(isa, dtype, block_size, bias):
+    m, n, k = 37, 80, 256
+    x = (torch.randn(m, k) * torch.logspace(-2, 0.5, m)[:, None] / 16).to(dtype)
+    w = torch.randn(n, k)
+    q, s = quantize_symmetric(w)
+    b = torch.randn(n).to(dtype) if bias else None
+    if block_size is None:
+        args = (pack_int8_dense(q), s, weight_sum(q), b, (n, k), "per_token")
+        op, ref = int8_linear, int8_linear_reference
+    else:
+        q = q * block_magnitude_mask(w, 0.5, block_size)
+        values, crow, col = pack_int8_bsr(q, block_size)
+        args = (values, s, weight_sum(q), crow, col, b, (n, k), block_size, "per_token")
+        op, ref = bsr_int8_linear, bsr_int8_linear_reference
+    out = op(x, *args, "gelu")
+    expected = ref(x, *args, "gelu")
+    assert_matches_reference(out, expected)
+    plain = op(x, *args)
+    assert (plain < -1).any() and ((plain > -0.5) & (plain < 0.5)).any()  # both regimes are exercised
+    assert not torch.equal(out, plain)
+
+
+@pytest.mark.parametrize("mode", ["per_token_asym", "per_tensor"])
+def test_gelu_epilogue_with_other_act_quant(isa, mode):
+    x = torch.randn(2, 9, 64) / 4
+    packed, s, sums, b = dense_case(48, 64, torch.float32)
+    args = (packed, s, sums, b, (48, 64), mode, "gelu")
+    assert_matches_reference(int8_linear(x, *args), int8_linear_reference(x, *args))
+
+
 def test_threads_agree(isa):
     x = torch.randn(70, 128)
     packed, s, sums, b = dense_case(96, 128, torch.float32)
@@ -199,6 +235,8 @@ def test_opcheck(dtype):
     packed, s, sums, b = dense_case(40, 64, dtype)
     x = torch.randn(2, 5, 64).to(dtype)
     torch.library.opcheck(torch.ops.sparsebert.int8_linear.default, (x, packed, s, sums, b, [40, 64]))
+    torch.library.opcheck(torch.ops.sparsebert.int8_linear.default,
+                          (x, packed, s, sums, b, [40, 64], "per_token", "gelu"))
     w = torch.randn(40, 64)
     q, s = quantize_symmetric(w)
     values, crow, col = pack_int8_bsr(q * block_magnitude_mask(w, 0.5, (8, 8)), (8, 8))
@@ -312,6 +350,24 @@ def test_asymmetric_rule():
     assert st[0] == st[1] == pytest.approx(2.55 / 127)
     with pytest.raises(ValueError, match="act_quant='per_row' is not a mode"):
         quantize_activations(x, "per_row")
+
+
+def test_bad_activation():
+    packed, s, sums, b = dense_case(32, 64, torch.float32)
+    x = torch.randn(2, 64)
+    with pytest.raises(ValueError, match="activation='relu' is not one"):
+        int8_linear(x, packed, s, sums, b, (32, 64), "per_token", "relu")
+    with pytest.raises(ValueError, match="activation='GELU' is not one"):
+        int8_linear(x.to("meta"), packed.to("meta"), s.to("meta"), sums.to("meta"), b.to("meta"), (32, 64),
+                    "per_token", "GELU")
+    w = torch.randn(32, 64)
+    q, s = quantize_symmetric(w)
+    values, crow, col = pack_int8_bsr(q, (16, 16))
+    with pytest.raises(ValueError, match="activation='tanh' is not one"):
+        bsr_int8_linear(x, values, s, weight_sum(q), crow, col, b, (32, 64), (16, 16), "per_token", "tanh")
+    with pytest.raises(ValueError, match="activation='tanh' is not one"):
+        bsr_int8_linear_reference(x, values, s, weight_sum(q), crow, col, b, (32, 64), (16, 16), "per_token",
+                                  "tanh")
 
 
 def test_bad_act_quant():

@@ -124,6 +124,21 @@ def test_bsr_int8_linear(block, dtype):
     torch.testing.assert_close(IMPLS["bsr_int8_linear"](*args), y)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gelu_epilogue(dtype):
+    n, k, m = 64, 96, 11
+    q_w, scale = quantize_symmetric(sparse_weight(n, k, (32, 32), torch.float32))
+    vals, crow, col = pack_int8_bsr(q_w, (32, 32))
+    ws = weight_sum(q_w)
+    x, bias = (torch.randn(m, k) / 4).to(dtype), torch.randn(n).to(dtype)
+    args = (x, vals, scale, ws, crow, col, bias, [n, k], [32, 32], "per_token", "gelu")
+    y = kernels.bsr_int8_linear(*args)
+    assert_int8_close(y, bsr_int8_linear_reference(*args))
+    assert (y < 0).any() and not torch.equal(y, kernels.bsr_int8_linear(*args[:-1]))
+    dense = (x, pack_int8_dense(q_w), scale, ws, bias, [n, k], "per_token", "gelu")
+    assert_int8_close(kernels.int8_linear(*dense), int8_linear_reference(*dense))
+
+
 # --- attention ------------------------------------------------------------------------------------
 
 

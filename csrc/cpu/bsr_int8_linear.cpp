@@ -97,11 +97,18 @@ ActQuant parse_act_quant(c10::string_view mode) {
                     "' is not a mode; use per_token, per_token_asym, per_tensor or per_tensor_asym");
 }
 
+int parse_activation(c10::string_view activation) {
+  if (activation == "none") return cpu::kActNone;
+  if (activation == "gelu") return cpu::kActGelu;
+  TORCH_CHECK_VALUE(false, "activation='", std::string(activation), "' is not one; use none or gelu");
+}
+
 at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
                      const at::Tensor& weight_sum, const at::Tensor& crow, const at::Tensor& col,
                      const std::optional<at::Tensor>& bias, int64_t N, int64_t K, int64_t br, int64_t bc,
-                     c10::string_view act_quant) {
+                     c10::string_view act_quant, c10::string_view activation) {
   const ActQuant aq = parse_act_quant(act_quant);
+  const int act = parse_activation(activation);
   TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
                     "INT8 linear on CPU takes float32 or bfloat16 activations, got ", x.scalar_type());
   TORCH_CHECK_VALUE(values.scalar_type() == at::kChar, "int8 weights must be torch.int8, got ",
@@ -134,6 +141,7 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   args.col_sum = sums.data_ptr<int32_t>();
   const Isa isa = active_isa();  // read once per call (it looks at SPARSEBERT_ISA)
   const Int8Kernels kern = select_int8(isa, x.scalar_type() == at::kFloat, args);
+  args.activation = act;
 
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   const void* xp = call.x2.data_ptr();
@@ -175,18 +183,19 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
 at::Tensor bsr_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
                                const at::Tensor& weight_sum, const at::Tensor& crow_indices,
                                const at::Tensor& col_indices, const std::optional<at::Tensor>& bias,
-                               at::IntArrayRef shape, at::IntArrayRef block_size, c10::string_view act_quant) {
+                               at::IntArrayRef shape, at::IntArrayRef block_size, c10::string_view act_quant,
+                               c10::string_view activation) {
   TORCH_CHECK_VALUE(block_size.size() == 2 && block_size[0] > 0 && block_size[1] > 0,
                     "block_size must be a pair of positive ints, got ", block_size);
   TORCH_CHECK_VALUE(shape.size() == 2 && shape[0] >= 0 && shape[1] >= 0,
                     "shape must be (out_features, in_features) >= 0, got ", shape);
   return int8_core(x, values, weight_scale, weight_sum, crow_indices.contiguous(), col_indices.contiguous(),
-                   bias, shape[0], shape[1], block_size[0], block_size[1], act_quant);
+                   bias, shape[0], shape[1], block_size[0], block_size[1], act_quant, activation);
 }
 
 at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
                            const at::Tensor& weight_sum, const std::optional<at::Tensor>& bias,
-                           at::IntArrayRef shape, c10::string_view act_quant) {
+                           at::IntArrayRef shape, c10::string_view act_quant, c10::string_view activation) {
   TORCH_CHECK_VALUE(shape.size() == 2 && shape[0] >= 0 && shape[1] >= 0,
                     "shape must be (out_features, in_features) >= 0, got ", shape);
   const int64_t N = shape[0], K = shape[1];
@@ -199,12 +208,13 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
     const at::Tensor crow = at::zeros({nb + 1}, x.options().dtype(at::kInt));
     const at::Tensor col = at::zeros({0}, x.options().dtype(at::kInt));
     return int8_core(x, weight.narrow(0, 0, 0), weight_scale, weight_sum, crow, col, bias, N, K, kDenseBlockRows,
-                     bc, act_quant);
+                     bc, act_quant, activation);
   }
   // Every block stored: block row i holds block column 0 (all of K).
   const at::Tensor crow = at::arange(nb + 1, x.options().dtype(at::kInt));
   const at::Tensor col = at::zeros({nb}, x.options().dtype(at::kInt));
-  return int8_core(x, weight, weight_scale, weight_sum, crow, col, bias, N, K, kDenseBlockRows, bc, act_quant);
+  return int8_core(x, weight, weight_scale, weight_sum, crow, col, bias, N, K, kDenseBlockRows, bc, act_quant,
+                   activation);
 }
 
 cpu::BsrLinearFn select_weight_only(bool f32) {

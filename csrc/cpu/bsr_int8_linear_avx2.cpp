@@ -44,12 +44,12 @@ struct Avx2Int8 : Avx2Lanes {
   struct cols_t {
     __m256i sum, sum128;  // sum128 = 128 * col_sum: symmetric rows need no multiply
     __m256 scale, bias;
-    bool has_bias;
+    bool has_bias, gelu;
   };
-  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t* col_sum, const float* bias) {
+  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t* col_sum, const float* bias, bool gelu) {
     const __m256i sum = _mm256_maskload_epi32(col_sum, k.v);
     return {sum, _mm256_slli_epi32(sum, 7), _mm256_maskload_ps(col_scale, k.v),
-            bias ? _mm256_maskload_ps(bias, k.v) : _mm256_setzero_ps(), bias != nullptr};
+            bias ? _mm256_maskload_ps(bias, k.v) : _mm256_setzero_ps(), bias != nullptr, gelu};
   }
   static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c, bool) {
     // hadd: [o0 o1 o4 o5 | o2 o3 o6 o7] as 64-bit pairs; the permute puts them in order.
@@ -58,6 +58,7 @@ struct Avx2Int8 : Avx2Lanes {
     __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sums, zs)), _mm256_set1_ps(row_scale));
     v = _mm256_mul_ps(v, c.scale);
     if (c.has_bias) v = _mm256_add_ps(v, c.bias);
+    if (c.gelu) v = gelu_f32x8(v);
     store8<Y>(p, v, k);
   }
 };
@@ -90,15 +91,16 @@ struct Avx2WeightOnly : Avx2Lanes {
   static acc_t fma(acc_t a, w_t w, x_t x) { return _mm256_fmadd_ps(w, x, a); }
   struct cols_t {
     __m256 scale, bias;
-    bool has_bias;
+    bool has_bias, gelu;
   };
-  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t*, const float* bias) {
+  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t*, const float* bias, bool gelu) {
     return {_mm256_maskload_ps(col_scale, k.v), bias ? _mm256_maskload_ps(bias, k.v) : _mm256_setzero_ps(),
-            bias != nullptr};
+            bias != nullptr, gelu};
   }
   static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c, bool) {
     __m256 v = _mm256_mul_ps(a, c.scale);
     if (c.has_bias) v = _mm256_add_ps(v, c.bias);
+    if (c.gelu) v = gelu_f32x8(v);
     store8<Y>(p, v, k);
   }
 };

@@ -39,12 +39,12 @@ struct Avx512Int8Vnni : Avx512Lanes {
   struct cols_t {
     __m512i sum, sum128;
     __m512 scale, bias;
-    bool has_bias;
+    bool has_bias, gelu;
   };
-  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t* col_sum, const float* bias) {
+  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t* col_sum, const float* bias, bool gelu) {
     const __m512i sum = _mm512_maskz_loadu_epi32(k, col_sum);
     return {sum, _mm512_slli_epi32(sum, 7), _mm512_maskz_loadu_ps(k, col_scale),
-            bias ? _mm512_maskz_loadu_ps(k, bias) : _mm512_setzero_ps(), bias != nullptr};
+            bias ? _mm512_maskz_loadu_ps(k, bias) : _mm512_setzero_ps(), bias != nullptr, gelu};
   }
   // acc (int32) -> (acc - row_zero * col_sum) * row_scale * col_scale + bias, stored as Y (the
   // int32 product wraps alike either way: 128 * s and s << 7 have the same low 32 bits).
@@ -53,6 +53,7 @@ struct Avx512Int8Vnni : Avx512Lanes {
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a, zs)), _mm512_set1_ps(row_scale));
     v = _mm512_mul_ps(v, c.scale);
     if (c.has_bias) v = _mm512_add_ps(v, c.bias);
+    if (c.gelu) v = gelu_f32x16(v);
     store_f32x16(p, v, k, stream);
   }
 };
@@ -81,15 +82,16 @@ struct Avx512WeightOnly : Avx512Lanes {
   static acc_t fma(acc_t a, w_t w, x_t x) { return _mm512_fmadd_ps(w, x, a); }
   struct cols_t {
     __m512 scale, bias;
-    bool has_bias;
+    bool has_bias, gelu;
   };
-  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t*, const float* bias) {
+  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t*, const float* bias, bool gelu) {
     return {_mm512_maskz_loadu_ps(k, col_scale), bias ? _mm512_maskz_loadu_ps(k, bias) : _mm512_setzero_ps(),
-            bias != nullptr};
+            bias != nullptr, gelu};
   }
   static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c, bool stream) {
     __m512 v = _mm512_mul_ps(a, c.scale);
     if (c.has_bias) v = _mm512_add_ps(v, c.bias);
+    if (c.gelu) v = gelu_f32x16(v);
     store_f32x16(p, v, k, stream);
   }
 };
@@ -349,6 +351,7 @@ void bsr_int8_rows_impl(const BsrLinearArgs& a, int64_t n0, int64_t n1, int64_t 
           __m512 o = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), _mm512_set1_ps(a.row_scale[m]));
           o = _mm512_mul_ps(o, cscale);
           if (a.bias) o = _mm512_add_ps(o, bias);
+          if (a.activation == kActGelu) o = gelu_f32x16(o);
           store_f32x16(y + m * a.ldy + t0, o, k, a.stream_y);
         }
       }

@@ -7,6 +7,9 @@ namespace sparsebert {
 namespace cpu {
 namespace {
 
+// 0.5 v (1 + erf(v / sqrt 2)): the exact GELU (kActGelu).
+inline float gelu_f32(float v) { return 0.5f * v * (1.f + std::erf(v * 0.707106781186547524f)); }
+
 template <class Y>
 void store_float(Y* p, float v);
 template <>
@@ -40,14 +43,16 @@ struct ScalarInt8 : ScalarLanes {
     const float* scale;
     const int32_t* sum;
     const float* bias;
+    bool gelu;
   };
-  static cols_t load_cols(mask_t, const float* col_scale, const int32_t* col_sum, const float* bias) {
-    return {col_scale, col_sum, bias};
+  static cols_t load_cols(mask_t, const float* col_scale, const int32_t* col_sum, const float* bias, bool gelu) {
+    return {col_scale, col_sum, bias, gelu};
   }
   static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c, bool) {
     if (!k) return;
-    const float v = static_cast<float>(a - row_zero * c.sum[0]) * row_scale * c.scale[0];
-    store_float<Y>(p, c.bias ? v + c.bias[0] : v);
+    float v = static_cast<float>(a - row_zero * c.sum[0]) * row_scale * c.scale[0];
+    if (c.bias) v += c.bias[0];
+    store_float<Y>(p, c.gelu ? gelu_f32(v) : v);
   }
 };
 
@@ -74,12 +79,16 @@ struct ScalarWeightOnly : ScalarLanes {
   struct cols_t {
     const float* scale;
     const float* bias;
+    bool gelu;
   };
-  static cols_t load_cols(mask_t, const float* col_scale, const int32_t*, const float* bias) { return {col_scale, bias}; }
+  static cols_t load_cols(mask_t, const float* col_scale, const int32_t*, const float* bias, bool gelu) {
+    return {col_scale, bias, gelu};
+  }
   static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c, bool) {
     if (!k) return;
-    const float v = a * c.scale[0];
-    store_float<Y>(p, c.bias ? v + c.bias[0] : v);
+    float v = a * c.scale[0];
+    if (c.bias) v += c.bias[0];
+    store_float<Y>(p, c.gelu ? gelu_f32(v) : v);
   }
 };
 

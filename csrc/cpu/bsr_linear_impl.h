@@ -10,9 +10,10 @@
 //                  uint8_t quantized x, int8_t weights, float or bf16 out)
 //   kQuantized     false: acc starts at the bias and store() writes it; true: acc starts at 0
 //                  and store_q() dequantizes (per-row and per-column scales) and adds the bias
-//                  (weight-only int8: no row scale, no zero-point sum); cols_t / load_cols()
-//                  hold one vector's per-output factors (scale, weight sum, bias), loaded once
-//                  per tile and passed to store_q() for each row
+//                  (weight-only int8: no row scale, no zero-point sum) and then, if asked, the
+//                  GELU; cols_t / load_cols() hold one vector's per-output factors (scale,
+//                  weight sum, bias) and the GELU flag, loaded once per tile and passed to
+//                  store_q() for each row
 //   kWholeGroups   true: x is a padded buffer, so a partial last group of KP inputs is read
 //                  whole (its weights are zero); false: the tail is read with load_x_single
 //   VL             output features per vector;  KP  k values per packed lane (1 fp32, 2 bf16,
@@ -66,6 +67,7 @@ struct Tile {
   int64_t ldy;
   bool prefetch;           // first pass over these weights: they may still be in DRAM
   bool stream;             // whole vectors of y go out with non-temporal stores (stream_y)
+  bool gelu;               // quantized traits: GELU after the bias (activation == kActGelu)
   // Quantized traits only, offset to the tile's first row / output: per-row activation scale,
   // per-output weight scale and sum of quantized weights (the u8 zero-point correction).
   const float* row_scale;
@@ -160,7 +162,7 @@ void tile_kernel(const Tile<T>& t) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       const typename T::cols_t c = T::load_cols(mask[v], t.col_scale + v * VL, t.col_sum ? t.col_sum + v * VL : nullptr,
-                                                t.bias ? t.bias + v * VL : nullptr);
+                                                t.bias ? t.bias + v * VL : nullptr, t.gelu);
 #pragma GCC unroll 16
       for (int m = 0; m < MR; ++m) T::store_q(t.y + m * t.ldy + v * VL, acc[m][v], mask[v], row_scale[m], row_zero[m], c, t.stream);
     }
@@ -226,6 +228,7 @@ void bsr_linear_impl(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m
       t.br = a.br;
       t.ldy = a.ldy;
       t.stream = a.stream_y;
+      t.gelu = a.activation == kActGelu;
       for (int lane0 = 0; lane0 < n_valid; lane0 += TILE_LANES) {
         const int lanes = n_valid - lane0 < TILE_LANES ? n_valid - lane0 : TILE_LANES;
         const int nv = (lanes + T::VL - 1) / T::VL;

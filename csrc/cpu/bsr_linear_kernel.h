@@ -22,6 +22,12 @@ namespace cpu {
 // lanes and x[m, k] is broadcast: the kernel vectorises over the output features of a block
 // row. bf16 keeps two consecutive k of one output in one 32-bit lane, the operand layout of
 // vdpbf16ps, so one instruction does two multiply-adds per lane.
+// Activation applied in the epilogue of the INT8 kernels (BsrLinearArgs::activation), after the bias.
+enum Activation : int {
+  kActNone = 0,
+  kActGelu = 1,  // 0.5 y (1 + erf(y / sqrt 2)), the exact (erf) GELU of torch and BERT
+};
+
 struct BsrLinearArgs {
   const void* x;        // [M, K] fp32 or bf16 (uint16 bits), unit column stride
   int64_t lda;          // row stride of x, in elements
@@ -46,6 +52,9 @@ struct BsrLinearArgs {
   // for ownership first and do not evict x and the weights. Only whole, aligned vectors stream
   // (the others are stored as usual), so y 64-byte aligned with ldy a multiple of 16 streams all.
   bool stream_y = false;
+  // INT8 and weight-only kernels (quantized traits and the one-output-block kernel): y =
+  // act(... + bias[n]), see Activation. Others require kActNone.
+  int activation = kActNone;
 };
 
 // Each variant computes the outputs of block rows [rb0, rb1) for input rows [m0, m1).

@@ -1,14 +1,18 @@
 """``sparsebert::int8_linear`` and ``sparsebert::bsr_int8_linear``: dynamic INT8 linear layers.
 
-``y = (x_q @ W_q.T) * x_scale[:, None] * weight_scale[None, :] + bias`` where ``x_q, x_scale``
-quantize ``x`` inside the op (:func:`sparsebert.ops.int8_format.quantize_activations`, per token
-and symmetric unless ``act_quant`` says otherwise) and the integer product is exact. Output in the dtype of ``x`` (float32 or bfloat16). Schemas in
-``csrc/ops.cpp``, CPU kernels in ``csrc/cpu/bsr_int8_linear*.cpp``.
+``y = act((x_q @ W_q.T) * x_scale[:, None] * weight_scale[None, :] + bias)`` where ``x_q,
+x_scale`` quantize ``x`` inside the op (:func:`sparsebert.ops.int8_format.quantize_activations`,
+per token and symmetric unless ``act_quant`` says otherwise), the integer product is exact and
+``act`` is the identity (``activation="none"``) or the exact, erf GELU (``"gelu"``, as
+``torch.nn.functional.gelu`` and BERT's FFN) applied in the kernels' epilogue. Output in the
+dtype of ``x`` (float32 or bfloat16). Schemas in ``csrc/ops.cpp``, CPU kernels in
+``csrc/cpu/bsr_int8_linear*.cpp``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._inference_only import register_inference_only
@@ -16,25 +20,31 @@ from .bsr_format import bsr_to_dense, check_block_size, validate_bsr
 from .int8_format import ACT_QUANT_MODES, DENSE_BLOCK_ROWS, quantize_activations, unpack_int8_dense, unpack_int8_weight_only
 
 __all__ = [
-    "int8_linear", "bsr_int8_linear", "int8_weight_only_linear",
+    "ACTIVATIONS", "int8_linear", "bsr_int8_linear", "int8_weight_only_linear",
     "int8_linear_reference", "bsr_int8_linear_reference", "int8_weight_only_linear_reference",
 ]
 
 
+# What the INT8 ops apply to their output after the bias: "none" or "gelu" (exact, with erf).
+ACTIVATIONS = ("none", "gelu")
+
+
 def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, weight_sum: Tensor, bias: Tensor | None,
-                shape: tuple[int, int], act_quant: str = "per_token") -> Tensor:
+                shape: tuple[int, int], act_quant: str = "per_token", activation: str = "none") -> Tensor:
     """Dense INT8 linear; ``weight`` packed by :func:`sparsebert.ops.int8_format.pack_int8_dense`;
-    ``act_quant`` one of :data:`~sparsebert.ops.int8_format.ACT_QUANT_MODES`."""
-    return torch.ops.sparsebert.int8_linear.default(x, weight, weight_scale, weight_sum, bias, list(shape), act_quant)
+    ``act_quant`` one of :data:`~sparsebert.ops.int8_format.ACT_QUANT_MODES`, ``activation`` one
+    of :data:`ACTIVATIONS`."""
+    return torch.ops.sparsebert.int8_linear.default(x, weight, weight_scale, weight_sum, bias, list(shape), act_quant,
+                                                    activation)
 
 
 def bsr_int8_linear(x: Tensor, values: Tensor, weight_scale: Tensor, weight_sum: Tensor, crow_indices: Tensor,
                     col_indices: Tensor, bias: Tensor | None, shape: tuple[int, int],
-                    block_size: tuple[int, int], act_quant: str = "per_token") -> Tensor:
+                    block_size: tuple[int, int], act_quant: str = "per_token", activation: str = "none") -> Tensor:
     """Block-sparse INT8 linear; ``values`` packed by :func:`sparsebert.ops.int8_format.pack_int8_bsr`."""
     return torch.ops.sparsebert.bsr_int8_linear.default(
         x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, list(shape),
-        list(check_block_size(block_size)), act_quant)
+        list(check_block_size(block_size)), act_quant, activation)
 
 
 def int8_weight_only_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | None,
@@ -53,9 +63,11 @@ def int8_weight_only_linear_reference(x, weight, weight_scale, bias, shape):
     return y.to(x.dtype)
 
 
-def _dequant_matmul(x: Tensor, q_w: Tensor, weight_scale: Tensor, bias: Tensor | None, act_quant: str) -> Tensor:
+def _dequant_matmul(x: Tensor, q_w: Tensor, weight_scale: Tensor, bias: Tensor | None, act_quant: str,
+                    activation: str = "none") -> Tensor:
     """The definition: quantize x (act_quant), exact integer product (float64 holds it
-    exactly), scale, add bias, round to x's dtype."""
+    exactly), scale, add bias, apply the activation, round to x's dtype."""
+    _check_activation(activation)
     n, k = q_w.shape
     x2 = x.reshape(x.shape[:-1].numel(), k)
     q_x, x_scale = quantize_activations(x2, act_quant)
@@ -63,21 +75,30 @@ def _dequant_matmul(x: Tensor, q_w: Tensor, weight_scale: Tensor, bias: Tensor |
     y = acc * x_scale.double()[:, None] * weight_scale.double()[None, :]
     if bias is not None:
         y = y + bias.double()
+    if activation == "gelu":
+        y = F.gelu(y)
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
-def int8_linear_reference(x, weight, weight_scale, weight_sum, bias, shape, act_quant="per_token"):
-    return _dequant_matmul(x, unpack_int8_dense(weight, shape), weight_scale, bias, act_quant)
+def int8_linear_reference(x, weight, weight_scale, weight_sum, bias, shape, act_quant="per_token",
+                          activation="none"):
+    return _dequant_matmul(x, unpack_int8_dense(weight, shape), weight_scale, bias, act_quant, activation)
 
 
 def bsr_int8_linear_reference(x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape,
-                              block_size, act_quant="per_token"):
+                              block_size, act_quant="per_token", activation="none"):
     validate_bsr(values, crow_indices, col_indices, shape, block_size)
     q_w = bsr_to_dense(values, crow_indices, col_indices, shape, block_size)
-    return _dequant_matmul(x, q_w, weight_scale, bias, act_quant)
+    return _dequant_matmul(x, q_w, weight_scale, bias, act_quant, activation)
 
 
-def _check_fake(x, weight_scale, weight_sum, bias, n, k, act_quant="per_token"):
+def _check_activation(activation) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not one; use one of {ACTIVATIONS}")
+
+
+def _check_fake(x, weight_scale, weight_sum, bias, n, k, act_quant="per_token", activation="none"):
+    _check_activation(activation)
     if act_quant not in ACT_QUANT_MODES:
         raise ValueError(f"act_quant={act_quant!r} is not a mode; use one of {ACT_QUANT_MODES}")
     if x.dtype not in (torch.float32, torch.bfloat16):
@@ -92,12 +113,12 @@ def _check_fake(x, weight_scale, weight_sum, bias, n, k, act_quant="per_token"):
 
 
 @torch.library.register_fake("sparsebert::int8_linear")
-def _int8_linear_fake(x, weight, weight_scale, weight_sum, bias, shape, act_quant="per_token"):
+def _int8_linear_fake(x, weight, weight_scale, weight_sum, bias, shape, act_quant="per_token", activation="none"):
     n, k = shape
     nb = -(-n // DENSE_BLOCK_ROWS)
     if weight.dtype != torch.int8 or weight.dim() != 4 or weight.shape[0] != nb:
         raise ValueError(f"int8_linear weight must be int8 [{nb}, ceil(K/4), {DENSE_BLOCK_ROWS}, 4]")
-    return _check_fake(x, weight_scale, weight_sum, bias, n, k, act_quant)
+    return _check_fake(x, weight_scale, weight_sum, bias, n, k, act_quant, activation)
 
 
 @torch.library.register_fake("sparsebert::int8_weight_only_linear")
@@ -113,10 +134,10 @@ def _int8_weight_only_fake(x, weight, weight_scale, bias, shape):
 
 @torch.library.register_fake("sparsebert::bsr_int8_linear")
 def _bsr_int8_linear_fake(x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape, block_size,
-                          act_quant="per_token"):
+                          act_quant="per_token", activation="none"):
     validate_bsr(values, crow_indices, col_indices, shape, block_size, check_indices=False)
     n, k = shape
-    return _check_fake(x, weight_scale, weight_sum, bias, n, k, act_quant)
+    return _check_fake(x, weight_scale, weight_sum, bias, n, k, act_quant, activation)
 
 
 for _op in ("int8_linear", "int8_weight_only_linear", "bsr_int8_linear"):
