@@ -26,7 +26,9 @@ _check_torch()
 from . import memory, ops, prune  # noqa: E402
 from ._extension import active_isa, detected_isa  # noqa: E402
 from .nn import Int8Linear, SparseInt8Linear, SparseLinear  # noqa: E402
-from .compress import CompressConfig, compress, decompress, is_compressed  # noqa: E402
+from .compress import (  # noqa: E402
+    CompressConfig, compress, decompress, fuse_activations, is_compressed, unfuse_activations,
+)
 from .report import print_report, report  # noqa: E402
 from .serialize import load, save  # noqa: E402
 from .memory import keep_freed_memory  # noqa: E402

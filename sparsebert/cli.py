@@ -132,7 +132,7 @@ def compress_cmd(args) -> int:
     config = sparsebert.CompressConfig(
         sparsity=args.sparsity, block_size=args.block, int8=args.int8, act_quant=args.act_quant, dtype=args.dtype,
         attention=args.attention, kernel=args.kernel, min_cosine=args.min_cosine, tokens=args.tokens,
-        compile=args.compile, **({"skip": tuple(args.skip)} if args.skip else {}))
+        compile=args.compile, fuse=not args.no_fuse, **({"skip": tuple(args.skip)} if args.skip else {}))
     example = None
     if args.int8 == "dynamic" and args.calibrate > 0:
         example = _calibration_inputs(tokenizer, args.calibrate, args.calib_file)
@@ -427,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", default="auto", choices=["auto", "sparse", "dense"])
     p.add_argument("--compile", action="store_true",
                    help="record that sparsebert.load compiles the model (torch.compile, dynamic shapes)")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="keep the FFN's GELU a separate op (default: fused into the INT8 up projection)")
     p.add_argument("--skip", action="append", help="module-name pattern never converted (repeatable)")
     p.add_argument("--min-cosine", type=float, default=0.999, help="fidelity budget of the calibrated INT8 choice")
     p.add_argument("--calibrate", type=int, default=64,

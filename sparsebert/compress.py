@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .memory import keep_freed_memory
@@ -40,7 +41,7 @@ from .ops.bsr_format import check_block_size
 from .ops.int8_format import ACT_QUANT_MODES
 from .prune import block_magnitude_mask
 
-__all__ = ["CompressConfig", "compress", "FORMATS", "DEFAULT_SKIP", "is_compressed", "decompress",
+__all__ = ["CompressConfig", "compress", "fuse_activations", "unfuse_activations", "FORMATS", "DEFAULT_SKIP", "is_compressed", "decompress",
            "STATE_ATTR"]
 
 # A layer's format: what module it becomes.
@@ -92,6 +93,9 @@ class CompressConfig:
       for BERT-base on 2 cores, once more for the first batch of another size; inductor caches on
       disk); ``load`` compiles a saved model again. Outputs move by INT8 rounding flips only
       (see ``benchmarks/bench_e2e.py``, which measures it beside the eager model).
+    - ``fuse``: move each FFN's GELU into the epilogue of its up projection when that layer is
+      dynamic INT8 (:func:`fuse_activations`): one pass less over the largest activation. Same
+      math (the exact GELU), in float32 registers instead of a separate op.
     """
 
     sparsity: float | dict[str, float] | None = None
@@ -105,6 +109,7 @@ class CompressConfig:
     min_cosine: float = 0.999
     tokens: int | None = None
     compile: bool = False
+    fuse: bool = True
 
     def __post_init__(self):
         if isinstance(self.dtype, torch.dtype):
@@ -140,6 +145,8 @@ class CompressConfig:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        if not isinstance(self.fuse, bool):
+            raise ValueError(f"fuse must be True or False, got {self.fuse!r}")
         if self.kernel == "sparse" and self.int8 == "weight_only":
             raise ValueError("kernel='sparse' with int8='weight_only': there is no block-sparse weight-only kernel; "
                              "use int8='dynamic' or kernel='auto'")
@@ -577,6 +584,7 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
     from .hf import ATTN_IMPLEMENTATION, mark_compressed, use_unpadded
 
     replaced: list = []
+    acts = [(m, getattr(m, FFN_ACT_ATTR)) for m in model.modules() if hasattr(m, FFN_ACT_ATTR)]
     old_attn = model.config._attn_implementation
     old_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     try:
@@ -586,12 +594,15 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
             model.set_attn_implementation(ATTN_IMPLEMENTATION)
         elif cfg.attention == "unpadded":
             use_unpadded(model)
+        state["fused"] = fuse_activations(model) if cfg.fuse else []
         setattr(model, STATE_ATTR, state)
         mark_compressed(model)
         if cfg.compile:
             compile_model(model)
     except BaseException:
         model._compiled_call_impl = None
+        for module, act in acts:  # the FFN activations fuse_activations replaced
+            setattr(module, FFN_ACT_ATTR, act)
         _restore(replaced)
         if cfg.attention == "unpadded":
             use_unpadded(model, enabled=False)
@@ -707,6 +718,73 @@ def _calibrate(model, targets, pruned, ladders, cfg, inputs):
 # --- helpers for users and the other model-level modules -----------------------------------------
 
 
+# A BERT-family FFN (BertIntermediate, RobertaIntermediate, ...): ``dense`` then this activation.
+FFN_ACT_ATTR = "intermediate_act_fn"
+
+
+def _is_exact_gelu(module) -> bool:
+    """nn.GELU() or transformers' GELUActivation on F.gelu: the erf GELU the kernels fuse (the
+    tanh and other approximations are left as they are)."""
+    if isinstance(module, nn.GELU):
+        return module.approximate == "none"
+    try:
+        from transformers.activations import GELUActivation
+    except ImportError:  # pragma: no cover - transformers is a dependency of the model level
+        return False
+    return isinstance(module, GELUActivation) and getattr(module, "act", None) is F.gelu
+
+
+def _fusable(layer) -> bool:
+    return isinstance(layer, SparseInt8Linear) or (isinstance(layer, Int8Linear) and not layer.weight_only)
+
+
+def fused_layout(model: nn.Module) -> None:
+    """Replaces the FFN activation after every layer that applies it itself (``activation !=
+    "none"``) with ``nn.Identity``: what :func:`fuse_activations` leaves, rebuilt by ``load``
+    from the layers' specs."""
+    for module in model.modules():
+        dense = getattr(module, "dense", None)
+        if (_fusable(dense) and dense.activation != "none"
+                and not isinstance(getattr(module, FFN_ACT_ATTR, None), (nn.Identity, type(None)))):
+            setattr(module, FFN_ACT_ATTR, nn.Identity())
+
+
+def fuse_activations(model: nn.Module) -> list[str]:
+    """Moves the GELU of every BERT-family FFN into its up projection's kernel, in place.
+
+    A module with ``dense`` (a dynamic INT8 :class:`~sparsebert.nn.Int8Linear` or
+    :class:`~sparsebert.nn.SparseInt8Linear`) and ``intermediate_act_fn`` (the exact GELU) gets
+    ``dense.activation = "gelu"`` and ``intermediate_act_fn = nn.Identity()``: the kernel applies
+    the GELU to each output tile while it is in registers, so the ``[tokens, intermediate]``
+    activation is written once instead of written, read and written again. :func:`compress`
+    calls it (``CompressConfig(fuse=True)``, the default); call it yourself on a model converted
+    by hand. Weight-only layers, other activations and layers already fused are left as they
+    are. Returns the names of the layers fused; :func:`unfuse_activations` undoes it.
+    """
+    fused = []
+    for name, module in model.named_modules():
+        dense = getattr(module, "dense", None)
+        if _fusable(dense) and dense.activation == "none" and _is_exact_gelu(getattr(module, FFN_ACT_ATTR, None)):
+            dense.activation = "gelu"
+            fused.append(f"{name}.dense" if name else "dense")
+    fused_layout(model)
+    return fused
+
+
+def unfuse_activations(model: nn.Module) -> list[str]:
+    """The inverse of :func:`fuse_activations`: every FFN layer that applies the GELU gets
+    ``activation = "none"`` and its module an ``nn.GELU()`` again. Returns the layers' names."""
+    unfused = []
+    for name, module in model.named_modules():
+        dense = getattr(module, "dense", None)
+        if _fusable(dense) and dense.activation == "gelu" and isinstance(getattr(module, FFN_ACT_ATTR, None),
+                                                                          nn.Identity):
+            dense.activation = "none"
+            setattr(module, FFN_ACT_ATTR, nn.GELU())
+            unfused.append(f"{name}.dense" if name else "dense")
+    return unfused
+
+
 def is_compressed(model: nn.Module) -> bool:
     return getattr(model, STATE_ATTR, None) is not None
 
@@ -729,6 +807,7 @@ def decompress(model: nn.Module) -> nn.Module:
     if is_compressed(dense):
         delattr(dense, STATE_ATTR)
     dense._compiled_call_impl = None  # the stock baseline runs eager
+    unfuse_activations(dense)
     unmark_compressed(dense)
     use_unpadded(dense, enabled=False)  # compress accepted the model, so it is BERT-family
     dense.set_attn_implementation("sdpa")

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .compress import STATE_ATTR, compile_model, is_compressed
+from .compress import STATE_ATTR, compile_model, fused_layout, is_compressed
 from .memory import keep_freed_memory
 from .prune import restructure
 from .nn import Int8Linear, SparseInt8Linear, SparseLinear
@@ -102,6 +102,7 @@ def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, over
         "tokens": state_info.get("tokens"),
         "calibration": state_info.get("calibration"),
         "layers": layers,
+        "fused": state_info.get("fused", []),
         "aliases": aliases,
         "placeholders": placeholders,
         "versions": {"sparsebert": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
@@ -258,6 +259,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
         state[alias] = state[kept]
     model.load_state_dict(state, strict=True)
     model.tie_weights()
+    fused_layout(model)  # layers saved with a fused activation: the module after them is an identity
 
     if cfg.attention == "sparsebert":
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
@@ -265,7 +267,8 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
         use_unpadded(model)
     layers = {n: {k: v for k, v in layer.items() if k != "spec"} for n, layer in manifest["layers"].items()}
     setattr(model, STATE_ATTR, {"config": cfg.to_dict(), "tokens": manifest.get("tokens"),
-                                "calibration": manifest.get("calibration"), "layers": layers})
+                                "calibration": manifest.get("calibration"), "layers": layers,
+                                "fused": manifest.get("fused", [])})
     mark_compressed(model)
     model.config._name_or_path = manifest.get("source") or str(path)
     keep_freed_memory()  # see sparsebert.memory: a warm forward takes no fresh pages

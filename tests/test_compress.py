@@ -241,6 +241,7 @@ def test_failure_leaves_the_model_unchanged(monkeypatch):
     (dict(min_cosine=1.5), r"min_cosine must be a number in \[-1, 1\], got 1.5"),
     (dict(tokens=0), r"tokens must be a positive int or None, got 0"),
     (dict(compile="yes"), r"compile must be True or False, got 'yes'"),
+    (dict(fuse=1), r"fuse must be True or False, got 1"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -294,6 +295,40 @@ def test_decompress_gives_the_weights_it_multiplies_by():
     assert not any(isinstance(m, CONVERTED) for m in dense.modules())
     inputs = tiny_inputs(padded=False)
     assert rel_err(first_output(dense, inputs), first_output(model, inputs)) < 1e-5
+
+
+def test_ffn_gelu_is_fused_into_the_int8_up_projection():
+    cfg = dict(sparsity=0.5, block_size=(16, 16), int8="dynamic", kernel="sparse")
+    model = tiny_bert("BertForSequenceClassification")
+    unfused = compress(copy.deepcopy(model), CompressConfig(**cfg, fuse=False))
+    fused = compress(model, CompressConfig(**cfg))
+    names = [f"bert.encoder.layer.{i}.intermediate.dense" for i in range(2)]
+    assert getattr(fused, STATE_ATTR)["fused"] == names and getattr(unfused, STATE_ATTR)["fused"] == []
+    for layer in fused.bert.encoder.layer:
+        assert isinstance(layer.intermediate.intermediate_act_fn, nn.Identity)
+        assert layer.intermediate.dense.activation == "gelu" and layer.output.dense.activation == "none"
+    inputs = tiny_inputs(padded=False)
+    # the same math: only the next layer's INT8 rounding can flip
+    assert rel_err(first_output(fused, inputs), first_output(unfused, inputs)) < 5e-3
+    dense = sparsebert.decompress(fused)
+    assert isinstance(dense.bert.encoder.layer[0].intermediate.intermediate_act_fn, nn.GELU)
+    assert rel_err(first_output(dense, inputs), first_output(fused, inputs)) < 0.06
+    # by hand: unfused, the model is the fuse=False one exactly; fused again, as compress left it
+    out = first_output(fused, inputs)
+    assert sparsebert.unfuse_activations(fused) == names
+    assert torch.equal(first_output(fused, inputs), first_output(unfused, inputs))
+    assert sparsebert.fuse_activations(fused) == names and sparsebert.fuse_activations(fused) == []
+    assert torch.equal(first_output(fused, inputs), out)
+
+
+@pytest.mark.parametrize("cfg,act", [(dict(int8="weight_only", kernel="dense"), "gelu"),
+                                     (dict(sparsity=0.5, block_size=(16, 16), kernel="sparse"), "gelu"),
+                                     (dict(int8="dynamic", kernel="dense"), "gelu_new")])
+def test_what_is_not_fused(cfg, act):
+    # weight-only and float layers have no activation epilogue; tanh GELU is not the kernels' GELU
+    model = compress(tiny_bert(hidden_act=act), CompressConfig(**cfg))
+    assert getattr(model, STATE_ATTR)["fused"] == []
+    assert not isinstance(model.encoder.layer[0].intermediate.intermediate_act_fn, nn.Identity)
 
 
 def test_progress_bar_goes_to_stderr(capsys):

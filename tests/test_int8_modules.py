@@ -107,6 +107,32 @@ def test_state_dict_round_trip():
             assert torch.equal(a(x), b(x))
 
 
+@pytest.mark.parametrize("cls", [Int8Linear, SparseInt8Linear])
+def test_fused_gelu_is_the_gelu_of_the_layer(cls):
+    lin = pruned(nn.Linear(96, 64), 0.5, (16, 16))
+    m = cls.from_dense(lin) if cls is Int8Linear else cls.from_dense(lin, (16, 16))
+    x = torch.randn(7, 96)
+    with torch.no_grad():
+        plain = m(x)
+        m.activation = "gelu"
+        fused = m(x)
+    # the exact GELU of the unfused output, computed in float32 registers instead of by aten
+    torch.testing.assert_close(fused, nn.functional.gelu(plain), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fused, plain) and "activation='gelu'" in repr(m)
+    spec = m.spec()
+    assert spec["activation"] == "gelu"
+    again = cls.from_spec(spec)
+    again.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        assert again.activation == "gelu" and torch.equal(again(x), fused)
+    del spec["activation"]  # a spec written before layers had one
+    assert cls.from_spec(spec).activation == "none"
+    with pytest.raises(ValueError, match="activation must be one of \\('none', 'gelu'\\), got 'relu'"):
+        m.activation = "relu"
+    with pytest.raises(ValueError, match="a weight-only Int8Linear has no fused activation"):
+        Int8Linear.from_dense(lin, weight_only=True).activation = "gelu"
+
+
 def test_to_bfloat16_keeps_scales_fp32():
     m = SparseInt8Linear.from_dense(pruned(nn.Linear(64, 32), 0.5, (16, 16)), (16, 16), act_absmax=torch.ones(64))
     scale = m.weight_scale.clone()

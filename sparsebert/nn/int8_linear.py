@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops.bsr_format import bsr_sparsity, bsr_to_dense, check_block_size, validate_bsr
+from ..ops.int8_linear import ACTIVATIONS
 from ..ops.int8_format import (
     ACT_QUANT_MODES,
     pack_int8_bsr,
@@ -67,10 +68,12 @@ class _Int8Base(nn.Module):
     """Shared parts: scales stay float32 whatever `.to(dtype)` does to the module (the ops'
     contract), optional smoothing of the input, and nn.Linear-like attributes."""
 
-    def _init_common(self, in_features, out_features, weight_scale, weight_sum_, bias, smooth, act_quant):
+    def _init_common(self, in_features, out_features, weight_scale, weight_sum_, bias, smooth, act_quant,
+                     activation="none"):
         if act_quant not in ACT_QUANT_MODES:
             raise ValueError(f"act_quant must be one of {ACT_QUANT_MODES}, got {act_quant!r}")
         self.act_quant = act_quant
+        self.activation = activation
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
@@ -95,6 +98,21 @@ class _Int8Base(nn.Module):
     def shape(self) -> tuple[int, int]:
         return (self.out_features, self.in_features)
 
+    @property
+    def activation(self) -> str:
+        """What the layer applies to its output, fused into the kernel's epilogue: ``"none"``
+        or ``"gelu"`` (the exact, erf GELU of ``torch.nn.functional.gelu``): ``y =
+        gelu(x @ W.T + bias)``. Set by :func:`sparsebert.fuse_activations`; saved in the spec."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, value: str) -> None:
+        if value not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {value!r}")
+        if value != "none" and getattr(self, "weight_only", False):
+            raise ValueError("a weight-only Int8Linear has no fused activation (its kernel has no epilogue for one)")
+        self._activation = value
+
     def _prepare(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.smooth is not None:
             x = x * self.smooth.to(x.dtype)
@@ -109,7 +127,8 @@ class _Int8Base(nn.Module):
     def _spec_common(self) -> dict:
         return {"type": type(self).__name__, "in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "act_quant": self.act_quant, "smooth": self.smooth is not None,
-                "dtype": dtype_name(self.bias.dtype if self.bias is not None else torch.float32)}
+                "dtype": dtype_name(self.bias.dtype if self.bias is not None else torch.float32),
+                "activation": self.activation}
 
     @staticmethod
     def _empty_common(spec: dict, device):
@@ -173,10 +192,10 @@ class Int8Linear(_Int8Base):
     """
 
     def __init__(self, in_features, out_features, weight, weight_scale, weight_sum, bias=None, smooth=None,
-                 weight_only=False, act_quant="per_token"):
+                 weight_only=False, act_quant="per_token", activation="none"):
         super().__init__()
-        self._init_common(in_features, out_features, weight_scale, weight_sum, bias, smooth, act_quant)
         self.weight_only = bool(weight_only)
+        self._init_common(in_features, out_features, weight_scale, weight_sum, bias, smooth, act_quant, activation)
         nb, k = -(-out_features // 32), max(in_features, 1)
         expected = (nb, k, 32, 1) if self.weight_only else (nb, -(-k // 4), 32, 4)
         if weight.dtype != torch.int8 or tuple(weight.shape) != expected:
@@ -210,7 +229,7 @@ class Int8Linear(_Int8Base):
         shape = (nb, kk, 32, 1) if spec["weight_only"] else (nb, -(-kk // 4), 32, 4)
         scale, wsum, bias, smooth = cls._empty_common(spec, device)
         return cls(k, n, torch.zeros(shape, dtype=torch.int8, device=device), scale, wsum, bias, smooth,
-                   spec["weight_only"], spec["act_quant"])
+                   spec["weight_only"], spec["act_quant"], spec.get("activation", "none"))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._check_loaded(state_dict, prefix)
@@ -231,13 +250,15 @@ class Int8Linear(_Int8Base):
         x, bias = self._prepare(x)
         if self.weight_only:
             return ops.int8_weight_only_linear(x, self.weight, self.weight_scale, bias, self.shape)
-        return ops.int8_linear(x, self.weight, self.weight_scale, self.weight_sum, bias, self.shape, self.act_quant)
+        return ops.int8_linear(x, self.weight, self.weight_scale, self.weight_sum, bias, self.shape, self.act_quant,
+                               self.activation)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, weight_only={self.weight_only}, "
                 + ("" if self.weight_only else f"act_quant={self.act_quant!r}, ")
-                + f"smooth={self.smooth is not None}")
+                + f"smooth={self.smooth is not None}"
+                + ("" if self.activation == "none" else f", activation={self.activation!r}"))
 
 
 class SparseInt8Linear(_Int8Base):
@@ -245,9 +266,9 @@ class SparseInt8Linear(_Int8Base):
     quantization, in int8 per output channel; activations quantized per token in the op."""
 
     def __init__(self, in_features, out_features, values, weight_scale, weight_sum, crow_indices, col_indices,
-                 bias=None, block_size=(32, 32), smooth=None, act_quant="per_token"):
+                 bias=None, block_size=(32, 32), smooth=None, act_quant="per_token", activation="none"):
         super().__init__()
-        self._init_common(in_features, out_features, weight_scale, weight_sum, bias, smooth, act_quant)
+        self._init_common(in_features, out_features, weight_scale, weight_sum, bias, smooth, act_quant, activation)
         self.block_size = check_block_size(block_size)
         if values.dtype != torch.int8:
             raise ValueError(f"values must be int8, got {values.dtype}")
@@ -291,7 +312,8 @@ class SparseInt8Linear(_Int8Base):
         values = torch.zeros(spec["nnz_blocks"], -(-block_size[1] // 4), block_size[0], 4, dtype=torch.int8,
                              device=device)
         scale, wsum, bias, smooth = cls._empty_common(spec, device)
-        return cls(k, n, values, scale, wsum, crow, col, bias, block_size, smooth, spec["act_quant"])
+        return cls(k, n, values, scale, wsum, crow, col, bias, block_size, smooth, spec["act_quant"],
+                   spec.get("activation", "none"))
 
     @property
     def sparsity(self) -> float:
@@ -305,7 +327,8 @@ class SparseInt8Linear(_Int8Base):
     def forward(self, x: Tensor) -> Tensor:
         x, bias = self._prepare(x)
         return ops.bsr_int8_linear(x, self.values, self.weight_scale, self.weight_sum, self.crow_indices,
-                                   self.col_indices, bias, self.shape, self.block_size, self.act_quant)
+                                   self.col_indices, bias, self.shape, self.block_size, self.act_quant,
+                                   self.activation)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._check_loaded(state_dict, prefix)
@@ -328,4 +351,5 @@ class SparseInt8Linear(_Int8Base):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, block_size={self.block_size}, sparsity={self.sparsity:.2f}, "
-                f"act_quant={self.act_quant!r}, smooth={self.smooth is not None}")
+                f"act_quant={self.act_quant!r}, smooth={self.smooth is not None}"
+                + ("" if self.activation == "none" else f", activation={self.activation!r}"))
