@@ -41,8 +41,8 @@ from .ops.bsr_format import check_block_size
 from .ops.int8_format import ACT_QUANT_MODES
 from .prune import block_magnitude_mask
 
-__all__ = ["CompressConfig", "compress", "fuse_activations", "unfuse_activations", "FORMATS", "DEFAULT_SKIP", "is_compressed", "decompress",
-           "STATE_ATTR"]
+__all__ = ["CompressConfig", "compress", "FORMATS", "DEFAULT_SKIP", "is_compressed", "decompress",
+           "fuse_activations", "unfuse_activations", "STATE_ATTR"]
 
 # A layer's format: what module it becomes.
 FORMATS = {

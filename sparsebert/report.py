@@ -38,10 +38,11 @@ def _density(module: nn.Module) -> float:
 
 def report(model: nn.Module) -> Report:
     """Per converted layer a dict with ``name``, ``shape`` (out, in), ``format``, ``act_quant``,
-    ``smooth``, ``density`` (share of the weight stored, 0..1), ``bytes``, ``dense_bytes`` (fp32
-    weight and bias), ``speedup`` (measured at the compress token count over the dense layer) and
-    ``reason``. Returns the list of rows (a :class:`Report`), whose ``totals`` attribute holds the
-    sizes before and after, the expected speedup of these layers' GEMMs and the layers slower than
+    ``smooth``, ``activation`` (fused into the kernel: ``"none"`` or ``"gelu"``), ``density``
+    (share of the weight stored, 0..1), ``bytes``, ``dense_bytes`` (fp32 weight and bias),
+    ``speedup`` (measured at the compress token count over the dense layer) and ``reason``.
+    Returns the list of rows (a :class:`Report`), whose ``totals`` attribute holds the sizes
+    before and after, the expected speedup of these layers' GEMMs and the layers slower than
     dense, and ``calibration`` the calibrated INT8 choice's result (or None)."""
     if not is_compressed(model):
         raise ValueError(f"{type(model).__name__} is not compressed: run sparsebert.compress first")
@@ -63,6 +64,7 @@ def report(model: nn.Module) -> Report:
             "format": fmt,
             "act_quant": info.get("act_quant"),
             "smooth": bool(info.get("smooth")),
+            "activation": getattr(module, "activation", "none"),
             "density": _density(module),
             "bytes": _bytes(module),
             "dense_bytes": dense_bytes,
@@ -109,7 +111,8 @@ def format_report(rep: Report) -> str:
     """The report as a markdown table plus a totals line."""
     lines = ["| layer | shape | format | density | size | speedup | why |", "|---|---|---|---|---|---|---|"]
     for r in rep:
-        fmt = r["format"] + (f" {r['act_quant']}" if r["act_quant"] else "") + (" +smooth" if r["smooth"] else "")
+        fmt = (r["format"] + (f" {r['act_quant']}" if r["act_quant"] else "") + (" +smooth" if r["smooth"] else "")
+               + (f" +{r['activation']}" if r.get("activation", "none") != "none" else ""))
         sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         lines.append(f"| {r['name']} | {r['shape'][0]}x{r['shape'][1]} | {fmt} | {r['density']:.2f} | "
                      f"{_mb(r['bytes'])} | {sp} | {r['reason']} |")

@@ -14,6 +14,7 @@ import sparsebert
 from sparsebert import CompressConfig, Int8Linear, SparseInt8Linear, SparseLinear, compress
 from sparsebert.compress import STATE_ATTR, min_cosine, pooled_output
 from sparsebert.prune import block_magnitude_mask
+from sparsebert.report import format_report
 from model_helpers import HEADS, first_output, tiny_bert, tiny_inputs
 
 CONVERTED = (SparseLinear, Int8Linear, SparseInt8Linear)
@@ -304,6 +305,9 @@ def test_ffn_gelu_is_fused_into_the_int8_up_projection():
     fused = compress(model, CompressConfig(**cfg))
     names = [f"bert.encoder.layer.{i}.intermediate.dense" for i in range(2)]
     assert getattr(fused, STATE_ATTR)["fused"] == names and getattr(unfused, STATE_ATTR)["fused"] == []
+    rows = {r["name"]: r for r in sparsebert.report(fused)}
+    assert [n for n, r in rows.items() if r["activation"] == "gelu"] == names
+    assert "sparse_int8 per_token +gelu" in format_report(sparsebert.report(fused))
     for layer in fused.bert.encoder.layer:
         assert isinstance(layer.intermediate.intermediate_act_fn, nn.Identity)
         assert layer.intermediate.dense.activation == "gelu" and layer.output.dense.activation == "none"
