@@ -9,6 +9,12 @@
 namespace sparsebert {
 namespace cpu {
 
+// Activation applied in the epilogue of the INT8 kernels (BsrLinearArgs::activation), after the bias.
+enum Activation : int {
+  kActNone = 0,
+  kActGelu = 1,  // 0.5 y (1 + erf(y / sqrt 2)), the exact (erf) GELU of torch and BERT
+};
+
 // y[m, n] = sum_k x[m, k] * W[n, k] + bias[n] for one BSR weight W of shape [N, K].
 //
 // Weight layout (the "k-pair" packing, written by sparsebert.ops.pack_bsr):
@@ -22,12 +28,6 @@ namespace cpu {
 // lanes and x[m, k] is broadcast: the kernel vectorises over the output features of a block
 // row. bf16 keeps two consecutive k of one output in one 32-bit lane, the operand layout of
 // vdpbf16ps, so one instruction does two multiply-adds per lane.
-// Activation applied in the epilogue of the INT8 kernels (BsrLinearArgs::activation), after the bias.
-enum Activation : int {
-  kActNone = 0,
-  kActGelu = 1,  // 0.5 y (1 + erf(y / sqrt 2)), the exact (erf) GELU of torch and BERT
-};
-
 struct BsrLinearArgs {
   const void* x;        // [M, K] fp32 or bf16 (uint16 bits), unit column stride
   int64_t lda;          // row stride of x, in elements
