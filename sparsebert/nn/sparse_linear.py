@@ -32,6 +32,12 @@ __all__ = ["SparseLinear"]
 BACKENDS = ("kernel", "reference")
 
 
+# The op, called from forward with its arguments already in the schema's types (see
+# sparsebert.nn.int8_linear: nn.Module's buffer lookup and the wrapper's checks cost more than a
+# small layer's kernel).
+_BSR_LINEAR = torch.ops.sparsebert.bsr_linear.default
+
+
 class SparseLinear(nn.Module):
     """``y = x @ W.T + bias`` with ``W`` stored as BSR blocks of ``block_size``.
 
@@ -66,6 +72,7 @@ class SparseLinear(nn.Module):
         self.block_size = check_block_size(block_size)
         self.in_features = in_features
         self.out_features = out_features
+        self._op_shape, self._op_block = [out_features, in_features], list(self.block_size)
         self.backend = backend
         validate_bsr(values, crow_indices, col_indices, (out_features, in_features), self.block_size)
         if bias is not None:
@@ -132,8 +139,12 @@ class SparseLinear(nn.Module):
         return bsr_to_dense(self.values, self.crow_indices, self.col_indices, self.shape, self.block_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        fn = ops.bsr_linear if self.backend == "kernel" else ops.bsr_linear_reference
-        return fn(x, self.values, self.crow_indices, self.col_indices, self.bias, self.shape, self.block_size)
+        b = self._buffers
+        if self.backend == "kernel":
+            return _BSR_LINEAR(x, b["values"], b["crow_indices"], b["col_indices"], b["bias"], self._op_shape,
+                               self._op_block)
+        return ops.bsr_linear_reference(x, b["values"], b["crow_indices"], b["col_indices"], b["bias"], self.shape,
+                                        self.block_size)
 
     def _apply(self, fn, recurse=True):
         # `.to(dtype)` casts `values` element-wise; the k-pair packing depends on the dtype
