@@ -88,11 +88,12 @@ class CompressConfig:
     - ``tokens``: rows of the activation the per-layer timing uses (default: the token count of
       ``example_inputs``, else 128).
     - ``compile``: also compile the converted model in place (``model.compile(dynamic=True)``):
-      torch's inductor fuses the work between the sparsebert kernels (GELU, residual adds,
-      LayerNorm, reshapes) and plans its buffers. The first forward compiles (tens of seconds
-      for BERT-base on 2 cores, once more for the first batch of another size; inductor caches on
-      disk); ``load`` compiles a saved model again. Outputs move by INT8 rounding flips only
-      (see ``benchmarks/bench_e2e.py``, which measures it beside the eager model).
+      torch's inductor fuses the work between the sparsebert kernels (residual adds, LayerNorm,
+      reshapes, a GELU that ``fuse`` left as an op) and plans its buffers. The first forward
+      compiles (tens of seconds for BERT-base on 2 cores, once more for the first batch of another
+      size; inductor caches on disk); ``load`` compiles a saved model again. Outputs move by INT8
+      rounding flips only (see ``benchmarks/bench_e2e.py``, which measures it beside the eager
+      model).
     - ``fuse``: move each FFN's GELU into the epilogue of its up projection when that layer is
       dynamic INT8 (:func:`fuse_activations`): one pass less over the largest activation. Same
       math (the exact GELU), in float32 registers instead of a separate op.
