@@ -28,6 +28,7 @@
 
 #include "attention_kernel.h"
 #include "bf16_bits.h"
+#include "vec_math.h"  // vexp
 
 namespace sparsebert {
 namespace cpu {
@@ -51,30 +52,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 inline vf loadu(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 inline void storeu(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
-inline vf splat(float s) { return s - vf{}; }  // s - 0 folds to a broadcast; s + 0 would not (-0)
+inline vf splat(float s) { return vsplat<vf>(s); }
 inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
-
-// e^x, within 2 ulp of expf above -86.5; below (-inf included) exactly 0, so that no
-// intermediate is ever a denormal (each denormal result costs a microcode assist). NaN stays NaN.
-inline vf vexp(vf x) {
-  const vf hi = splat(88.3762626647949f), lo = splat(-86.5f);
-  vf xc = x < hi ? x : hi;
-  xc = xc > lo ? xc : lo;
-  const vf round = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting rounds to an integer
-  const vf n = (xc * 1.44269504088896341f + round) - round;
-  const vf r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-  vf y = p * (vf)bits;
-  y = x < lo ? splat(0.f) : y;
-  return x == x ? y : x;
-}
 
 // Lane i of the result is lane i ^ Step of v (a butterfly step of a horizontal reduction). The
 // index vector is a literal, so each step is one constant shuffle.

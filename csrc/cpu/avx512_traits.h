@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "bsr_linear_impl.h"
+#include "vec_math.h"  // vgelu
 
 namespace sparsebert {
 namespace cpu {
@@ -39,52 +40,6 @@ inline void store_bf16x16(uint16_t* p, __m512 a, __mmask16 k, bool stream = fals
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), h);
   else
     _mm256_mask_storeu_epi16(p, k, h);
-}
-
-// e^x for x <= 0 (inputs below -87.3 give e^-87.3): Cephes' expf, n = round(x / ln 2), a degree-6
-// polynomial of the remainder, scaled by 2^n.
-inline __m512 exp_nonpos_f32x16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(y, n);
-}
-
-// GELU with erf, 0.5 x (1 + erf(x / sqrt 2)), on 16 lanes. erf is Abramowitz & Stegun 7.1.26 (absolute
-// error below 1.5e-7; the approximation of torch's own vectorized erf): with z = |x| / sqrt 2,
-// q = t (a1 + t (a2 + ... + t a5)) e^(-z^2) = erfc(z), t = 1 / (1 + p z), and 1 + erf(x / sqrt 2)
-// is q for x < 0 (no cancellation in the negative tail) and 2 - q otherwise.
-inline __m512 gelu_f32x16(__m512 x) {
-  const __m512 one = _mm512_set1_ps(1.f);
-  const __m512 za = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.707106781186547524f));
-  // Past z = 9, erfc(z) < 5e-37: q is 0 there, and z is clamped so that nothing below computes
-  // a denormal (which costs microcode assists: it doubled the cost of the epilogue).
-  const __mmask16 tail = _mm512_cmp_ps_mask(za, _mm512_set1_ps(9.f), _CMP_GT_OQ);
-  const __m512 z = _mm512_min_ps(za, _mm512_set1_ps(9.f));
-  // t = 1 / d by vrcp14ps and one Newton step (relative error about 2^-28, below float's).
-  const __m512 d = _mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f), one);
-  __m512 t = _mm512_rcp14_ps(d);
-  t = _mm512_fmadd_ps(_mm512_fnmadd_ps(d, t, one), t, t);
-  __m512 poly = _mm512_set1_ps(1.061405429f);
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-1.453152027f));
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
-  poly = _mm512_mul_ps(poly, t);
-  const __m512 q = _mm512_maskz_mul_ps(static_cast<__mmask16>(~tail), poly,
-                                       exp_nonpos_f32x16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z)));
-  const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-  const __m512 one_plus_erf = _mm512_mask_blend_ps(neg, _mm512_sub_ps(_mm512_set1_ps(2.f), q), q);
-  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), one_plus_erf);
 }
 
 inline void store_f32x16(float* p, __m512 v, __mmask16 k, bool stream = false) {

@@ -58,7 +58,7 @@ struct Avx2Int8 : Avx2Lanes {
     __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sums, zs)), _mm256_set1_ps(row_scale));
     v = _mm256_mul_ps(v, c.scale);
     if (c.has_bias) v = _mm256_add_ps(v, c.bias);
-    if (c.gelu) v = gelu_f32x8(v);
+    if (c.gelu) v = vgelu(v);
     store8<Y>(p, v, k);
   }
 };
@@ -100,7 +100,7 @@ struct Avx2WeightOnly : Avx2Lanes {
   static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c, bool) {
     __m256 v = _mm256_mul_ps(a, c.scale);
     if (c.has_bias) v = _mm256_add_ps(v, c.bias);
-    if (c.gelu) v = gelu_f32x8(v);
+    if (c.gelu) v = vgelu(v);
     store8<Y>(p, v, k);
   }
 };

@@ -53,7 +53,7 @@ struct Avx512Int8Vnni : Avx512Lanes {
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a, zs)), _mm512_set1_ps(row_scale));
     v = _mm512_mul_ps(v, c.scale);
     if (c.has_bias) v = _mm512_add_ps(v, c.bias);
-    if (c.gelu) v = gelu_f32x16(v);
+    if (c.gelu) v = vgelu(v);
     store_f32x16(p, v, k, stream);
   }
 };
@@ -91,7 +91,7 @@ struct Avx512WeightOnly : Avx512Lanes {
   static void store_q(Y* p, acc_t a, mask_t k, float, int32_t, const cols_t& c, bool stream) {
     __m512 v = _mm512_mul_ps(a, c.scale);
     if (c.has_bias) v = _mm512_add_ps(v, c.bias);
-    if (c.gelu) v = gelu_f32x16(v);
+    if (c.gelu) v = vgelu(v);
     store_f32x16(p, v, k, stream);
   }
 };
@@ -351,7 +351,7 @@ void bsr_int8_rows_impl(const BsrLinearArgs& a, int64_t n0, int64_t n1, int64_t 
           __m512 o = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), _mm512_set1_ps(a.row_scale[m]));
           o = _mm512_mul_ps(o, cscale);
           if (a.bias) o = _mm512_add_ps(o, bias);
-          if (a.activation == kActGelu) o = gelu_f32x16(o);
+          if (a.activation == kActGelu) o = vgelu(o);
           store_f32x16(y + m * a.ldy + t0, o, k, a.stream_y);
         }
       }

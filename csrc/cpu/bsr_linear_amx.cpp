@@ -61,7 +61,7 @@ struct AmxInt8 {
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), _mm512_set1_ps(a.row_scale[m]));
     v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, a.col_scale + n));
     if (a.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, a.bias + n));
-    if (a.activation == kActGelu) v = gelu_f32x16(v);
+    if (a.activation == kActGelu) v = vgelu(v);
     if constexpr (sizeof(Y) == 4)
       _mm512_mask_storeu_ps(y, k, v);
     else
