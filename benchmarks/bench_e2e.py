@@ -76,6 +76,9 @@ SB_CONFIGS = {
     "sb_p16_int8": dict(sparsity=0.9, block_size=(16, 4), int8="dynamic", kernel="sparse", attention="unpadded"),
     "sb_p1x4_int8": dict(sparsity=0.9, block_size=(1, 4), int8="dynamic", kernel="sparse", attention="unpadded"),
 }
+# The same models with attention's matmuls on bf16-rounded inputs (CompressConfig(attention_precision="bf16")).
+SB_CONFIGS.update({f"{k}_ab": dict(v, attention_precision="bf16") for k, v in list(SB_CONFIGS.items())
+                   if k in ("sb_int8", "sb_p32_int8")})
 # The same models compiled (CompressConfig(compile=True): inductor around the sparsebert kernels).
 SB_CONFIGS.update({f"{k}_c": dict(v, compile=True) for k, v in list(SB_CONFIGS.items())
                    if k in ("sb_int8", "sb_p32_int8", "sb_p1x4_int8")})
@@ -114,6 +117,10 @@ def all_specs() -> list[Spec]:
         Spec("sb_p32_int8", "sparsebert INT8, unpadded", "p32", "torch", tol=TOL_INT8, family="sparsebert"),
         Spec("sb_p16_int8", "sparsebert INT8, unpadded", "p16", "torch", tol=TOL_INT8, family="sparsebert"),
         Spec("sb_p1x4_int8", "sparsebert INT8, unpadded", "p1x4", "torch", tol=TOL_INT8, family="sparsebert"),
+        Spec("sb_int8_ab", "sparsebert INT8, unpadded, bf16 attention", "dense", "torch", tol=TOL_INT8,
+             family="sparsebert"),
+        Spec("sb_p32_int8_ab", "sparsebert INT8, unpadded, bf16 attention", "p32", "torch", tol=TOL_INT8,
+             family="sparsebert"),
         Spec("sb_int8_c", "sparsebert INT8, unpadded, compiled", "dense", "torch", tol=TOL_INT8, family="sparsebert"),
         Spec("sb_p32_int8_c", "sparsebert INT8, unpadded, compiled", "p32", "torch", tol=TOL_INT8,
              family="sparsebert"),

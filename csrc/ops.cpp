@@ -41,12 +41,16 @@ TORCH_LIBRARY(sparsebert, m) {
   // to 1/sqrt(head_dim). mask: none, a key-padding mask [batch, key_seq] (nonzero = keep), or a
   // bool (True = keep) or additive float mask broadcastable to [batch, heads, q_seq, key_seq].
   // A query row with no kept key gets zeros (as torch's scaled_dot_product_attention).
-  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? mask=None, float? scale=None) -> Tensor");
+  // precision: "fp32" (the inputs as they are) or "bf16" (q, k and v rounded to bf16 before the
+  // two matmuls, which accumulate in fp32; the output keeps q's dtype).
+  m.def(
+      "attention(Tensor q, Tensor k, Tensor v, Tensor? mask=None, float? scale=None, str precision=\"fp32\") -> Tensor");
   // The same over packed tokens [total_tokens, heads, head_dim]: sequence b is tokens
   // cu_seqlens[b] .. cu_seqlens[b + 1] (int32, non-decreasing, from 0 to total_tokens) and attends
   // to itself only; max_seqlen >= the longest sequence. No padding anywhere.
   m.def(
-      "attention_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, float? scale=None) -> Tensor");
+      "attention_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, float? scale=None, "
+      "str precision=\"fp32\") -> Tensor");
 }
 
 namespace {

@@ -42,6 +42,7 @@ def attention_kernel(
     H, SQ, SK, D, scale,
     HAS_KP: tl.constexpr, VARLEN: tl.constexpr, IS_FP32: tl.constexpr, ALLOW_TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRET: tl.constexpr,
+    ROUND_BF16: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -67,6 +68,8 @@ def attention_kernel(
     rn = tl.arange(0, BLOCK_N)
     rd = tl.arange(0, BLOCK_D)
     q = tl.load(q_base + rm[:, None] * sq_s + rd[None, :], mask=(rm[:, None] < lq) & (rd[None, :] < D), other=0.0)
+    if ROUND_BF16:  # precision="bf16": both dots take bf16 (and so does P, as v's dtype)
+        q = q.to(tl.bfloat16)
     if INTERPRET:  # the interpreter multiplies raw bf16 bits: feed it fp32
         q = q.to(tl.float32)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
@@ -79,6 +82,9 @@ def attention_kernel(
             valid = valid & (tl.load(kp_ptr + b * skp_b + cols, mask=cols < lk, other=0) != 0)
         kt = tl.load(k_base + cols[None, :] * sk_s + rd[:, None], mask=valid[None, :] & (rd[:, None] < D), other=0.0)
         v = tl.load(v_base + cols[:, None] * sv_s + rd[None, :], mask=valid[:, None] & (rd[None, :] < D), other=0.0)
+        if ROUND_BF16:
+            kt = kt.to(tl.bfloat16)
+            v = v.to(tl.bfloat16)
         if INTERPRET:
             kt = kt.to(tl.float32)
             v = v.to(tl.float32)
@@ -113,9 +119,23 @@ def _unit_last(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _meta(q, **flags):
-    return dict(flags, IS_FP32=q.dtype == torch.float32, ALLOW_TF32=allow_tf32(), BLOCK_D=next_pow2(q.shape[-1]),
-                INTERPRET=INTERPRET)
+def _meta(q, precision, **flags):
+    rnd = precision == "bf16"
+    return dict(flags, IS_FP32=q.dtype == torch.float32 and not rnd, ALLOW_TF32=allow_tf32(),
+                BLOCK_D=next_pow2(q.shape[-1]), INTERPRET=INTERPRET, ROUND_BF16=rnd)
+
+
+def _round_for_interpreter(q, k, v, precision):
+    """Under TRITON_INTERPRET the kernel's bf16 cast does not round to nearest even as the GPU's
+    (and torch's) does: precision="bf16" rounds the inputs here instead, with torch."""
+    if INTERPRET and precision == "bf16":
+        return tuple(t.to(torch.bfloat16).to(t.dtype) for t in (q, k, v))
+    return q, k, v
+
+
+def _check_precision(op, precision):
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"{op}: precision must be one of ('fp32', 'bf16'), got {precision!r}")
 
 
 def _launch(grid_m_rows, bh, args, meta):
@@ -126,9 +146,10 @@ def _launch(grid_m_rows, bh, args, meta):
         _tuned[grid](*args, **meta)
 
 
-def attention(q, k, v, mask=None, scale=None):
+def attention(q, k, v, mask=None, scale=None, precision="fp32"):
     """The op's arguments; on the GPU path ``mask`` is None or a key-padding mask [batch, key_seq]."""
     check_device("attention", q, k, v, mask)
+    _check_precision("attention", precision)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"attention: q, k and v must be [batch, heads, seq, head_dim], got {tuple(q.shape)}, "
                          f"{tuple(k.shape)} and {tuple(v.shape)}")
@@ -151,20 +172,22 @@ def attention(q, k, v, mask=None, scale=None):
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"attention: scale must be finite, got {scale}")
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    q, k, v = _round_for_interpreter(_unit_last(q), _unit_last(k), _unit_last(v), precision)
+    precision = "fp32" if INTERPRET else precision
     out = torch.empty(b, h, sq, d, dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
     kp = mask if mask is not None else out
     args = (q, k, v, out, kp, out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             kp.stride(0), h, sq, sk, d, scale)
-    _launch(sq, b * h, args, _meta(q, HAS_KP=mask is not None, VARLEN=False))
+    _launch(sq, b * h, args, _meta(q, precision, HAS_KP=mask is not None, VARLEN=False))
     return out
 
 
-def attention_varlen(q, k, v, cu_seqlens, max_seqlen, scale=None):
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen, scale=None, precision="fp32"):
     """The op's arguments: packed tokens ``[total_tokens, heads, head_dim]``."""
     check_device("attention_varlen", q, k, v, cu_seqlens)
+    _check_precision("attention_varlen", precision)
     if q.dim() != 3 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError("attention_varlen: q, k and v must be packed tokens [total_tokens, heads, head_dim] of one "
                          f"shape, got {tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}")
@@ -182,12 +205,13 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, scale=None):
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"attention_varlen: scale must be finite, got {scale}")
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    q, k, v = _round_for_interpreter(_unit_last(q), _unit_last(k), _unit_last(v), precision)
+    precision = "fp32" if INTERPRET else precision
     out = torch.empty(t, h, d, dtype=q.dtype, device=q.device)
     nseq = len(lengths)
     if out.numel() == 0 or nseq == 0 or max_seqlen == 0:
         return out
     args = (q, k, v, out, out, cu_seqlens.contiguous(), 0, q.stride(1), q.stride(0), 0, k.stride(1), k.stride(0),
             0, v.stride(1), v.stride(0), 0, out.stride(1), out.stride(0), 0, h, max_seqlen, max_seqlen, d, scale)
-    _launch(max_seqlen, nseq * h, args, _meta(q, HAS_KP=False, VARLEN=True))
+    _launch(max_seqlen, nseq * h, args, _meta(q, precision, HAS_KP=False, VARLEN=True))
     return out

@@ -72,16 +72,18 @@ def attention_cases(quick):
     names = ["q_ptr", "k_ptr", "v_ptr", "o_ptr", "kp_ptr", "cu_ptr", "sq_b", "sq_h", "sq_s", "sk_b", "sk_h", "sk_s",
              "sv_b", "sv_h", "sv_s", "so_b", "so_h", "so_s", "skp_b", "H", "SQ", "SK", "D", "scale"]
     dims = [64] if quick else [64, 128]
-    for dt, tf32 in (("bf16", False), ("fp16", False), ("fp32", True), ("fp32", False)):
+    for dt, tf32, rnd in (("bf16", False, False), ("fp16", False, False), ("fp32", True, False),
+                          ("fp32", False, False), ("fp32", False, True)):
         for d in dims:
             for has_kp, varlen in ((True, False), (False, True)):
                 for cfg in attn_mod.CONFIGS:
                     sig = dict(zip(names, [PTR[dt]] * 4 + ["*i8", "*i32"] + ["i32"] * 17 + ["fp32"]))
-                    const = dict(HAS_KP=has_kp, VARLEN=varlen, IS_FP32=dt == "fp32", ALLOW_TF32=tf32, BLOCK_D=d,
-                                 INTERPRET=False, **cfg.kwargs)
+                    const = dict(HAS_KP=has_kp, VARLEN=varlen, IS_FP32=dt == "fp32" and not rnd, ALLOW_TF32=tf32,
+                                 BLOCK_D=d, INTERPRET=False, ROUND_BF16=rnd, **cfg.kwargs)
                     mode = "varlen" if varlen else "key-padding"
-                    yield (f"attention {mode} {dt}{' tf32' if tf32 else ''} D={d} {cfg.kwargs}",
-                           attn_mod.attention_kernel, sig, const, cfg, dt != "fp32" or tf32)
+                    extra = " tf32" if tf32 else " precision=bf16" if rnd else ""
+                    yield (f"attention {mode} {dt}{extra} D={d} {cfg.kwargs}",
+                           attn_mod.attention_kernel, sig, const, cfg, dt != "fp32" or tf32 or rnd)
 
 
 def lower(fn, sig, const, cfg, cap):

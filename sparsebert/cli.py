@@ -131,7 +131,7 @@ def compress_cmd(args) -> int:
     model, tokenizer = _load_hf(args.model_dir)
     config = sparsebert.CompressConfig(
         sparsity=args.sparsity, block_size=args.block, int8=args.int8, act_quant=args.act_quant, dtype=args.dtype,
-        attention=args.attention, kernel=args.kernel, min_cosine=args.min_cosine, tokens=args.tokens,
+        attention=args.attention, attention_precision=args.attention_precision, kernel=args.kernel, min_cosine=args.min_cosine, tokens=args.tokens,
         compile=args.compile, fuse=not args.no_fuse, **({"skip": tuple(args.skip)} if args.skip else {}))
     example = None
     if args.int8 == "dynamic" and args.calibrate > 0:
@@ -424,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["per_token", "per_token_asym", "per_tensor", "per_tensor_asym"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--attention", type=_none_or, default="sparsebert", choices=["sparsebert", "unpadded", None])
+    p.add_argument("--attention-precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: attention's matmuls take bf16-rounded q, k, v (bf16 dot products on AVX-512 BF16)")
     p.add_argument("--kernel", default="auto", choices=["auto", "sparse", "dense"])
     p.add_argument("--compile", action="store_true",
                    help="record that sparsebert.load compiles the model (torch.compile, dynamic shapes)")

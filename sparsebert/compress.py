@@ -56,6 +56,7 @@ CONVERTED = (SparseLinear, Int8Linear, SparseInt8Linear)
 DEFAULT_SKIP = ("*embeddings*", "*pooler*", "*classifier*", "cls.*", "*lm_head*", "*qa_outputs*")
 INT8_MODES = ("dynamic", "weight_only")
 ATTENTION_MODES = ("sparsebert", "unpadded")
+ATTENTION_PRECISIONS = ("fp32", "bf16")
 KERNELS = ("auto", "sparse", "dense")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 STATE_ATTR = "sparsebert_state"  # the record compress leaves on the model (report, save)
@@ -79,6 +80,9 @@ class CompressConfig:
     - ``dtype``: ``"float32"`` or ``"bfloat16"`` (the model's activations and float weights).
     - ``attention``: ``"sparsebert"`` (fused attention kernel), ``"unpadded"`` (plus the encoder
       on packed tokens: no work on padding) or None (leave the model's own).
+    - ``attention_precision``: ``"fp32"`` or ``"bf16"``: the inputs of attention's two matmuls
+      rounded to bfloat16, accumulated in fp32 (bf16 dot products at twice the fp32 rate on CPUs
+      with AVX-512 BF16; see ``sparsebert.ops.attention``). Needs ``attention`` set.
     - ``skip``: module-name patterns never converted (default: embeddings, pooler and task heads).
     - ``kernel``: ``"auto"`` (measure and keep the fastest per layer), ``"sparse"`` or
       ``"dense"`` (force one structure everywhere).
@@ -105,6 +109,7 @@ class CompressConfig:
     act_quant: str = "per_token"
     dtype: str = "float32"
     attention: str | None = "sparsebert"
+    attention_precision: str = "fp32"
     skip: tuple[str, ...] = DEFAULT_SKIP
     kernel: str = "auto"
     min_cosine: float = 0.999
@@ -140,6 +145,12 @@ class CompressConfig:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.attention not in (None, *ATTENTION_MODES):
             raise ValueError(f"attention must be one of {ATTENTION_MODES} or None, got {self.attention!r}")
+        if self.attention_precision not in ATTENTION_PRECISIONS:
+            raise ValueError(f"attention_precision must be one of {ATTENTION_PRECISIONS}, got "
+                             f"{self.attention_precision!r}")
+        if self.attention is None and self.attention_precision != "fp32":
+            raise ValueError(f"attention_precision={self.attention_precision!r} needs sparsebert attention "
+                             "(attention='sparsebert' or 'unpadded'), got attention=None")
         if not all(isinstance(p, str) for p in self.skip):
             raise ValueError(f"skip must be module-name patterns (strings), got {self.skip!r}")
         if self.kernel not in KERNELS:
@@ -582,9 +593,10 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
     """Swaps the new modules in, casts the model to the config's dtype (the layers left as they
     were too: a bf16 model with the default config becomes float32 throughout), sets the
     attention and marks the model. Any failure puts back what was there before re-raising."""
-    from .hf import ATTN_IMPLEMENTATION, mark_compressed, use_unpadded
+    from .hf import ATTN_IMPLEMENTATION, attention_precision, mark_compressed, set_attention_precision, use_unpadded
 
     replaced: list = []
+    old_precision = attention_precision(model)
     acts = [(m, getattr(m, FFN_ACT_ATTR)) for m in model.modules() if hasattr(m, FFN_ACT_ATTR)]
     old_attn = model.config._attn_implementation
     old_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
@@ -595,6 +607,8 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
             model.set_attn_implementation(ATTN_IMPLEMENTATION)
         elif cfg.attention == "unpadded":
             use_unpadded(model)
+        if cfg.attention is not None:
+            set_attention_precision(model, cfg.attention_precision)
         state["fused"] = fuse_activations(model) if cfg.fuse else []
         setattr(model, STATE_ATTR, state)
         mark_compressed(model)
@@ -608,6 +622,7 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
         if cfg.attention == "unpadded":
             use_unpadded(model, enabled=False)
         model.set_attn_implementation(old_attn)
+        set_attention_precision(model, old_precision)
         model.to(old_dtype)
         model.__dict__.pop(STATE_ATTR, None)
         model.hf_quantizer = None
@@ -803,7 +818,7 @@ def decompress(model: nn.Module) -> nn.Module:
     weight it multiplies by (dequantized for INT8), the padded encoder and transformers' SDPA
     attention. The baseline of ``sparsebert bench`` (same weights, stock kernels)."""
     dense = copy.deepcopy(model)
-    from .hf import unmark_compressed, use_unpadded
+    from .hf import set_attention_precision, unmark_compressed, use_unpadded
 
     if is_compressed(dense):
         delattr(dense, STATE_ATTR)
@@ -812,6 +827,7 @@ def decompress(model: nn.Module) -> nn.Module:
     unmark_compressed(dense)
     use_unpadded(dense, enabled=False)  # compress accepted the model, so it is BERT-family
     dense.set_attn_implementation("sdpa")
+    set_attention_precision(dense, "fp32")
     for name, module in list(dense.named_modules()):
         if isinstance(module, CONVERTED):
             w = module.to_dense()

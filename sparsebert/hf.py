@@ -40,9 +40,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 from .ops.attention import attention, attention_reference, attention_varlen, attention_varlen_reference
 
 __all__ = ["ATTN_IMPLEMENTATION", "sparsebert_attention_forward", "use_unpadded", "register", "encoder_of",
-           "mark_compressed", "unmark_compressed", "QUANT_METHOD"]
+           "mark_compressed", "unmark_compressed", "QUANT_METHOD", "set_attention_precision", "attention_precision"]
 
 ATTN_IMPLEMENTATION = "sparsebert"
+PRECISION_ATTR = "sparsebert_attention_precision"  # on the model's config, read by every layer
 
 
 def _as_key_padding(keep: Tensor) -> Tensor | None:
@@ -59,6 +60,33 @@ def _as_key_padding(keep: Tensor) -> Tensor | None:
     if not torch.equal(keep, first.expand_as(keep)):
         return None
     return first[:, 0, 0, :]
+
+
+def set_attention_precision(model: nn.Module, precision: str = "fp32") -> nn.Module:
+    """The ``precision`` every layer's ``"sparsebert"`` attention runs at (``sparsebert.ops.attention``):
+    ``"fp32"`` (default) or ``"bf16"`` (q, k and v rounded to bfloat16 before the two matmuls, which
+    accumulate in fp32: bf16 dot products at twice the fp32 rate on CPUs with AVX-512 BF16). It is
+    kept on the model's config (``config.sparsebert_attention_precision``), which every attention
+    layer shares. The training path (the references) rounds the same way. Returns ``model``."""
+    from .ops.attention import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"attention precision must be one of {PRECISIONS}, got {precision!r}")
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError(f"set_attention_precision expects a transformers model (with a config), got "
+                        f"{type(model).__name__}")
+    if precision == "fp32":
+        config.__dict__.pop(PRECISION_ATTR, None)
+    else:
+        setattr(config, PRECISION_ATTR, precision)
+    return model
+
+
+def attention_precision(model_or_config) -> str:
+    """The attention precision a model (or its config) runs at: ``"fp32"`` unless set."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, PRECISION_ATTR, "fp32")
 
 
 def _needs_autograd(dropout: float, *tensors: Tensor) -> bool:
@@ -105,6 +133,7 @@ def sparsebert_attention_forward(
         key = key.repeat_interleave(rep, dim=1)
         value = value.repeat_interleave(rep, dim=1)
     train = _needs_autograd(dropout, query, key, value)
+    precision = getattr(getattr(module, "config", None), PRECISION_ATTR, "fp32")
 
     cu = kwargs.get("cu_seq_lens_q")
     if cu is not None:
@@ -115,9 +144,9 @@ def sparsebert_attention_forward(
         cu = cu.to(torch.int32)
         max_len = int(max_len) if max_len is not None else int((cu[1:] - cu[:-1]).max())
         if train:
-            out = attention_varlen_reference(q, k, v, cu, max_len, scaling, dropout_p=dropout)
+            out = attention_varlen_reference(q, k, v, cu, max_len, scaling, precision, dropout_p=dropout)
         else:
-            out = attention_varlen(q, k, v, cu, max_len, scaling)
+            out = attention_varlen(q, k, v, cu, max_len, scaling, precision)
         return out.unsqueeze(0), None  # (1, tokens, H, D)
 
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
@@ -131,9 +160,9 @@ def sparsebert_attention_forward(
         if kp is not None:
             mask = kp
     if train:
-        out = attention_reference(query, key, value, mask, scaling, dropout_p=dropout)
+        out = attention_reference(query, key, value, mask, scaling, precision, dropout_p=dropout)
     else:
-        out = attention(query, key, value, mask, scaling)
+        out = attention(query, key, value, mask, scaling, precision)
     return out.transpose(1, 2).contiguous(), None  # (B, S, H, D)
 
 

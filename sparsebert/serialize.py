@@ -173,7 +173,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
     from transformers.initialization import no_init_weights
 
     from .compress import CompressConfig
-    from .hf import ATTN_IMPLEMENTATION, mark_compressed, use_unpadded
+    from .hf import ATTN_IMPLEMENTATION, mark_compressed, set_attention_precision, use_unpadded
 
     path = Path(directory)
     manifest = read_manifest(path)
@@ -265,6 +265,8 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
     elif cfg.attention == "unpadded":
         use_unpadded(model)
+    if cfg.attention is not None:
+        set_attention_precision(model, cfg.attention_precision)
     layers = {n: {k: v for k, v in layer.items() if k != "spec"} for n, layer in manifest["layers"].items()}
     setattr(model, STATE_ATTR, {"config": cfg.to_dict(), "tokens": manifest.get("tokens"),
                                 "calibration": manifest.get("calibration"), "layers": layers,

@@ -20,19 +20,23 @@ def sdpa_mask(mask, shape):
     return mask
 
 
-def assert_attention_close(out, q, k, v, mask=None, scale=None):
+def assert_attention_close(out, q, k, v, mask=None, scale=None, precision="fp32"):
     """flash-attention's rule: the error against float64 eager attention is at most twice the
     error of torch's own scaled_dot_product_attention in the same dtype, plus a few rounding units
-    of the output scale. A wrong key, row or mask gives errors of order 1."""
+    of the output scale. A wrong key, row or mask gives errors of order 1. precision="bf16": the
+    float64 attention of the bf16-rounded inputs (the op's definition), against twice the error of
+    torch's bf16 attention on them."""
     assert out.dtype == q.dtype and out.shape == q.shape
-    ref = attention_reference(q.double(), k.double(), v.double(), mask, scale)
+    ref = attention_reference(q.double(), k.double(), v.double(), mask, scale, precision)
     if ref.numel() == 0:
         return
-    same = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask(mask, q.shape), scale=scale)
+    dt = torch.bfloat16 if precision == "bf16" else q.dtype
+    same = F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), attn_mask=sdpa_mask(mask, q.shape),
+                                          scale=scale)
     same = same.nan_to_num(0.0)  # torch versions differ on rows with no kept key
     err = (out.double() - ref).abs().max().item()
     base = (same.double() - ref).abs().max().item()
-    unit = 4 * torch.finfo(q.dtype).eps * max(1.0, ref.abs().max().item())
+    unit = 4 * torch.finfo(dt).eps * max(1.0, ref.abs().max().item())
     assert err <= 2 * base + unit, f"max error {err:.3g} > 2 * torch's {base:.3g} + {unit:.3g}"
 
 
@@ -114,6 +118,42 @@ def test_fully_masked_rows(isa, dtype):
     torch.testing.assert_close(out[0].float(), expect, atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("s,d", [(1, 32), (7, 59), (97, 64), (300, 64), (33, 128), (5, 256)])
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_bf16_precision(isa, s, d, mask_kind):
+    """precision="bf16" on float32 inputs: the attention of the bf16-rounded q, k and v (bf16 dot
+    products where the CPU has them, the fp32 kernel on rounded inputs elsewhere), output in
+    float32. It is that, and not the fp32 attention: much closer to the rounded inputs' answer."""
+    b, h = 2, 3
+    q, k, v = qkv(b, h, s, d)
+    mask = make_mask(mask_kind, b, h, s, s, torch.float32)
+    out = attention(q, k, v, mask, precision="bf16")
+    assert_attention_close(out, q, k, v, mask, precision="bf16")
+    exact = attention_reference(q.double(), k.double(), v.double(), mask)
+    rounded = attention_reference(q.double(), k.double(), v.double(), mask, None, "bf16")
+    assert (out.double() - rounded).abs().max() < 0.5 * (out.double() - exact).abs().max()
+
+
+def test_bf16_precision_on_bf16_inputs_is_the_bf16_op(isa):
+    """Rounding bf16 inputs changes nothing: the same answer as the plain bf16 op, within the rule."""
+    q, k, v = qkv(2, 2, 70, 64, torch.bfloat16)
+    mask = padding_mask(2, 70, [70, 31])
+    out = attention(q, k, v, mask, precision="bf16")
+    assert out.dtype == torch.bfloat16
+    assert_attention_close(out, q, k, v, mask)
+
+
+def test_bf16_precision_ignores_padding(isa):
+    """Padded keys are never read at bf16 precision either (NaN there changes nothing)."""
+    q, k, v = qkv(2, 2, 100, 64)
+    pad = padding_mask(2, 100, [41, 100])
+    out = attention(q, k, v, pad, precision="bf16")
+    k2, v2 = k.clone(), v.clone()
+    k2[0, :, 41:] = float("nan")
+    v2[0, :, 41:] = float("nan")
+    torch.testing.assert_close(attention(q, k2, v2, pad, precision="bf16"), out, rtol=0, atol=0)
+
+
 def test_padding_changes_only_what_it_should(isa):
     """Keys past a sequence's length do not affect it: garbage there changes nothing."""
     q, k, v = qkv(2, 2, 100, 64)
@@ -168,7 +208,7 @@ def packed(lengths, h, d, dtype=torch.float32):
     return tuple(torch.randn(t, h, d).to(dtype) for _ in range(3)) + (cu,)
 
 
-def assert_varlen_close(out, q, k, v, cu, scale=None):
+def assert_varlen_close(out, q, k, v, cu, scale=None, precision="fp32"):
     """Each sequence checked like the padded op: against float64, within twice torch's SDPA error."""
     bounds = cu.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
@@ -176,7 +216,7 @@ def assert_varlen_close(out, q, k, v, cu, scale=None):
             continue
         sl = slice(start, end)
         per = [t[sl].transpose(0, 1)[None] for t in (q, k, v)]
-        assert_attention_close(out[sl].transpose(0, 1)[None], *per, scale=scale)
+        assert_attention_close(out[sl].transpose(0, 1)[None], *per, scale=scale, precision=precision)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -188,6 +228,16 @@ def test_varlen_matches_reference(isa, dtype, d):
     assert_varlen_close(out, q, k, v, cu)
     torch.testing.assert_close(out.float(), attention_varlen_reference(q, k, v, cu, 130).float(),
                                atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("d", [32, 59, 64])
+def test_varlen_bf16_precision(isa, d):
+    q, k, v, cu = packed([5, 0, 130, 1, 64, 97, 300], 3, d)
+    out = attention_varlen(q, k, v, cu, 300, precision="bf16")
+    assert out.dtype == torch.float32
+    assert_varlen_close(out, q, k, v, cu, precision="bf16")
+    torch.testing.assert_close(out, attention_varlen_reference(q, k, v, cu, 300, precision="bf16"),
+                               atol=2e-2, rtol=0)
 
 
 def test_varlen_equals_padded_on_real_tokens(isa):
@@ -222,6 +272,8 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.sparsebert.attention.default, (q, k, v, None, 0.5))
     qp, kp, vp, cu = packed([5, 15], 3, 32)
     torch.library.opcheck(torch.ops.sparsebert.attention_varlen.default, (qp, kp, vp, cu, 15, None))
+    torch.library.opcheck(torch.ops.sparsebert.attention.default, (q, k, v, None, None, "bf16"))
+    torch.library.opcheck(torch.ops.sparsebert.attention_varlen.default, (qp, kp, vp, cu, 15, None, "bf16"))
 
 
 def test_torch_compile_fullgraph():
@@ -267,6 +319,18 @@ def test_bad_input(make, match):
     q, k, v, mask = make()
     with pytest.raises(ValueError, match=match):
         attention(q, k, v, mask)
+
+
+def test_bad_precision():
+    q, k, v = qkv(1, 1, 3, 8)
+    for bad in ("fp16", "BF16", ""):
+        with pytest.raises(ValueError, match=f"precision must be 'fp32' or 'bf16', got '{bad}'"):
+            attention(q, k, v, precision=bad)
+        with pytest.raises(ValueError, match=f"precision must be 'fp32' or 'bf16', got '{bad}'"):
+            attention_varlen(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1),
+                             torch.tensor([0, 3], dtype=torch.int32), 3, precision=bad)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        attention_reference(q, k, v, precision="fp16")
 
 
 def test_bad_scale():

@@ -85,7 +85,7 @@ def model_dir(tmp_path_factory):
 def compressed_dir(model_dir):
     out = model_dir.parent / "compressed"
     assert cli.main(["compress", str(model_dir), "--out", str(out), "--sparsity", "0.5", "--block", "16x16",
-                     "--int8", "dynamic", "--calibrate", "16"]) == 0
+                     "--int8", "dynamic", "--calibrate", "16", "--attention-precision", "bf16"]) == 0
     return out
 
 
@@ -94,6 +94,7 @@ def test_compress_writes_a_loadable_directory(compressed_dir, capsys):
     model = sparsebert.load(compressed_dir)
     assert type(model).__name__ == "BertForSequenceClassification"
     assert model.sparsebert_state["calibration"]["examples"] == 16
+    assert sparsebert.hf.attention_precision(model) == "bf16"
 
 
 def test_report(compressed_dir, capsys):

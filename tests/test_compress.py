@@ -335,6 +335,50 @@ def test_what_is_not_fused(cfg, act):
     assert not isinstance(model.encoder.layer[0].intermediate.intermediate_act_fn, nn.Identity)
 
 
+@pytest.mark.parametrize("attention", ["sparsebert", "unpadded"])
+def test_bf16_attention_precision(attention):
+    """attention_precision="bf16" reaches every layer's attention (the outputs move by bf16
+    rounding, no more), the training path rounds the same way, and decompress drops it."""
+    from sparsebert.hf import attention_precision, set_attention_precision
+
+    cfg = dict(sparsity=0.5, block_size=(16, 16), kernel="sparse", attention=attention)
+    base = compress(tiny_bert(), CompressConfig(**cfg))
+    model = compress(tiny_bert(), CompressConfig(**cfg, attention_precision="bf16"))
+    assert attention_precision(base) == "fp32" and attention_precision(model) == "bf16"
+    assert getattr(model, STATE_ATTR)["config"]["attention_precision"] == "bf16"
+    inputs = tiny_inputs(padded=False)
+    out, ref = first_output(model, inputs), first_output(base, inputs)
+    assert not torch.equal(out, ref) and rel_err(out, ref) < 2e-2
+    with torch.enable_grad():  # the references, rounding as the kernel does
+        model.train(False)
+        inputs_grad = {**inputs}
+        emb = model.get_input_embeddings()
+        emb.weight.requires_grad_(True)
+        try:
+            train_out = model(**inputs_grad).last_hidden_state
+        finally:
+            emb.weight.requires_grad_(False)
+    assert rel_err(train_out.detach(), out) < rel_err(out, ref)
+    set_attention_precision(model, "fp32")
+    assert torch.equal(first_output(model, inputs), ref)
+    set_attention_precision(model, "bf16")
+    dense = sparsebert.decompress(model)
+    assert attention_precision(dense) == "fp32" and attention_precision(model) == "bf16"
+
+
+def test_bad_attention_precision():
+    with pytest.raises(ValueError, match="attention_precision must be one of \\('fp32', 'bf16'\\), got 'fp16'"):
+        CompressConfig(attention_precision="fp16")
+    with pytest.raises(ValueError, match="attention_precision='bf16' needs sparsebert attention"):
+        CompressConfig(attention=None, attention_precision="bf16")
+    from sparsebert.hf import set_attention_precision
+
+    with pytest.raises(ValueError, match="got 'half'"):
+        set_attention_precision(tiny_bert(), "half")
+    with pytest.raises(TypeError, match="Linear"):
+        set_attention_precision(nn.Linear(2, 2), "bf16")
+
+
 def test_progress_bar_goes_to_stderr(capsys):
     compress(tiny_bert(), CompressConfig(kernel="dense"), progress=True)
     captured = capsys.readouterr()

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 import sparsebert
 from sparsebert import CompressConfig, compress, load, save
+from sparsebert.hf import attention_precision
 from sparsebert.serialize import FORMAT_VERSION, MANIFEST, WEIGHTS
 from model_helpers import HEADS, first_output, tiny_bert, tiny_inputs
 
@@ -21,6 +22,8 @@ CONFIGS = {
     "int8": CompressConfig(int8="dynamic", kernel="dense"),
     "weight_only": CompressConfig(int8="weight_only", kernel="dense"),
     "bf16_unpadded": CompressConfig(sparsity=0.5, block_size=(16, 16), dtype="bfloat16", attention="unpadded"),
+    "bf16_attention": CompressConfig(sparsity=0.75, block_size=(16, 16), int8="dynamic", kernel="sparse",
+                                     attention="unpadded", attention_precision="bf16"),
 }
 
 
@@ -40,6 +43,7 @@ def test_round_trip_is_bit_equal(tmp_path, head, name):
     assert torch.equal(first_output(loaded, inputs), first_output(model, inputs))
     assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]
     assert loaded.config._attn_implementation == model.config._attn_implementation
+    assert attention_precision(loaded) == attention_precision(model) == CONFIGS[name].attention_precision
     assert list(sparsebert.report(loaded)) == list(sparsebert.report(model))
 
 

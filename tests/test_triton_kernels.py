@@ -13,6 +13,7 @@ from test_attention import assert_attention_close, padding_mask  # noqa: E402
 from sparsebert import kernels  # noqa: E402
 from sparsebert.kernels import _common  # noqa: E402
 from sparsebert.ops import (  # noqa: E402
+    attention_reference,
     attention_varlen_reference,
     bsr_int8_linear_reference,
     bsr_to_dense,
@@ -170,6 +171,26 @@ def test_attention_varlen(dtype):
     ref = attention_varlen_reference(q, k, v, cu, 40)
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
     torch.testing.assert_close(IMPLS["attention_varlen"](q, k, v, cu, 40, None), out)
+
+
+def test_attention_bf16_precision():
+    """precision="bf16" on float32 inputs: the attention of the bf16-rounded inputs, float32 out."""
+    q, k, v = (torch.randn(2, 2, 37, 32) for _ in range(3))
+    mask = padding_mask(2, 37, [37, 20])
+    out = kernels.attention(q, k, v, mask, None, "bf16")
+    assert out.dtype == torch.float32
+    assert_attention_close(out, q, k, v, mask, precision="bf16")
+    exact = attention_reference(q.double(), k.double(), v.double(), mask)
+    rounded = attention_reference(q.double(), k.double(), v.double(), mask, None, "bf16")
+    assert (out.double() - rounded).abs().max() < 0.5 * (out.double() - exact).abs().max()
+    lengths = [5, 0, 40, 1]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    qp, kp, vp = (torch.randn(sum(lengths), 2, 32) for _ in range(3))
+    outp = IMPLS["attention_varlen"](qp, kp, vp, cu, 40, None, "bf16")
+    torch.testing.assert_close(outp, attention_varlen_reference(qp, kp, vp, cu, 40, precision="bf16"),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        kernels.attention(q, k, v, mask, None, "fp16")
 
 
 # --- bad input ------------------------------------------------------------------------------------

@@ -21,10 +21,15 @@ namespace {
 
 constexpr int64_t kMaxHeadDim = 256;
 
-cpu::AttentionFn select_kernel(bool bf16) {
+// bf16 inputs on AMX: tiles (both precisions; the tiles round P as the dot-product kernel does).
+// precision="bf16" elsewhere: bf16 dot products where the CPU has them, else the fp32 kernel on
+// inputs rounded to bf16 as they are packed (args.round_bf16).
+cpu::AttentionFn select_kernel(const cpu::AttentionArgs& a) {
   switch (active_isa()) {
-    case Isa::kAmx: return bf16 ? cpu::attention_bf16_amx : cpu::attention_avx512;
-    case Isa::kAvx512Bf16:
+    case Isa::kAmx:
+      if (a.bf16) return cpu::attention_bf16_amx;
+      return a.round_bf16 ? cpu::attention_dpbf16_avx512bf16 : cpu::attention_avx512;
+    case Isa::kAvx512Bf16: return a.round_bf16 ? cpu::attention_dpbf16_avx512bf16 : cpu::attention_avx512;
     case Isa::kAvx512: return cpu::attention_avx512;
     case Isa::kAvx2: return cpu::attention_avx2;
     case Isa::kScalar: return cpu::attention_scalar;
@@ -43,6 +48,12 @@ void check_qkv_dtypes(const char* op, const at::Tensor& q, const at::Tensor& k, 
 }
 
 at::Tensor unit_last_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+bool resolve_precision(const char* op, c10::string_view precision) {
+  TORCH_CHECK_VALUE(precision == "fp32" || precision == "bf16", op,
+                    ": precision must be 'fp32' or 'bf16', got '", std::string(precision), "'");
+  return precision == "bf16";
+}
 
 float resolve_scale(const char* op, std::optional<double> scale, int64_t D) {
   const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(D));
@@ -69,13 +80,14 @@ void run_tasks(const cpu::AttentionArgs& args, cpu::AttentionFn fn, std::vector<
 
 // What both ops fill alike: data pointers, dtype, sizes and scale (strides and masks: per op).
 cpu::AttentionArgs base_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-                             int64_t B, int64_t H, int64_t D, float scale) {
+                             int64_t B, int64_t H, int64_t D, float scale, bool round_bf16) {
   cpu::AttentionArgs a{};
   a.q = q.data_ptr();
   a.k = k.data_ptr();
   a.v = v.data_ptr();
   a.out = out.data_ptr();
   a.bf16 = q.scalar_type() == at::kBFloat16;
+  a.round_bf16 = round_bf16;
   a.B = B;
   a.H = H;
   a.D = D;
@@ -90,8 +102,10 @@ void set_strides(const at::Tensor& t, int64_t& sb, int64_t& sh, int64_t& ss) {
 }
 
 at::Tensor attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                         const std::optional<at::Tensor>& mask, std::optional<double> scale) {
+                         const std::optional<at::Tensor>& mask, std::optional<double> scale,
+                         c10::string_view precision) {
   const char* op = "attention";
+  const bool round_bf16 = resolve_precision(op, precision);
   check_qkv_dtypes(op, q_in, k_in, v_in);
   TORCH_CHECK_VALUE(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, op,
                     ": q, k and v must be [batch, heads, seq, head_dim], got shapes ", q_in.sizes(), ", ",
@@ -152,7 +166,7 @@ at::Tensor attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const a
   at::Tensor out = at::empty({B, H, Sq, D}, q.options());
   if (out.numel() == 0) return out;
 
-  cpu::AttentionArgs a = base_args(q, k, v, out, B, H, D, sc);
+  cpu::AttentionArgs a = base_args(q, k, v, out, B, H, D, sc, round_bf16);
   a.Sq = Sq;
   a.Sk = Sk;
   set_strides(q, a.q_sb, a.q_sh, a.q_ss);
@@ -170,13 +184,15 @@ at::Tensor attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const a
   std::vector<int64_t> tasks(B * H), cost(B * H);
   std::iota(tasks.begin(), tasks.end(), 0);
   for (int64_t t = 0; t < B * H; ++t) cost[t] = Sq * (kept[t / H] + 1);
-  run_tasks(a, select_kernel(a.bf16), std::move(tasks), cost);
+  run_tasks(a, select_kernel(a), std::move(tasks), cost);
   return out;
 }
 
 at::Tensor attention_varlen_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                                const at::Tensor& cu_seqlens, int64_t max_seqlen, std::optional<double> scale) {
+                                const at::Tensor& cu_seqlens, int64_t max_seqlen, std::optional<double> scale,
+                                c10::string_view precision) {
   const char* op = "attention_varlen";
+  const bool round_bf16 = resolve_precision(op, precision);
   check_qkv_dtypes(op, q_in, k_in, v_in);
   TORCH_CHECK_VALUE(q_in.dim() == 3 && q_in.sizes() == k_in.sizes() && q_in.sizes() == v_in.sizes(), op,
                     ": q, k and v must be packed tokens [total_tokens, heads, head_dim] of one shape, got ",
@@ -207,7 +223,7 @@ at::Tensor attention_varlen_cpu(const at::Tensor& q_in, const at::Tensor& k_in, 
   at::Tensor out = at::empty({T, H, D}, q.options());
   if (out.numel() == 0 || B == 0) return out;
 
-  cpu::AttentionArgs a = base_args(q, k, v, out, B, H, D, sc);
+  cpu::AttentionArgs a = base_args(q, k, v, out, B, H, D, sc, round_bf16);
   a.Sq = a.Sk = max_seqlen;
   a.q_ss = q.stride(0);
   a.q_sh = q.stride(1);
@@ -224,7 +240,7 @@ at::Tensor attention_varlen_cpu(const at::Tensor& q_in, const at::Tensor& k_in, 
     const int64_t len = c[t / H + 1] - c[t / H];
     cost[t] = len * (len + 1);
   }
-  run_tasks(a, select_kernel(a.bf16), std::move(tasks), cost);
+  run_tasks(a, select_kernel(a), std::move(tasks), cost);
   return out;
 }
 

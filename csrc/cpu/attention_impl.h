@@ -101,12 +101,16 @@ inline void transpose(vf (&r)[W]) {
   if constexpr (2 * B < W) transpose<2 * B>(r);
 }
 
-// dst[0 .. n) = scale * src[off .. off + n), widened to fp32. One loop per element type, no branch
-// inside: each is a plain loop the compiler vectorizes.
-inline void load_row(const void* base, int64_t off, bool bf16, int64_t n, float scale, float* dst) {
+// dst[0 .. n) = scale * src[off .. off + n), widened to fp32 (fp32 rounded to bf16 first when
+// `round`: precision="bf16"). One loop per element type, no branch inside: each is a plain loop
+// the compiler vectorizes.
+inline void load_row(const void* base, int64_t off, bool bf16, bool round, int64_t n, float scale, float* dst) {
   if (bf16) {
     const uint16_t* src = static_cast<const uint16_t*>(base) + off;
     for (int64_t d = 0; d < n; ++d) dst[d] = bf16_bits_to_f32(src[d]) * scale;
+  } else if (round) {
+    const float* src = static_cast<const float*>(base) + off;
+    for (int64_t d = 0; d < n; ++d) dst[d] = bf16_bits_to_f32(f32_to_bf16_bits(src[d])) * scale;
   } else {
     const float* src = static_cast<const float*>(base) + off;
     for (int64_t d = 0; d < n; ++d) dst[d] = src[d] * scale;
@@ -283,8 +287,8 @@ inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
           std::memset(row, 0, sizeof(float) * dp);
           continue;
         }
-        load_row(vbase, j * a.v_ss, a.bf16, D, 1.f, w.v.data() + j * dp);
-        load_row(kbase, j * a.k_ss, a.bf16, D, 1.f, row);
+        load_row(vbase, j * a.v_ss, a.bf16, a.round_bf16, D, 1.f, w.v.data() + j * dp);
+        load_row(kbase, j * a.k_ss, a.bf16, a.round_bf16, D, 1.f, row);
         if (j + W < j1) {  // the same key of the next group: rows far apart defeat the prefetchers
           prefetch_row(kbase, (j + W) * a.k_ss, a.bf16, D);
           prefetch_row(vbase, (j + W) * a.v_ss, a.bf16, D);
@@ -316,7 +320,7 @@ inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
     const int nr = static_cast<int>(lq - q0 < QB ? lq - q0 : QB);
     const int nrr = static_cast<int>(round_up(nr, RR));
     std::memset(w.q.data(), 0, sizeof(float) * nrr * dp);
-    for (int r = 0; r < nr; ++r) load_row(qbase, (q0 + r) * a.q_ss, a.bf16, D, a.scale, w.q.data() + r * dp);
+    for (int r = 0; r < nr; ++r) load_row(qbase, (q0 + r) * a.q_ss, a.bf16, a.round_bf16, D, a.scale, w.q.data() + r * dp);
     std::memset(w.o.data(), 0, sizeof(float) * nrr * dp);
     for (int r = 0; r < nrr; ++r) {
       w.m[r] = kNegInf;

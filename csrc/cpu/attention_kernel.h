@@ -19,6 +19,9 @@ struct AttentionArgs {
   const void* v;
   void* out;
   bool bf16;  // element type of q, k, v and out: bf16 bits (true) or float
+  // precision="bf16": q, k and v are rounded to bf16 before the matmuls (which accumulate in fp32);
+  // the bf16 dot-product kernels also round P. Otherwise fp32 inputs are used as they are.
+  bool round_bf16;
 
   int64_t B;   // sequences
   int64_t H;   // heads
@@ -54,6 +57,8 @@ using AttentionFn = void (*)(const AttentionArgs& args, const int64_t* tasks, in
 void attention_scalar(const AttentionArgs& args, const int64_t* tasks, int64_t n);
 void attention_avx2(const AttentionArgs& args, const int64_t* tasks, int64_t n);
 void attention_avx512(const AttentionArgs& args, const int64_t* tasks, int64_t n);
+// fp32 and bf16 inputs, both matmuls as bf16 dot products (vdpbf16ps): precision="bf16".
+void attention_dpbf16_avx512bf16(const AttentionArgs& args, const int64_t* tasks, int64_t n);
 // bf16 only: both matmuls on AMX tiles (bf16 x bf16 -> fp32), the softmax in AVX-512 fp32.
 void attention_bf16_amx(const AttentionArgs& args, const int64_t* tasks, int64_t n);
 

@@ -18,6 +18,15 @@ A query row none of whose keys is kept gets zeros, as in ``F.scaled_dot_product_
 Hugging Face's default (sdpa) BERT. An additive mask of ``finfo.min`` (Hugging Face's eager masks)
 is a finite number: a row masked that way everywhere averages all values, as eager attention does.
 
+``precision``: ``"fp32"`` (default) uses the inputs as they are; ``"bf16"`` rounds ``q``, ``k``
+and ``v`` to bfloat16 (round to nearest even) before the two matmuls, which accumulate in fp32,
+and keeps the output in q's dtype. On CPUs with AVX-512 BF16 (Zen 4 and later, Xeon since Cooper
+Lake) both matmuls then run as bf16 dot products at twice the fp32 rate, with the attention
+probabilities rounded to bf16 as well (within the tolerance the tests hold every path to: twice
+the error of torch's own bf16 attention on the same inputs); elsewhere the fp32 kernel runs on the
+rounded inputs. bfloat16 inputs on AMX CPUs always take the AMX tiles, which round the
+probabilities the same way.
+
 Inference only: the ops have no autograd formula (backward raises). Their references are plain
 torch and differentiable; ``sparsebert.hf`` trains through them (``attention_reference`` takes a
 ``dropout_p`` for that).
@@ -37,26 +46,31 @@ __all__ = ["attention", "attention_reference", "attention_varlen", "attention_va
 MAX_HEAD_DIM = 256
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None, precision: str = "fp32"
+) -> Tensor:
     """``softmax(scale * q @ k^T + mask) @ v`` for ``q``, ``k``, ``v`` ``[batch, heads, seq, head_dim]``.
 
     float32 or bfloat16 (bf16 accumulates in fp32), any strides, ``head_dim`` 1..256, ``q_seq``
     and ``key_seq`` may differ; ``scale`` defaults to ``1/sqrt(head_dim)``. Returns
-    ``[batch, heads, q_seq, head_dim]`` in q's dtype. See the module docstring for ``mask``.
+    ``[batch, heads, q_seq, head_dim]`` in q's dtype. See the module docstring for ``mask`` and
+    ``precision``.
     """
-    return torch.ops.sparsebert.attention.default(q, k, v, mask, scale)
+    return torch.ops.sparsebert.attention.default(q, k, v, mask, scale, precision)
 
 
 def attention_varlen(
-    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float | None = None
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """Attention over packed tokens ``[total_tokens, heads, head_dim]``, no padding anywhere.
 
     Sequence ``b`` is tokens ``cu_seqlens[b]:cu_seqlens[b + 1]`` and attends to itself only;
     ``cu_seqlens`` is int32, non-decreasing, from 0 to ``total_tokens`` (length batch + 1);
     ``max_seqlen`` is at least the longest sequence. Returns ``[total_tokens, heads, head_dim]``.
+    ``precision`` as in ``attention``.
     """
-    return torch.ops.sparsebert.attention_varlen.default(q, k, v, cu_seqlens, int(max_seqlen), scale)
+    return torch.ops.sparsebert.attention_varlen.default(q, k, v, cu_seqlens, int(max_seqlen), scale, precision)
 
 
 def _additive(mask: Tensor | None, shape: tuple[int, int, int, int], dtype: torch.dtype) -> Tensor | None:
@@ -73,19 +87,32 @@ def _additive(mask: Tensor | None, shape: tuple[int, int, int, int], dtype: torc
     return mask.to(dtype)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _check_precision(op: str, precision) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"{op}: precision must be one of {PRECISIONS}, got {precision!r}")
+
+
 def attention_reference(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None, *,
-    dropout_p: float = 0.0,
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None,
+    precision: str = "fp32", *, dropout_p: float = 0.0,
 ) -> Tensor:
     """The definition of ``attention``: eager softmax attention in q's dtype if float64, else
-    in float32, rounded to q's dtype; rows with no kept key give zeros.
+    in float32, rounded to q's dtype; rows with no kept key give zeros. ``precision="bf16"``:
+    on ``q``, ``k`` and ``v`` rounded to bfloat16 first.
 
     Differentiable with plain torch autograd (a row with no kept key gets zero gradients, not
     NaN). ``dropout_p > 0`` drops attention probabilities as ``F.dropout`` does and scales the
     rest by ``1 / (1 - dropout_p)``: the training path of ``sparsebert.hf``; the op has no dropout.
     """
+    _check_precision("attention_reference", precision)
     cdtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    qc, kc, vc = (t.to(cdtype) for t in (q, k, v))
+    if precision == "bf16":
+        qc, kc, vc = (t.to(torch.bfloat16).to(cdtype) for t in (q, k, v))
+    else:
+        qc, kc, vc = (t.to(cdtype) for t in (q, k, v))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = (qc @ kc.transpose(-1, -2)) * scale
     add = _additive(mask, tuple(s.shape), cdtype)
@@ -101,8 +128,8 @@ def attention_reference(
 
 
 def attention_varlen_reference(
-    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float | None = None, *,
-    dropout_p: float = 0.0,
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float | None = None,
+    precision: str = "fp32", *, dropout_p: float = 0.0,
 ) -> Tensor:
     """The definition of ``attention_varlen``: ``attention_reference`` per sequence (so it is
     differentiable too, and takes the same ``dropout_p``)."""
@@ -112,7 +139,8 @@ def attention_varlen_reference(
         if end > start:
             sl = slice(start, end)
             out[sl] = attention_reference(
-                q[sl].transpose(0, 1), k[sl].transpose(0, 1), v[sl].transpose(0, 1), None, scale, dropout_p=dropout_p
+                q[sl].transpose(0, 1), k[sl].transpose(0, 1), v[sl].transpose(0, 1), None, scale, precision,
+                dropout_p=dropout_p,
             ).transpose(0, 1)
     return out
 
@@ -128,7 +156,8 @@ def _check_qkv(op: str, q: Tensor, k: Tensor, v: Tensor) -> None:
 
 
 @torch.library.register_fake("sparsebert::attention")
-def _attention_fake(q, k, v, mask=None, scale=None):
+def _attention_fake(q, k, v, mask=None, scale=None, precision="fp32"):
+    _check_precision("attention", precision)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             f"attention: q, k and v must be [batch, heads, seq, head_dim], got shapes "
@@ -146,7 +175,8 @@ def _attention_fake(q, k, v, mask=None, scale=None):
 
 
 @torch.library.register_fake("sparsebert::attention_varlen")
-def _attention_varlen_fake(q, k, v, cu_seqlens, max_seqlen, scale=None):
+def _attention_varlen_fake(q, k, v, cu_seqlens, max_seqlen, scale=None, precision="fp32"):
+    _check_precision("attention_varlen", precision)
     if q.dim() != 3 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
             "attention_varlen: q, k and v must be packed tokens [total_tokens, heads, head_dim] of one "
