@@ -258,3 +258,63 @@ def test_compile_fullgraph_and_export_with_padding():
         exp_out = exported.module()(input_ids=ids, attention_mask=mask).last_hidden_state
     for got in (eager_out, out, exp_out):
         torch.testing.assert_close(got[keep], sdpa[keep], rtol=1e-5, atol=1e-5)
+
+
+def _hooked(model):
+    """A no-op forward hook on the first layer: the unpadded encoder then calls transformers'
+    layer forward (the hook must see it) instead of its lean path."""
+    return model.encoder.layer[0].register_forward_hook(lambda *a: None)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_unpadded_lean_path_is_the_layer_forward(precision):
+    """In inference the unpadded encoder runs each layer as the same module calls without
+    transformers' Python around them: bit-equal to the layer forward, on a compressed model
+    (INT8 with the GELU fused, sparse) and on a plain one."""
+    from sparsebert.hf import _lean_path_applies, set_attention_precision
+
+    torch.manual_seed(0)
+    plain = BertModel(small_config()).eval()
+    compressed = sparsebert.compress(copy.deepcopy(plain), sparsebert.CompressConfig(
+        sparsity=0.5, block_size=(16, 16), int8="dynamic", kernel="sparse", attention="unpadded",
+        attention_precision=precision))
+    sparsebert.use_unpadded(plain)
+    set_attention_precision(plain, precision)
+    inputs, keep = batch()
+    for model in (plain, compressed):
+        with torch.inference_mode():
+            assert _lean_path_applies(model.encoder, {})
+        lean = run(model, inputs)
+        handle = _hooked(model)
+        with torch.inference_mode():
+            assert not _lean_path_applies(model.encoder, {})
+        layered = run(model, inputs)
+        handle.remove()
+        assert torch.equal(lean, layered)
+        assert torch.equal(lean[~keep], torch.zeros_like(lean[~keep]))
+
+
+def test_unpadded_lean_path_only_where_it_is_the_same():
+    """Grad mode, training mode, output_attentions, hidden states (recorded with hooks) and a
+    layer class of another family take transformers' layer forward."""
+    from sparsebert.hf import _lean_path_applies
+
+    torch.manual_seed(0)
+    model = BertModel(small_config()).eval()
+    sparsebert.use_unpadded(model)
+    enc = model.encoder
+    with torch.inference_mode():
+        assert _lean_path_applies(enc, {}) and not _lean_path_applies(enc, {"output_attentions": True})
+    assert not _lean_path_applies(enc, {})  # grad mode on
+    with torch.no_grad():
+        model.train()
+        assert not _lean_path_applies(enc, {})
+        model.eval()
+    inputs, keep = batch()
+    with torch.inference_mode():
+        out = model(**inputs, output_hidden_states=True)
+    assert len(out.hidden_states) == 3 and out.hidden_states[1].shape == (1, int(keep.sum()), 64)
+    roberta = RobertaModel(small_config(RobertaConfig, pad_token_id=1)).eval()
+    sparsebert.use_unpadded(roberta)
+    with torch.inference_mode():
+        assert not _lean_path_applies(roberta.encoder, {})
