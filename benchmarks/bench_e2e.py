@@ -1077,6 +1077,7 @@ PARTS = [
                    "aten::_scaled_dot_product_flash_attention_for_cpu")),
     ("GELU", ("aten::gelu",)),
     ("LayerNorm", ("aten::layer_norm", "aten::native_layer_norm")),
+    ("add + LayerNorm (fused)", ("sparsebert::add_layer_norm",)),
     ("adds (residual, embeddings)", ("aten::add", "aten::add_")),
     ("packing/unpacking", ("aten::index_select", "aten::index_copy", "aten::index_copy_", "aten::nonzero")),
 ]

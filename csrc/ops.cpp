@@ -51,6 +51,11 @@ TORCH_LIBRARY(sparsebert, m) {
   m.def(
       "attention_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, float? scale=None, "
       "str precision=\"fp32\") -> Tensor");
+  // LayerNorm(x + residual) over the last dim with weight and bias [hidden]: the residual add and
+  // the normalization after a transformer block's output projection in one pass. x, residual,
+  // weight and bias share one dtype (float32 or bfloat16: the sum is rounded to it, as an add in
+  // that dtype would be, and normalized in fp32).
+  m.def("add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor bias, float eps) -> Tensor");
 }
 
 namespace {

@@ -10,5 +10,7 @@ PTX and cubin for sm_80 and sm_90 (``make gpu-check``). GPU speed is not measure
 from .attention import attention, attention_varlen
 from .bsr_linear import bsr_linear
 from .int8_linear import bsr_int8_linear, int8_linear, quantize_per_token
+from .layer_norm import add_layer_norm
 
-__all__ = ["bsr_linear", "int8_linear", "bsr_int8_linear", "quantize_per_token", "attention", "attention_varlen"]
+__all__ = ["bsr_linear", "int8_linear", "bsr_int8_linear", "quantize_per_token", "attention", "attention_varlen",
+           "add_layer_norm"]

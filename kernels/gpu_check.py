@@ -23,6 +23,7 @@ import importlib  # noqa: E402
 
 # The modules (the package exports functions of the same names).
 attn_mod = importlib.import_module(".attention", __package__)
+ln_mod = importlib.import_module(".layer_norm", __package__)
 bsr_mod = importlib.import_module(".bsr_linear", __package__)
 int8_mod = importlib.import_module(".int8_linear", __package__)
 
@@ -86,6 +87,15 @@ def attention_cases(quick):
                            attn_mod.attention_kernel, sig, const, cfg, dt != "fp32" or tf32 or rnd)
 
 
+def layer_norm_cases(quick):
+    for dt in ("fp32", "bf16", "fp16"):
+        for block in ([1024] if quick else [1024, 4096]):
+            sig = {"x_ptr": PTR[dt], "r_ptr": PTR[dt], "w_ptr": PTR[dt], "b_ptr": PTR[dt], "o_ptr": PTR[dt],
+                   "N": "i32", "eps": "fp32"}
+            yield (f"add_layer_norm {dt} BLOCK={block}", ln_mod.add_layer_norm_kernel, sig, {"BLOCK": block},
+                   triton.Config({}, num_warps=4), False)
+
+
 def lower(fn, sig, const, cfg, cap):
     for name in const:
         sig[name] = "constexpr"
@@ -100,7 +110,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     failures, n = [], 0
     start = time.time()
-    for cases in (bsr_linear_cases, int8_cases, attention_cases):
+    for cases in (bsr_linear_cases, int8_cases, attention_cases, layer_norm_cases):
         for name, fn, sig, const, cfg, needs_mma in cases(args.quick):
             for cap in TARGETS:
                 n += 1

@@ -100,7 +100,8 @@ class CompressConfig:
       model).
     - ``fuse``: move each FFN's GELU into the epilogue of its up projection when that layer is
       dynamic INT8 (:func:`fuse_activations`): one pass less over the largest activation. Same
-      math (the exact GELU), in float32 registers instead of a separate op.
+      math (the exact GELU), in float32 registers instead of a separate op. And run each block's
+      residual add and LayerNorm as one op (:func:`sparsebert.hf.fuse_layer_norms`).
     """
 
     sparsity: float | dict[str, float] | None = None
@@ -593,7 +594,8 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
     """Swaps the new modules in, casts the model to the config's dtype (the layers left as they
     were too: a bf16 model with the default config becomes float32 throughout), sets the
     attention and marks the model. Any failure puts back what was there before re-raising."""
-    from .hf import ATTN_IMPLEMENTATION, attention_precision, mark_compressed, set_attention_precision, use_unpadded
+    from .hf import (ATTN_IMPLEMENTATION, attention_precision, fuse_layer_norms, mark_compressed,
+                     set_attention_precision, unfuse_layer_norms, use_unpadded)
 
     replaced: list = []
     old_precision = attention_precision(model)
@@ -610,12 +612,14 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
         if cfg.attention is not None:
             set_attention_precision(model, cfg.attention_precision)
         state["fused"] = fuse_activations(model) if cfg.fuse else []
+        state["fused_norms"] = fuse_layer_norms(model) if cfg.fuse else []
         setattr(model, STATE_ATTR, state)
         mark_compressed(model)
         if cfg.compile:
             compile_model(model)
     except BaseException:
         model._compiled_call_impl = None
+        unfuse_layer_norms(model)
         for module, act in acts:  # the FFN activations fuse_activations replaced
             setattr(module, FFN_ACT_ATTR, act)
         _restore(replaced)
@@ -818,12 +822,13 @@ def decompress(model: nn.Module) -> nn.Module:
     weight it multiplies by (dequantized for INT8), the padded encoder and transformers' SDPA
     attention. The baseline of ``sparsebert bench`` (same weights, stock kernels)."""
     dense = copy.deepcopy(model)
-    from .hf import set_attention_precision, unmark_compressed, use_unpadded
+    from .hf import set_attention_precision, unfuse_layer_norms, unmark_compressed, use_unpadded
 
     if is_compressed(dense):
         delattr(dense, STATE_ATTR)
     dense._compiled_call_impl = None  # the stock baseline runs eager
     unfuse_activations(dense)
+    unfuse_layer_norms(dense)
     unmark_compressed(dense)
     use_unpadded(dense, enabled=False)  # compress accepted the model, so it is BERT-family
     dense.set_attn_implementation("sdpa")

@@ -38,9 +38,11 @@ from transformers.masking_utils import AttentionMaskInterface, bidirectional_mas
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
 from .ops.attention import attention, attention_reference, attention_varlen, attention_varlen_reference
+from .ops.layer_norm import add_layer_norm
 
 __all__ = ["ATTN_IMPLEMENTATION", "sparsebert_attention_forward", "use_unpadded", "register", "encoder_of",
-           "mark_compressed", "unmark_compressed", "QUANT_METHOD", "set_attention_precision", "attention_precision"]
+           "mark_compressed", "unmark_compressed", "QUANT_METHOD", "set_attention_precision", "attention_precision",
+           "fuse_layer_norms", "unfuse_layer_norms", "fused_layer_norms"]
 
 ATTN_IMPLEMENTATION = "sparsebert"
 PRECISION_ATTR = "sparsebert_attention_precision"  # on the model's config, read by every layer
@@ -269,16 +271,77 @@ def _lean_path_applies(encoder: nn.Module, kwargs: dict) -> bool:
 def _lean_bert_layer(layer: nn.Module, x: Tensor, cu: Tensor, max_len: int, precision: str) -> Tensor:
     """One BERT layer in inference on packed tokens ``x [tokens, hidden]``: what ``BertLayer``'s
     forward computes (dropout is the identity in eval mode), module by module."""
-    sa, so = layer.attention.self, layer.attention.output
+    sa = layer.attention.self
     t = x.shape[0]
     hd = sa.attention_head_size
     q = sa.query(x).view(t, -1, hd)
     k = sa.key(x).view(t, -1, hd)
     v = sa.value(x).view(t, -1, hd)
     ctx = attention_varlen(q, k, v, cu, max_len, sa.scaling, precision).view(t, -1)
-    a = so.LayerNorm(so.dense(ctx) + x)
+    a = layer.attention.output(ctx, x)
     h = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(a))
-    return layer.output.LayerNorm(layer.output.dense(h) + a)
+    return layer.output(h, a)
+
+
+# --- residual add + LayerNorm in one op -----------------------------------------------------------
+
+
+def _output_classes() -> tuple:
+    from transformers.models.bert import modeling_bert as mb
+
+    return (mb.BertSelfOutput, mb.BertOutput)
+
+
+def _fused_output_forward(self, hidden_states: Tensor, input_tensor: Tensor) -> Tensor:
+    """``BertSelfOutput`` / ``BertOutput`` forward with the residual add and the LayerNorm as one
+    ``sparsebert.ops.add_layer_norm``; where gradients are needed, the module's own add and
+    LayerNorm (the op's reference)."""
+    h = self.dropout(self.dense(hidden_states))
+    ln = self.LayerNorm
+    if torch.is_grad_enabled() and (h.requires_grad or input_tensor.requires_grad or ln.weight.requires_grad
+                                    or ln.bias.requires_grad):
+        return ln(h + input_tensor)
+    return add_layer_norm(h, input_tensor, ln.weight, ln.bias, ln.eps)
+
+
+def _norm_fusable(module: nn.Module) -> bool:
+    ln = getattr(module, "LayerNorm", None)
+    return (isinstance(module, _output_classes()) and type(ln) is nn.LayerNorm and len(ln.normalized_shape) == 1
+            and ln.weight is not None and ln.bias is not None)
+
+
+def fuse_layer_norms(model: nn.Module) -> list[str]:
+    """Runs the residual add and LayerNorm that end every transformers BERT attention block and
+    FFN (``BertSelfOutput``, ``BertOutput``) as one ``sparsebert.ops.add_layer_norm``: one pass
+    over the ``[tokens, hidden]`` activation instead of three. In place, on the modules' forward
+    (so the padded and the unpadded encoder both run it); inference only: where gradients are
+    needed the modules add and normalize as before. Modules already fused, LayerNorms without
+    weight or bias, and other families' classes are left as they are. :func:`sparsebert.compress`
+    calls it (``CompressConfig(fuse=True)``); :func:`unfuse_layer_norms` undoes it. Returns the
+    names of the modules fused."""
+    fused = []
+    for name, module in model.named_modules():
+        if _norm_fusable(module) and "forward" not in module.__dict__:
+            module.forward = types.MethodType(_fused_output_forward, module)
+            fused.append(name)
+    return fused
+
+
+def unfuse_layer_norms(model: nn.Module) -> list[str]:
+    """The inverse of :func:`fuse_layer_norms`. Returns the names of the modules unfused."""
+    unfused = []
+    for name, module in model.named_modules():
+        fwd = module.__dict__.get("forward")
+        if fwd is not None and getattr(fwd, "__func__", None) is _fused_output_forward:
+            del module.forward
+            unfused.append(name)
+    return unfused
+
+
+def fused_layer_norms(model: nn.Module) -> list[str]:
+    """The names of the modules :func:`fuse_layer_norms` fused."""
+    return [name for name, module in model.named_modules()
+            if getattr(module.__dict__.get("forward"), "__func__", None) is _fused_output_forward]
 
 
 def _unpadded_encoder_forward(

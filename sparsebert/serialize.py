@@ -103,6 +103,7 @@ def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, over
         "calibration": state_info.get("calibration"),
         "layers": layers,
         "fused": state_info.get("fused", []),
+        "fused_norms": state_info.get("fused_norms", []),
         "aliases": aliases,
         "placeholders": placeholders,
         "versions": {"sparsebert": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
@@ -173,7 +174,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
     from transformers.initialization import no_init_weights
 
     from .compress import CompressConfig
-    from .hf import ATTN_IMPLEMENTATION, mark_compressed, set_attention_precision, use_unpadded
+    from .hf import ATTN_IMPLEMENTATION, fuse_layer_norms, mark_compressed, set_attention_precision, use_unpadded
 
     path = Path(directory)
     manifest = read_manifest(path)
@@ -267,10 +268,14 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
         use_unpadded(model)
     if cfg.attention is not None:
         set_attention_precision(model, cfg.attention_precision)
+    fused_norms = fuse_layer_norms(model) if manifest.get("fused_norms") else []
+    if fused_norms != manifest.get("fused_norms", []):
+        raise ValueError(f"{str(path)!r}: the manifest lists residual add + LayerNorm fused in "
+                         f"{manifest.get('fused_norms')}, but this model fuses {fused_norms}")
     layers = {n: {k: v for k, v in layer.items() if k != "spec"} for n, layer in manifest["layers"].items()}
     setattr(model, STATE_ATTR, {"config": cfg.to_dict(), "tokens": manifest.get("tokens"),
                                 "calibration": manifest.get("calibration"), "layers": layers,
-                                "fused": manifest.get("fused", [])})
+                                "fused": manifest.get("fused", []), "fused_norms": fused_norms})
     mark_compressed(model)
     model.config._name_or_path = manifest.get("source") or str(path)
     keep_freed_memory()  # see sparsebert.memory: a warm forward takes no fresh pages

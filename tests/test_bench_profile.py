@@ -33,6 +33,9 @@ def test_recorded_calls_are_the_forward(bench_e2e):
     gelu = [args for (_, args, *_), n in zip(calls, names)
             if n == "sparsebert::bsr_int8_linear" and any(isinstance(a, str) and a == "gelu" for a in args)]
     assert len(gelu) == layers
+    # and each block's residual add + LayerNorm into one op; the embeddings' LayerNorm stays
+    assert names.count("sparsebert::add_layer_norm") == 2 * layers
+    assert names.count("aten::layer_norm") + names.count("aten::native_layer_norm") >= 1
     # Replaying a call computes what the forward computed: the first linear's output again.
     i = names.index("sparsebert::bsr_int8_linear")
     func, args, kwargs, mutable = calls[i]
@@ -62,3 +65,4 @@ def test_profile_table_adds_up(tmp_path):
         assert parts["GEMM sparsebert::bsr_int8_linear"] > 0 and parts["attention"] > 0
         assert row["ops"] > 50
     assert "non-GEMM share" in r.stdout and "| LayerNorm |" in r.stdout and "| GELU |" not in r.stdout
+    assert "| add + LayerNorm (fused) |" in r.stdout

@@ -13,6 +13,7 @@ from torch import nn
 import sparsebert
 from sparsebert import CompressConfig, Int8Linear, SparseInt8Linear, SparseLinear, compress
 from sparsebert.compress import STATE_ATTR, min_cosine, pooled_output
+from sparsebert.hf import fuse_layer_norms, unfuse_layer_norms
 from sparsebert.prune import block_magnitude_mask
 from sparsebert.report import format_report
 from model_helpers import HEADS, first_output, tiny_bert, tiny_inputs
@@ -320,8 +321,11 @@ def test_ffn_gelu_is_fused_into_the_int8_up_projection():
     # by hand: unfused, the model is the fuse=False one exactly; fused again, as compress left it
     out = first_output(fused, inputs)
     assert sparsebert.unfuse_activations(fused) == names
+    norms = unfuse_layer_norms(fused)  # compress(fuse=True) fuses each residual add + LayerNorm too
+    assert len(norms) == 4
     assert torch.equal(first_output(fused, inputs), first_output(unfused, inputs))
     assert sparsebert.fuse_activations(fused) == names and sparsebert.fuse_activations(fused) == []
+    assert fuse_layer_norms(fused) == norms
     assert torch.equal(first_output(fused, inputs), out)
 
 

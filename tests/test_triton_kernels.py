@@ -193,6 +193,18 @@ def test_attention_bf16_precision():
         kernels.attention(q, k, v, mask, None, "fp16")
 
 
+@pytest.mark.parametrize("shape", [(3, 7), (5, 768), (2, 3, 100)])
+def test_add_layer_norm(shape):
+    from test_layer_norm import assert_ln_close, inputs
+
+    x, r, w, b = inputs(shape)
+    out = kernels.add_layer_norm(x, r, w, b, 1e-5)
+    assert_ln_close(out, x, r, w, b, 1e-5)
+    torch.testing.assert_close(IMPLS["add_layer_norm"](x, r, w, b, 1e-5), out)
+    with pytest.raises(ValueError, match="weight and bias must be"):
+        kernels.add_layer_norm(x, r, w[:2], b, 1e-5)
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
@@ -220,5 +232,5 @@ def test_bad_input_names_the_constraint(monkeypatch):
 
 
 def test_every_cuda_op_is_registered():
-    for op in ("bsr_linear", "int8_linear", "bsr_int8_linear", "attention", "attention_varlen"):
+    for op in ("bsr_linear", "int8_linear", "bsr_int8_linear", "attention", "attention_varlen", "add_layer_norm"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparsebert::{op}", "CUDA"), op

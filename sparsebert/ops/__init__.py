@@ -9,6 +9,7 @@ from .. import _extension  # noqa: F401  (registers the schemas and CPU kernels)
 from .attention import attention, attention_reference, attention_varlen, attention_varlen_reference
 from .bsr_format import bsr_to_dense, pack_bsr
 from .bsr_linear import bsr_linear, bsr_linear_reference
+from .layer_norm import add_layer_norm, add_layer_norm_reference
 from .int8_linear import (
     bsr_int8_linear,
     bsr_int8_linear_reference,
@@ -25,4 +26,5 @@ __all__ = [
     "int8_linear", "int8_linear_reference", "bsr_int8_linear", "bsr_int8_linear_reference",
     "int8_weight_only_linear", "int8_weight_only_linear_reference",
     "attention", "attention_reference", "attention_varlen", "attention_varlen_reference",
+    "add_layer_norm", "add_layer_norm_reference",
 ]

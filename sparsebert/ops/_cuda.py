@@ -14,6 +14,7 @@ LAUNCHERS = {
     "bsr_int8_linear": "bsr_int8_linear",
     "attention": "attention",
     "attention_varlen": "attention_varlen",
+    "add_layer_norm": "add_layer_norm",
 }
 
 

@@ -1,0 +1,10 @@
+// add_layer_norm built for avx2 (flags from setup.py by file name).
+#include "layer_norm_impl.h"
+
+namespace sparsebert {
+namespace cpu {
+
+void add_layer_norm_avx2(const AddLayerNormArgs& a, int64_t begin, int64_t end) { add_layer_norm_rows(a, begin, end); }
+
+}  // namespace cpu
+}  // namespace sparsebert
