@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import sparsebert
 from conftest import assert_linear_close, supported_isas
 from sparsebert.ops import (
+    add_layer_norm,
     attention,
     attention_varlen,
     bsr_int8_linear,
@@ -39,6 +40,7 @@ from sparsebert.ops.int8_format import (
     weight_sum,
 )
 from test_attention import assert_attention_close
+from test_layer_norm import assert_ln_close
 from sparsebert.ops.int8_linear import ACTIVATIONS
 from test_int8_linear import assert_matches_reference
 
@@ -52,6 +54,7 @@ DIMS = st.sampled_from([0, 1, 2, 3, 5, 7, 13, 16, 31, 32, 33, 64, 97])
 BLOCKS = st.tuples(st.sampled_from([1, 2, 3, 4, 8, 16, 32]), st.sampled_from([1, 2, 3, 4, 8, 16, 32]))
 PATTERNS = st.sampled_from(["random", "empty", "dense", "empty_rows", "one_block"])
 FLOATS = st.sampled_from([torch.float32, torch.bfloat16])
+PRECISIONS = st.sampled_from(["fp32", "bf16"])
 
 
 class isa_forced:
@@ -217,8 +220,8 @@ def test_int8_weight_only_linear(data, isa, m, n, k, dtype, bias):
 
 @given(data=st.data(), isa=ISAS, b=st.sampled_from([0, 1, 2, 3]), h=st.sampled_from([1, 2, 3]),
        s=st.sampled_from([1, 2, 7, 16, 33, 70]), d=st.sampled_from([1, 8, 17, 32, 64]), dtype=FLOATS,
-       masked=st.booleans())
-def test_attention(data, isa, b, h, s, d, dtype, masked):
+       masked=st.booleans(), precision=PRECISIONS)
+def test_attention(data, isa, b, h, s, d, dtype, masked, precision):
     seed_torch(data)
     q, k, v = (torch.randn(b, h, s, d).to(dtype) for _ in range(3))
     mask = None
@@ -226,13 +229,13 @@ def test_attention(data, isa, b, h, s, d, dtype, masked):
         lengths = torch.tensor([data.draw(st.integers(0, s)) for _ in range(b)])
         mask = torch.arange(s)[None, :] < lengths[:, None]
     with isa_forced(isa):
-        out = attention(q, k, v, mask)
-    assert_attention_close(out, q, k, v, mask)
+        out = attention(q, k, v, mask, precision=precision)
+    assert_attention_close(out, q, k, v, mask, precision=precision)
 
 
 @given(data=st.data(), isa=ISAS, h=st.sampled_from([1, 2, 4]), d=st.sampled_from([1, 8, 32, 64]), dtype=FLOATS,
-       lengths=st.lists(st.sampled_from([0, 1, 2, 5, 16, 31, 64]), min_size=1, max_size=5))
-def test_attention_varlen(data, isa, h, d, dtype, lengths):
+       lengths=st.lists(st.sampled_from([0, 1, 2, 5, 16, 31, 64]), min_size=1, max_size=5), precision=PRECISIONS)
+def test_attention_varlen(data, isa, h, d, dtype, lengths, precision):
     seed_torch(data)
     total = sum(lengths)
     q, k, v = (torch.randn(total, h, d).to(dtype) for _ in range(3))
@@ -240,10 +243,25 @@ def test_attention_varlen(data, isa, h, d, dtype, lengths):
     cu[1:] = torch.tensor(lengths).cumsum(0)
     max_len = max(lengths) + data.draw(st.integers(0, 3), label="max_seqlen slack")
     with isa_forced(isa):
-        out = attention_varlen(q, k, v, cu, max_len)
+        out = attention_varlen(q, k, v, cu, max_len, precision=precision)
     for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):  # each sequence is attention on its own
         one = [t[start:end].transpose(0, 1)[None] for t in (q, k, v)]  # (1, H, len, D)
-        assert_attention_close(out[start:end].transpose(0, 1)[None], *one)
+        assert_attention_close(out[start:end].transpose(0, 1)[None], *one, precision=precision)
+
+
+@given(data=st.data(), isa=ISAS, rows=st.sampled_from([0, 1, 2, 3, 17, 64]), n=st.sampled_from([1, 2, 7, 16, 33, 100, 768]),
+       dtype=FLOATS, offset=st.sampled_from([0.0, 1.0, 100.0]), eps=st.sampled_from([1e-12, 1e-5, 0.1]),
+       strided=st.booleans())
+def test_add_layer_norm(data, isa, rows, n, dtype, offset, eps, strided):
+    seed_torch(data)
+    x = torch.randn(rows, 2 * n if strided else n)[:, :n].to(dtype) + offset
+    r = torch.randn(rows, n).to(dtype)
+    w, b = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
+    with isa_forced(isa):
+        out = add_layer_norm(x, r, w, b, eps)
+    if rows:
+        assert_ln_close(out, x, r, w, b, eps)
+    assert out.shape == x.shape and out.dtype == dtype
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
