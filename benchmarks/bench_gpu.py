@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sparsebert  # noqa: E402,F401
 from common import fmt_ms, markdown_table, write_json  # noqa: E402
-from sparsebert.ops import attention, bsr_linear, int8_linear, pack_bsr  # noqa: E402
+from sparsebert.ops import add_layer_norm, attention, bsr_linear, int8_linear, pack_bsr  # noqa: E402
 from sparsebert.ops.int8_format import pack_int8_dense, quantize_symmetric, weight_sum  # noqa: E402
 from sparsebert.prune import block_magnitude_mask  # noqa: E402
 
@@ -79,7 +79,32 @@ def attention_rows(device):
             t_ours = bench(lambda: attention(q, k, v, keep))
             recs.append(dict(op="attention", dtype=str(dtype), batch=b, seq=s, sdpa_s=t_sdpa, sparsebert_s=t_ours))
             rows.append([str(dtype).split(".")[1], f"{b}x{s}", fmt_ms(t_sdpa), fmt_ms(t_ours), f"{t_sdpa / t_ours:.2f}x"])
+    # fp32 inputs at precision="bf16": bf16 tensor-core dots inside, fp32 in and out
+    for b, s in ((8, 512), (32, 128)):
+        q, k, v = (torch.randn(b, 12, s, 64, device=device) for _ in range(3))
+        keep = torch.arange(s, device=device)[None, :] < torch.linspace(s / 16, s, b, device=device)[:, None]
+        t_sdpa = bench(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :]))
+        t_ours = bench(lambda: attention(q, k, v, keep, precision="bf16"))
+        recs.append(dict(op="attention", dtype="float32, precision=bf16", batch=b, seq=s, sdpa_s=t_sdpa,
+                         sparsebert_s=t_ours))
+        rows.append(["float32 (precision=bf16; SDPA fp32)", f"{b}x{s}", fmt_ms(t_sdpa), fmt_ms(t_ours),
+                     f"{t_sdpa / t_ours:.2f}x"])
     return markdown_table(["dtype", "batch x seq (padded)", "SDPA ms", "sparsebert ms", "vs SDPA"], rows), recs
+
+
+def layer_norm_rows(device):
+    rows, recs = [], []
+    for dtype in (torch.float32, torch.bfloat16):
+        for t in (1024, 16384):
+            x, r = (torch.randn(t, 768, dtype=dtype, device=device) for _ in range(2))
+            w, bias = torch.ones(768, dtype=dtype, device=device), torch.zeros(768, dtype=dtype, device=device)
+            t_torch = bench(lambda: F.layer_norm(x + r, (768,), w, bias, 1e-12))
+            t_ours = bench(lambda: add_layer_norm(x, r, w, bias, 1e-12))
+            recs.append(dict(op="add_layer_norm", dtype=str(dtype), tokens=t, torch_s=t_torch, sparsebert_s=t_ours))
+            rows.append([str(dtype).split(".")[1], f"{t}x768", fmt_ms(t_torch), fmt_ms(t_ours),
+                         f"{t_torch / t_ours:.2f}x"])
+    return markdown_table(["dtype", "tokens x hidden", "torch add + layer_norm ms", "sparsebert ms", "vs torch"],
+                          rows), recs
 
 
 def main(argv=None):
@@ -98,8 +123,10 @@ def main(argv=None):
     table, recs = linear_rows(device, [int(t) for t in args.tokens.split(",")], args.sparsity)
     print(table, "\n")
     att_table, att_recs = attention_rows(device)
-    print(att_table)
-    write_json(args.json, {"argv": argv if argv is not None else sys.argv[1:]}, recs + att_recs)
+    print(att_table, "\n")
+    ln_table, ln_recs = layer_norm_rows(device)
+    print(ln_table)
+    write_json(args.json, {"argv": argv if argv is not None else sys.argv[1:]}, recs + att_recs + ln_recs)
     return 0
 
 
