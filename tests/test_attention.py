@@ -36,7 +36,11 @@ def assert_attention_close(out, q, k, v, mask=None, scale=None, precision="fp32"
     same = same.nan_to_num(0.0)  # torch versions differ on rows with no kept key
     err = (out.double() - ref).abs().max().item()
     base = (same.double() - ref).abs().max().item()
-    unit = 4 * torch.finfo(dt).eps * max(1.0, ref.abs().max().item())
+    # fp32: 8 units. Scores reach |s| ~ 8 on unit-normal inputs; a rounding of q * scale (relative
+    # eps) becomes a relative error of |s| eps in exp(s), so a few ulps of the output scale are the
+    # kernel's honest floor where torch's own error happens to be smaller (the long fuzz found 4
+    # units exceeded by 14% on a 5-token sequence).
+    unit = (8 if dt == torch.float32 else 4) * torch.finfo(dt).eps * max(1.0, ref.abs().max().item())
     assert err <= 2 * base + unit, f"max error {err:.3g} > 2 * torch's {base:.3g} + {unit:.3g}"
 
 
