@@ -31,25 +31,6 @@ struct AmxScratch {
   std::vector<float> s, o, otmp, m, l, alpha, mnew;
 };
 
-// e^x for x <= 0 (scores minus their row max), relative error below 2e-6: ample for P, which is
-// rounded to bf16 (2^-9) right after. Below -86.5 (-inf included) the result is exactly 0, never a
-// denormal (denormal arithmetic costs a microcode assist per instruction). NaN stays NaN.
-inline __m512 exp_nonpositive(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-86.5f);
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);  // x >= lo, or NaN
-  x = _mm512_max_ps(lo, x);  // NaN passes (vmaxps returns its second operand)
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147180559945f), x);
-  __m512 p = _mm512_set1_ps(1.f / 120);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return _mm512_maskz_scalef_ps(keep, p, n);
-}
-
 // C0..C3 += A4 x B6, A4 x B7, A5 x B6, A5 x B7 (GCC's tile intrinsics need literal tile ids).
 inline void dots_2x2() {
   _tile_dpbf16ps(0, 4, 6);
@@ -208,7 +189,7 @@ void run_task_amx(const AttentionArgs& a, int64_t task, AmxScratch& w, Scratch& 
         const __m512 mb = _mm512_set1_ps(mnew), sc = _mm512_set1_ps(deferred ? a.scale : 1.f);
         __m512 sum = _mm512_setzero_ps();
         for (int c = 0; c < ncols; c += W) {
-          const __m512 pv = exp_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(sr + c), sc, mb));
+          const __m512 pv = vexp_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(sr + c), sc, mb));
           sum = _mm512_add_ps(sum, pv);
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + c), (__m256i)_mm512_cvtneps_pbh(pv));
         }
