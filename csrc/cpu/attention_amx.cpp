@@ -110,7 +110,6 @@ void run_task_amx(const AttentionArgs& a, int64_t task, AmxScratch& w, Scratch& 
   w.alpha.resize(QR);
   w.mnew.resize(QR);
   const uint16_t* qbase = static_cast<const uint16_t*>(a.q) + t.qoff;
-  const vf scale = splat(a.scale);
 
   for (int64_t q0 = 0; q0 < t.lq; q0 += QR) {
     const int nr = static_cast<int>(t.lq - q0 < QR ? t.lq - q0 : QR);
@@ -146,29 +145,8 @@ void run_task_amx(const AttentionArgs& a, int64_t task, AmxScratch& w, Scratch& 
       // Scale and mask in place (for plain blocks with scale > 0 the scale is applied in the
       // exp pass instead), row maxima; then every row's rescale factor at once.
       const bool deferred = kind == kPlain && a.scale > 0.f;
-      for (int r = 0; r < QR; ++r) {
-        float* sr = w.s.data() + r * NK;
-        if (kind == kMask) {
-          for (int c = 0; c < ncols; c += W) storeu(sr + c, loadu(sr + c) * scale);
-          if (r < nr)
-            add_mask_row(a, t, q0 + r, k0, nk, sr);
-          else
-            for (int64_t j = nk; j < NK; ++j) sr[j] = kNegInf;
-        }
-        vf mv = splat(kNegInf);
-        for (int c = 0; c < ncols; c += W) {
-          vf x = loadu(sr + c);
-          if (kind == kBias) {
-            x = x * scale + loadu(&blocks.bias[k0 + c]);
-            storeu(sr + c, x);
-          } else if (kind == kPlain && !deferred) {
-            x = x * scale;
-            storeu(sr + c, x);
-          }
-          mv = x > mv ? x : mv;
-        }
-        w.mnew[r] = deferred ? hmax(mv) * a.scale : hmax(mv);
-      }
+      for (int r = 0; r < QR; ++r)
+        w.mnew[r] = scale_mask_row_max(a, t, blocks, kind, deferred, r, nr, q0, k0, nk, ncols, w.s.data() + r * NK);
       for (int r = 0; r < QR; r += W) {
         const vf mo = loadu(&w.m[r]), mb = loadu(&w.mnew[r]);
         const vf mn = mb > mo ? mb : mo;

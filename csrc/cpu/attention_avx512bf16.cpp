@@ -187,7 +187,6 @@ void run_task_dp(const AttentionArgs& a, int64_t task, DpScratch& w, Scratch& bl
   w.mnew.resize(QB);
   const void* qbase = static_cast<const char*>(a.q) + t.qoff * esz;
   const uint32_t* q32 = reinterpret_cast<const uint32_t*>(w.q.data());
-  const vf scale = splat(a.scale);
   const int64_t nvec = dp / W, nfull = nvec / CN * CN;
 
   for (int64_t q0 = 0; q0 < t.lq; q0 += QB) {
@@ -220,27 +219,7 @@ void run_task_dp(const AttentionArgs& a, int64_t task, DpScratch& w, Scratch& bl
       // pass instead), row maxima, then every row's rescale factor.
       const bool deferred = kind == kPlain && a.scale > 0.f;
       for (int r = 0; r < nrr; ++r) {
-        float* sr = s + r * NK;
-        if (kind == kMask) {
-          for (int c = 0; c < ncols; c += W) storeu(sr + c, loadu(sr + c) * scale);
-          if (r < nr)
-            add_mask_row(a, t, q0 + r, k0, nk, sr);
-          else
-            for (int64_t j = nk; j < NK; ++j) sr[j] = kNegInf;
-        }
-        vf mv = splat(kNegInf);
-        for (int c = 0; c < ncols; c += W) {
-          vf x = loadu(sr + c);
-          if (kind == kBias) {
-            x = x * scale + loadu(&blocks.bias[k0 + c]);
-            storeu(sr + c, x);
-          } else if (kind == kPlain && !deferred) {
-            x = x * scale;
-            storeu(sr + c, x);
-          }
-          mv = x > mv ? x : mv;
-        }
-        const float mx = deferred ? hmax(mv) * a.scale : hmax(mv);
+        const float mx = scale_mask_row_max(a, t, blocks, kind, deferred, r, nr, q0, k0, nk, ncols, s + r * NK);
         const float mnew = mx > w.m[r] ? mx : w.m[r];
         w.alpha[r] = mnew == kNegInf ? 1.f : std::exp(w.m[r] - mnew);  // nothing kept yet: O stays 0
         w.mnew[r] = mnew;

@@ -256,6 +256,36 @@ inline void add_mask_row(const AttentionArgs& a, const TaskView& t, int64_t row,
   for (int64_t j = nk; j < NK; ++j) sr[j] = kNegInf;
 }
 
+// For the kernels that scale S after the matmul (the bf16 dot-product and AMX kernels): scales
+// and masks row r of a key block's scores in place and returns the row's maximum scaled score.
+// `deferred` (plain blocks with scale > 0): the row is left unscaled for the exp pass to scale,
+// and the maximum is scaled here. Rows past nr (padding of the query block) get -inf past nk.
+inline float scale_mask_row_max(const AttentionArgs& a, const TaskView& t, const Scratch& blocks, uint8_t kind,
+                                bool deferred, int r, int nr, int64_t q0, int64_t k0, int64_t nk, int ncols,
+                                float* sr) {
+  const vf scale = splat(a.scale);
+  if (kind == kMask) {
+    for (int c = 0; c < ncols; c += W) storeu(sr + c, loadu(sr + c) * scale);
+    if (r < nr)
+      add_mask_row(a, t, q0 + r, k0, nk, sr);
+    else
+      for (int64_t j = nk; j < NK; ++j) sr[j] = kNegInf;
+  }
+  vf mv = splat(kNegInf);
+  for (int c = 0; c < ncols; c += W) {
+    vf x = loadu(sr + c);
+    if (kind == kBias) {
+      x = x * scale + loadu(&blocks.bias[k0 + c]);
+      storeu(sr + c, x);
+    } else if (kind == kPlain && !deferred) {
+      x = x * scale;
+      storeu(sr + c, x);
+    }
+    mv = x > mv ? x : mv;
+  }
+  return deferred ? hmax(mv) * a.scale : hmax(mv);
+}
+
 inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
   const TaskView t = task_view(a, task);
   const int64_t lq = t.lq, lk = t.lk, qoff = t.qoff, koff = t.koff, voff = t.voff, ooff = t.ooff;
