@@ -294,12 +294,14 @@ def _output_classes() -> tuple:
 
 def _fused_output_forward(self, hidden_states: Tensor, input_tensor: Tensor) -> Tensor:
     """``BertSelfOutput`` / ``BertOutput`` forward with the residual add and the LayerNorm as one
-    ``sparsebert.ops.add_layer_norm``; where gradients are needed, the module's own add and
-    LayerNorm (the op's reference)."""
+    ``sparsebert.ops.add_layer_norm``. Where gradients are needed, or the tensors do not share one
+    dtype and shape as the op requires (mixed dtypes under ``torch.autocast``), the module's own
+    add and LayerNorm: the unfused forward, which the op's reference is."""
     h = self.dropout(self.dense(hidden_states))
     ln = self.LayerNorm
-    if torch.is_grad_enabled() and (h.requires_grad or input_tensor.requires_grad or ln.weight.requires_grad
-                                    or ln.bias.requires_grad):
+    if (torch.is_grad_enabled() and (h.requires_grad or input_tensor.requires_grad or ln.weight.requires_grad
+                                     or ln.bias.requires_grad)) \
+            or not (h.dtype == input_tensor.dtype == ln.weight.dtype == ln.bias.dtype) or h.shape != input_tensor.shape:
         return ln(h + input_tensor)
     return add_layer_norm(h, input_tensor, ln.weight, ln.bias, ln.eps)
 

@@ -130,6 +130,12 @@ def test_fuse_layer_norms_on_a_bert():
     sparsebert.use_unpadded(model, enabled=False)
     out = model(**inputs_).last_hidden_state  # grad mode on, parameters require grad: the modules' own
     assert torch.equal(out.detach(), ref) and out.requires_grad
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # mixed dtypes: the unfused math
+        auto = model(**inputs_).last_hidden_state
+    unfused = copy.deepcopy(model)
+    unfuse_layer_norms(unfused)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(unfused(**inputs_).last_hidden_state, auto)
     copied = copy.deepcopy(model)
     assert fused_layer_norms(copied) == names
     assert unfuse_layer_norms(model) == names and fused_layer_norms(model) == []
