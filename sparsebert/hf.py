@@ -86,7 +86,8 @@ def set_attention_precision(model: nn.Module, precision: str = "fp32") -> nn.Mod
 
 
 def attention_precision(model_or_config) -> str:
-    """The attention precision a model (or its config) runs at: ``"fp32"`` unless set."""
+    """The attention precision a model (or its config) runs at: ``"fp32"`` unless set (or for
+    None: modules without a config)."""
     config = getattr(model_or_config, "config", model_or_config)
     return getattr(config, PRECISION_ATTR, "fp32")
 
@@ -135,7 +136,7 @@ def sparsebert_attention_forward(
         key = key.repeat_interleave(rep, dim=1)
         value = value.repeat_interleave(rep, dim=1)
     train = _needs_autograd(dropout, query, key, value)
-    precision = getattr(getattr(module, "config", None), PRECISION_ATTR, "fp32")
+    precision = attention_precision(getattr(module, "config", None))
 
     cu = kwargs.get("cu_seq_lens_q")
     if cu is not None:
@@ -376,7 +377,7 @@ def _unpadded_encoder_forward(
     x = hidden_states.reshape(b * s, hidden).index_select(0, idx).unsqueeze(0)  # [1, tokens, hidden]
     if _lean_path_applies(self, kwargs):
         x = x[0]
-        precision = getattr(self.config, PRECISION_ATTR, "fp32") if hasattr(self, "config") else "fp32"
+        precision = attention_precision(getattr(self, "config", None))
         for layer in self.layer:
             x = _lean_bert_layer(layer, x, cu, max_len, precision)
     else:

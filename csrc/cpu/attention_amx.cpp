@@ -115,11 +115,7 @@ void run_task_amx(const AttentionArgs& a, int64_t task, AmxScratch& w, Scratch& 
     const int nr = static_cast<int>(t.lq - q0 < QR ? t.lq - q0 : QR);
     std::fill(w.q.begin(), w.q.end(), uint16_t(0));
     for (int r = 0; r < nr; ++r) std::memcpy(&w.q[r * dp], qbase + (q0 + r) * a.q_ss, D * sizeof(uint16_t));
-    std::fill(w.o.begin(), w.o.end(), 0.f);
-    for (int r = 0; r < QR; ++r) {
-      w.m[r] = kNegInf;
-      w.l[r] = 0.f;
-    }
+    start_query_block(w.o.data(), w.m.data(), w.l.data(), QR, dp);
 
     for (int64_t kb = 0; kb < nkb; ++kb) {
       const uint8_t kind = blocks.kind[kb];

@@ -197,11 +197,7 @@ void run_task_dp(const AttentionArgs& a, int64_t task, DpScratch& w, Scratch& bl
       bf16_row(qbase, (q0 + r) * a.q_ss, a.bf16, D, dp, w.q.data() + r * dp);
     }
     std::memset(w.q.data() + nr * dp, 0, (nrr - nr) * dp * sizeof(uint16_t));
-    std::memset(w.o.data(), 0, sizeof(float) * nrr * dp);
-    for (int r = 0; r < nrr; ++r) {
-      w.m[r] = kNegInf;
-      w.l[r] = 0.f;
-    }
+    start_query_block(w.o.data(), w.m.data(), w.l.data(), nrr, dp);
 
     for (int64_t kb = 0; kb < nkb; ++kb) {
       const uint8_t kind = blocks.kind[kb];

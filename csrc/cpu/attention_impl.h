@@ -256,6 +256,16 @@ inline void add_mask_row(const AttentionArgs& a, const TaskView& t, int64_t row,
   for (int64_t j = nk; j < NK; ++j) sr[j] = kNegInf;
 }
 
+// The online softmax's state at the start of a query block of `rows` rows: output accumulator
+// O = 0 (rows x dp), running max m = -inf, running sum l = 0.
+inline void start_query_block(float* o, float* m, float* l, int rows, int64_t dp) {
+  std::memset(o, 0, sizeof(float) * rows * dp);
+  for (int r = 0; r < rows; ++r) {
+    m[r] = kNegInf;
+    l[r] = 0.f;
+  }
+}
+
 // For the kernels that scale S after the matmul (the bf16 dot-product and AMX kernels): scales
 // and masks row r of a key block's scores in place and returns the row's maximum scaled score.
 // `deferred` (plain blocks with scale > 0): the row is left unscaled for the exp pass to scale,
@@ -351,11 +361,7 @@ inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
     const int nrr = static_cast<int>(round_up(nr, RR));
     std::memset(w.q.data(), 0, sizeof(float) * nrr * dp);
     for (int r = 0; r < nr; ++r) load_row(qbase, (q0 + r) * a.q_ss, a.bf16, a.round_bf16, D, a.scale, w.q.data() + r * dp);
-    std::memset(w.o.data(), 0, sizeof(float) * nrr * dp);
-    for (int r = 0; r < nrr; ++r) {
-      w.m[r] = kNegInf;
-      w.l[r] = 0.f;
-    }
+    start_query_block(w.o.data(), w.m.data(), w.l.data(), nrr, dp);
 
     for (int64_t kb = 0; kb < nkb; ++kb) {
       const uint8_t kind = w.kind[kb];
