@@ -248,7 +248,7 @@ def _bert_classes() -> tuple:
 def _lean_path_applies(encoder: nn.Module, kwargs: dict) -> bool:
     """Whether the unpadded encoder may run its layers as ``_lean_bert_layer``: the same modules
     called in the same order on the same tensors as transformers' BERT layer forward, without its
-    Python around them (1.13x for BERT-base at 1 x 128 tokens on 2 cores). Only for inference
+    Python around them (``benchmarks/bench_steps.py`` measures the gain). Only for inference
     (grad mode off, eval mode: no dropout, no references), transformers' own BERT layer classes
     (``chunk_size_feed_forward`` 0, no cross-attention), no hooks on the modules the lean path
     does not call (transformers records hidden states and attentions with hooks), and no
@@ -404,8 +404,8 @@ def use_unpadded(model: nn.Module, enabled: bool = True) -> nn.Module:
     (``output_hidden_states=True``) come back packed, ``[1, tokens, hidden]``, all but the last
     (the padded ``last_hidden_state``). In inference (grad mode off, eval mode) on transformers'
     BERT layers with no hooks, each layer runs as the same module calls without the layer
-    forward's Python around them (bit-equal, 1.13x at 1 x 128 tokens for BERT-base); any other
-    case calls the layers' own forward. Decoder layers (causal self-attention, cross-attention,
+    forward's Python around them (bit-equal; ``benchmarks/bench_steps.py`` measures the gain);
+    any other case calls the layers' own forward. Decoder layers (causal self-attention, cross-attention,
     KV cache) are refused with TypeError. Trainable like the padded path: with gradients or
     attention dropout, attention runs ``attention_varlen_reference`` (per sequence, with the
     dropout) instead of the kernel. Returns ``model``.
