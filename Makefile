@@ -83,6 +83,7 @@ bench: install
 	$(PY) benchmarks/bench_attention.py
 	$(PY) benchmarks/bench_compress.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_steps.py --fidelity
 
 # bench_accuracy.py exits 3 when its time slice ends with work left (the cache keeps what is done).
 bench-accuracy: install
