@@ -11,6 +11,7 @@ block's residual add + LayerNorm as one op). Configurations:
   transformers' ``BertLayer.forward`` (the lean path steps aside for hooks);
 - ``no fused add + LayerNorm``: ``sparsebert.hf.unfuse_layer_norms``;
 - ``no fused GELU``: ``sparsebert.unfuse_activations``;
+- ``no fused QKV``: ``sparsebert.hf.unfuse_qkv`` (query, key and value as three layers);
 - ``+ bf16 attention``: ``set_attention_precision(model, "bf16")``.
 
 Each switch happens outside the timed call (``time_methods`` runs every method once untimed right
@@ -33,9 +34,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sparsebert  # noqa: E402
 from common import Method, fmt_ms, header, markdown_table, time_methods, write_json  # noqa: E402
-from sparsebert.hf import fuse_layer_norms, set_attention_precision, unfuse_layer_norms  # noqa: E402
+from sparsebert.hf import (  # noqa: E402
+    fuse_layer_norms, fuse_qkv, set_attention_precision, unfuse_layer_norms, unfuse_qkv,
+)
 
-CONFIGS = ("all", "no lean layers", "no fused add + LayerNorm", "no fused GELU", "+ bf16 attention")
+CONFIGS = ("all", "no lean layers", "no fused add + LayerNorm", "no fused GELU", "no fused QKV", "+ bf16 attention")
 
 
 class Switch:
@@ -54,6 +57,7 @@ class Switch:
             self.hook = None
         fuse_layer_norms(m)
         sparsebert.fuse_activations(m)
+        fuse_qkv(m)
         set_attention_precision(m, "fp32")
         # then the one change
         if config == "no lean layers":
@@ -62,6 +66,8 @@ class Switch:
             unfuse_layer_norms(m)
         elif config == "no fused GELU":
             sparsebert.unfuse_activations(m)
+        elif config == "no fused QKV":
+            unfuse_qkv(m)
         elif config == "+ bf16 attention":
             set_attention_precision(m, "bf16")
         self.state = config

@@ -101,7 +101,9 @@ class CompressConfig:
     - ``fuse``: move each FFN's GELU into the epilogue of its up projection when that layer is
       dynamic INT8 (:func:`fuse_activations`): one pass less over the largest activation. Same
       math (the exact GELU), in float32 registers instead of a separate op. And run each block's
-      residual add and LayerNorm as one op (:func:`sparsebert.hf.fuse_layer_norms`).
+      residual add and LayerNorm as one op (:func:`sparsebert.hf.fuse_layer_norms`). And compute
+      each self-attention's query, key and value as one layer (:func:`sparsebert.hf.fuse_qkv`: one
+      GEMM, one activation quantization) where the three were converted alike.
     """
 
     sparsity: float | dict[str, float] | None = None
@@ -594,8 +596,8 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
     """Swaps the new modules in, casts the model to the config's dtype (the layers left as they
     were too: a bf16 model with the default config becomes float32 throughout), sets the
     attention and marks the model. Any failure puts back what was there before re-raising."""
-    from .hf import (ATTN_IMPLEMENTATION, attention_precision, fuse_layer_norms, mark_compressed,
-                     set_attention_precision, unfuse_layer_norms, use_unpadded)
+    from .hf import (ATTN_IMPLEMENTATION, attention_precision, fuse_layer_norms, fuse_qkv, mark_compressed,
+                     set_attention_precision, unfuse_layer_norms, unfuse_qkv, use_unpadded)
 
     replaced: list = []
     old_precision = attention_precision(model)
@@ -613,12 +615,14 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
             set_attention_precision(model, cfg.attention_precision)
         state["fused"] = fuse_activations(model) if cfg.fuse else []
         state["fused_norms"] = fuse_layer_norms(model) if cfg.fuse else []
+        state["fused_qkv"] = fuse_qkv(model) if cfg.fuse else []
         setattr(model, STATE_ATTR, state)
         mark_compressed(model)
         if cfg.compile:
             compile_model(model)
     except BaseException:
         model._compiled_call_impl = None
+        unfuse_qkv(model)
         unfuse_layer_norms(model)
         for module, act in acts:  # the FFN activations fuse_activations replaced
             setattr(module, FFN_ACT_ATTR, act)
@@ -822,13 +826,14 @@ def decompress(model: nn.Module) -> nn.Module:
     weight it multiplies by (dequantized for INT8), the padded encoder and transformers' SDPA
     attention. The baseline of ``sparsebert bench`` (same weights, stock kernels)."""
     dense = copy.deepcopy(model)
-    from .hf import set_attention_precision, unfuse_layer_norms, unmark_compressed, use_unpadded
+    from .hf import set_attention_precision, unfuse_layer_norms, unfuse_qkv, unmark_compressed, use_unpadded
 
     if is_compressed(dense):
         delattr(dense, STATE_ATTR)
     dense._compiled_call_impl = None  # the stock baseline runs eager
     unfuse_activations(dense)
     unfuse_layer_norms(dense)
+    unfuse_qkv(dense)
     unmark_compressed(dense)
     use_unpadded(dense, enabled=False)  # compress accepted the model, so it is BERT-family
     dense.set_attn_implementation("sdpa")

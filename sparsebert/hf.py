@@ -34,6 +34,9 @@ import types
 import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface
+from transformers.cache_utils import EncoderDecoderCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert.modeling_bert import eager_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, bidirectional_mask_function, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
@@ -42,7 +45,8 @@ from .ops.layer_norm import add_layer_norm
 
 __all__ = ["ATTN_IMPLEMENTATION", "sparsebert_attention_forward", "use_unpadded", "register", "encoder_of",
            "mark_compressed", "unmark_compressed", "QUANT_METHOD", "set_attention_precision", "attention_precision",
-           "fuse_layer_norms", "unfuse_layer_norms", "fused_layer_norms"]
+           "fuse_layer_norms", "unfuse_layer_norms", "fused_layer_norms", "fuse_qkv", "unfuse_qkv", "fused_qkv",
+           "qkv_parts"]
 
 ATTN_IMPLEMENTATION = "sparsebert"
 PRECISION_ATTR = "sparsebert_attention_precision"  # on the model's config, read by every layer
@@ -215,7 +219,8 @@ def encoder_of(model: nn.Module) -> nn.Module:
         )
     for i, layer in enumerate(layers):
         self_attn = getattr(getattr(layer, "attention", None), "self", None)
-        if self_attn is None or not all(hasattr(self_attn, n) for n in ("query", "key", "value")):
+        if self_attn is None or not (all(hasattr(self_attn, n) for n in ("query", "key", "value"))
+                                     or _is_fused_qkv(self_attn)):
             raise TypeError(f"use_unpadded: layer {i} ({type(layer).__name__}) is not a BERT-style layer")
         if getattr(layer, "is_decoder", False) or getattr(self_attn, "is_causal", False):
             raise TypeError(f"use_unpadded: layer {i} is a decoder layer; only bidirectional encoders are supported")
@@ -275,9 +280,13 @@ def _lean_bert_layer(layer: nn.Module, x: Tensor, cu: Tensor, max_len: int, prec
     sa = layer.attention.self
     t = x.shape[0]
     hd = sa.attention_head_size
-    q = sa.query(x).view(t, -1, hd)
-    k = sa.key(x).view(t, -1, hd)
-    v = sa.value(x).view(t, -1, hd)
+    qkv = sa._modules.get(QKV_ATTR)
+    if qkv is not None and _is_fused_qkv(sa):
+        q, k, v = (p.view(t, -1, hd) for p in qkv(x).split(sa._sparsebert_qkv_sizes, -1))
+    else:
+        q = sa.query(x).view(t, -1, hd)
+        k = sa.key(x).view(t, -1, hd)
+        v = sa.value(x).view(t, -1, hd)
     ctx = attention_varlen(q, k, v, cu, max_len, sa.scaling, precision).view(t, -1)
     a = layer.attention.output(ctx, x)
     h = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(a))
@@ -345,6 +354,123 @@ def fused_layer_norms(model: nn.Module) -> list[str]:
     """The names of the modules :func:`fuse_layer_norms` fused."""
     return [name for name, module in model.named_modules()
             if getattr(module.__dict__.get("forward"), "__func__", None) is _fused_output_forward]
+
+
+# --- Q, K and V as one projection ---------------------------------------------------------------
+
+QKV_ATTR = "qkv"  # the fused projection on a BertSelfAttention
+QKV_SIZES_ATTR = "_sparsebert_qkv_sizes"  # (query, key, value) output sizes, how qkv's output splits
+_QKV_PARTS = ("query", "key", "value")
+
+
+def _fused_qkv_forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
+                       **kwargs):
+    """``BertSelfAttention`` forward with the query, key and value projections as one layer
+    (``self.qkv``, its output split in three): one GEMM and one activation quantization instead of
+    three. Everything after the projections is transformers' forward."""
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, self.attention_head_size)
+    q, k, v = (p.view(*hidden_shape).transpose(1, 2)
+               for p in self.qkv(hidden_states).split(self._sparsebert_qkv_sizes, -1))
+    if past_key_values is not None:
+        cache = past_key_values.self_attention_cache if isinstance(past_key_values, EncoderDecoderCache) \
+            else past_key_values
+        k, v = cache.update(k, v, self.layer_idx)
+    attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                                eager_attention_forward)
+    out, weights = attention_interface(self, q, k, v, attention_mask,
+                                       dropout=0.0 if not self.training else self.dropout.p, scaling=self.scaling,
+                                       **kwargs)
+    return out.reshape(*input_shape, -1).contiguous(), weights
+
+
+def _is_fused_qkv(module: nn.Module) -> bool:
+    return getattr(module.__dict__.get("forward"), "__func__", None) is _fused_qkv_forward
+
+
+def _self_attention_class():
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    return BertSelfAttention
+
+
+def qkv_layout(module: nn.Module, qkv: nn.Module, sizes) -> None:
+    """Puts ``qkv`` (one layer computing query, key and value, outputs of ``sizes``) in place of
+    ``module``'s three projections and its forward on it. ``load`` calls it with an empty layer
+    built from the saved spec; :func:`fuse_qkv` with the stacked layers."""
+    for name in _QKV_PARTS:
+        module._modules.pop(name, None)
+    module.add_module(QKV_ATTR, qkv)
+    setattr(module, QKV_SIZES_ATTR, tuple(int(s) for s in sizes))
+    module.forward = types.MethodType(_fused_qkv_forward, module)
+
+
+def _qkv_fusable(module: nn.Module) -> str | None:
+    """Why ``module``'s projections cannot become one layer, or None when they can."""
+    from .nn.concat import mismatch
+
+    if type(module) is not _self_attention_class():
+        return f"a {type(module).__name__}, not transformers' BertSelfAttention"
+    if "forward" in module.__dict__:
+        return "its forward is already replaced"
+    parts = [module._modules.get(n) for n in _QKV_PARTS]
+    if any(p is None for p in parts):
+        return "it lacks a query, key or value projection"
+    if any(p._forward_hooks or p._forward_pre_hooks for p in parts):
+        return "a projection has hooks (they would no longer run)"
+    return mismatch(parts)
+
+
+def fuse_qkv(model: nn.Module) -> list[str]:
+    """Runs the query, key and value projections of every transformers BERT self-attention as one
+    layer: their weights stacked into ``self.qkv`` (of the projections' own type, INT8 values and
+    scales moved as they are, :func:`sparsebert.nn.cat_outputs`), whose output is split in three.
+    One GEMM and one activation quantization per layer instead of three, the same numbers. In
+    place; the projections are removed (``qkv_parts`` gives them back as separate layers). Layers
+    whose projections differ in type or options (a calibrated model that kept one of them in fp32,
+    SmoothQuant factors of their own), have hooks, or are of another class are left as they are.
+    :func:`sparsebert.compress` calls it (``CompressConfig(fuse=True)``); :func:`unfuse_qkv`
+    undoes it. Every fused layer is built before the model is touched. Returns the names of the
+    self-attention modules fused."""
+    from .nn.concat import cat_outputs
+
+    plan = []
+    for name, module in model.named_modules():
+        if _qkv_fusable(module) is None:
+            parts = [module._modules[n] for n in _QKV_PARTS]
+            plan.append((name, module, cat_outputs(parts), [p.out_features for p in parts]))
+    for name, module, qkv, sizes in plan:
+        qkv_layout(module, qkv, sizes)
+    return [name for name, *_ in plan]
+
+
+def qkv_parts(module: nn.Module) -> dict[str, nn.Module]:
+    """{"query": ..., "key": ..., "value": ...} of a self-attention module fused by
+    :func:`fuse_qkv`: new layers split from ``qkv`` (exactly what it computes)."""
+    from .nn.concat import split_outputs
+
+    if not _is_fused_qkv(module):
+        raise ValueError(f"{type(module).__name__} is not fused by fuse_qkv")
+    return dict(zip(_QKV_PARTS, split_outputs(module.qkv, getattr(module, QKV_SIZES_ATTR))))
+
+
+def unfuse_qkv(model: nn.Module) -> list[str]:
+    """The inverse of :func:`fuse_qkv`: ``query``, ``key`` and ``value`` back as separate layers
+    (of the fused layer's type, split from it exactly), transformers' forward. Returns the names
+    of the modules unfused."""
+    plan = [(name, module, qkv_parts(module)) for name, module in model.named_modules() if _is_fused_qkv(module)]
+    for name, module, parts in plan:
+        del module.forward
+        module._modules.pop(QKV_ATTR)
+        module.__dict__.pop(QKV_SIZES_ATTR, None)
+        for attr, part in parts.items():
+            module.add_module(attr, part)
+    return [name for name, *_ in plan]
+
+
+def fused_qkv(model: nn.Module) -> list[str]:
+    """The names of the self-attention modules :func:`fuse_qkv` fused."""
+    return [name for name, module in model.named_modules() if _is_fused_qkv(module)]
 
 
 def _unpadded_encoder_forward(

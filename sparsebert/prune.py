@@ -75,9 +75,16 @@ def _check_bert(model) -> nn.Module:
     from .hf import encoder_of
 
     try:
-        return encoder_of(model)
+        encoder = encoder_of(model)
     except TypeError as e:
         raise TypeError(f"expected a Hugging Face BERT-family model: {e}") from None
+    from .hf import fused_qkv
+
+    fused = fused_qkv(encoder)
+    if fused:
+        raise ValueError(f"the query, key and value projections of encoder.{fused[0]} run as one layer "
+                         "(sparsebert.hf.fuse_qkv): call sparsebert.hf.unfuse_qkv(model) first")
+    return encoder
 
 
 # --- scores and masks ----------------------------------------------------------------------------

@@ -40,7 +40,9 @@ def report(model: nn.Module) -> Report:
     """Per converted layer a dict with ``name``, ``shape`` (out, in), ``format``, ``act_quant``,
     ``smooth``, ``activation`` (fused into the kernel: ``"none"`` or ``"gelu"``), ``density``
     (share of the weight stored, 0..1), ``bytes``, ``dense_bytes`` (fp32 weight and bias),
-    ``speedup`` (measured at the compress token count over the dense layer) and ``reason``.
+    ``speedup`` (measured at the compress token count over the dense layer), ``reason`` and
+    ``fused_into`` (the layer it runs in, ``...attention.self.qkv`` for a query, key or value
+    projection fused by :func:`sparsebert.hf.fuse_qkv`, else None).
     Returns the list of rows (a :class:`Report`), whose ``totals`` attribute holds the sizes
     before and after, the expected speedup of these layers' GEMMs and the layers slower than
     dense, and ``calibration`` the calibrated INT8 choice's result (or None)."""
@@ -49,8 +51,9 @@ def report(model: nn.Module) -> Report:
     state = getattr(model, STATE_ATTR)
     rows = []
     t_dense = t_new = 0.0
+    parts = _fused_parts(model)
     for name, info in state["layers"].items():
-        module = model.get_submodule(name)
+        module = parts[name][1] if name in parts else model.get_submodule(name)
         n, k = module.out_features, module.in_features
         dense_bytes = 4 * (n * k + (n if getattr(module, "bias", None) is not None else 0))
         timings = info.get("timings") or {}
@@ -70,10 +73,11 @@ def report(model: nn.Module) -> Report:
             "dense_bytes": dense_bytes,
             "speedup": info.get("speedup"),
             "reason": info.get("reason", ""),
+            "fused_into": parts[name][0] if name in parts else None,
         })
     before = sum(r["dense_bytes"] for r in rows)
     after = sum(r["bytes"] for r in rows)
-    converted = {r["name"] for r in rows}
+    converted = {r["name"] for r in rows} | {r["fused_into"] for r in rows if r["fused_into"]}
     rest_fp32 = rest_now = 0
     for key, t in _unique_tensors(model).items():
         if key.rpartition(".")[0] in converted:
@@ -90,6 +94,21 @@ def report(model: nn.Module) -> Report:
         "slower_than_dense": [r["name"] for r in rows if r["speedup"] is not None and r["speedup"] < 1.0],
     }
     return Report(rows, totals, state.get("calibration"))
+
+
+def _fused_parts(model: nn.Module) -> dict:
+    """{projection name: (name of the fused layer, the projection split from it)} for the
+    self-attention modules whose query, key and value run as one layer."""
+    try:
+        from .hf import QKV_ATTR, fused_qkv, qkv_parts
+    except ImportError:  # pragma: no cover - transformers is a dependency of the model level
+        return {}
+    out = {}
+    for name in fused_qkv(model):
+        prefix = f"{name}." if name else ""
+        for attr, part in qkv_parts(model.get_submodule(name)).items():
+            out[prefix + attr] = (prefix + QKV_ATTR, part)
+    return out
 
 
 def _unique_tensors(model: nn.Module) -> dict:
@@ -112,7 +131,8 @@ def format_report(rep: Report) -> str:
     lines = ["| layer | shape | format | density | size | speedup | why |", "|---|---|---|---|---|---|---|"]
     for r in rep:
         fmt = (r["format"] + (f" {r['act_quant']}" if r["act_quant"] else "") + (" +smooth" if r["smooth"] else "")
-               + (f" +{r['activation']}" if r.get("activation", "none") != "none" else ""))
+               + (f" +{r['activation']}" if r.get("activation", "none") != "none" else "")
+               + (" (fused qkv)" if r.get("fused_into") else ""))
         sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         lines.append(f"| {r['name']} | {r['shape'][0]}x{r['shape'][1]} | {fmt} | {r['density']:.2f} | "
                      f"{_mb(r['bytes'])} | {sp} | {r['reason']} |")

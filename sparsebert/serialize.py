@@ -9,7 +9,9 @@ A directory written by :func:`save` holds
   layer; its header metadata carries the format version;
 - ``sparsebert.json``: the manifest (format version, the model class, every converted layer's
   spec and the choice behind it, the compress config, attention setting, dtype and the
-  sparsebert / torch / transformers versions).
+  sparsebert / torch / transformers versions). Self-attention modules whose query, key and value
+  run as one layer (:func:`sparsebert.hf.fuse_qkv`) are listed under ``fused_qkv`` with that
+  layer's spec; their ``layers`` entries keep the per-projection choices.
 
 :func:`load` rebuilds the same model class (task head included) with empty modules built from
 the specs, checks every tensor's name, dtype and shape against them before anything is copied,
@@ -37,7 +39,7 @@ from .nn._buffers import dtype_from_name
 
 __all__ = ["save", "load", "FORMAT_VERSION", "MANIFEST", "WEIGHTS"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: query, key and value fused into one layer (manifest "fused_qkv"); 1 is read too
 MANIFEST = "sparsebert.json"
 WEIGHTS = "model.safetensors"
 MODULES = {cls.__name__: cls for cls in (SparseLinear, Int8Linear, SparseInt8Linear)}
@@ -81,12 +83,16 @@ def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, over
     # Every layer compress decided on: converted ones with their module spec, dense-kept ones
     # (plain nn.Linear, stored as usual) with their choice only.
     layers = {name: dict(info) for name, info in state_info["layers"].items()}
+    fused_qkv = {_qkv_name(name): name for name in _fused_qkv(model)}
+    qkv_specs = {}
     placeholders = []
     for name, module in model.named_modules():
-        if isinstance(module, tuple(MODULES.values())):
+        if name in fused_qkv:
+            qkv_specs[fused_qkv[name]] = _linear_spec(module)
+        elif isinstance(module, tuple(MODULES.values())):
             layers.setdefault(name, {})["spec"] = module.spec()
-            if isinstance(module, (SparseLinear, SparseInt8Linear)):
-                placeholders.append(f"{name}.weight")
+        if isinstance(module, (SparseLinear, SparseInt8Linear)):
+            placeholders.append(f"{name}.weight")
     state = model.state_dict()
     aliases = _shared_aliases(state)
     tensors = {k: t.detach().contiguous() for k, t in state.items() if k not in aliases}
@@ -104,6 +110,7 @@ def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, over
         "layers": layers,
         "fused": state_info.get("fused", []),
         "fused_norms": state_info.get("fused_norms", []),
+        "fused_qkv": qkv_specs,
         "aliases": aliases,
         "placeholders": placeholders,
         "versions": {"sparsebert": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
@@ -117,6 +124,62 @@ def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, over
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     return path
+
+
+def _fused_qkv(model: nn.Module) -> list[str]:
+    from .hf import fused_qkv
+
+    return fused_qkv(model)
+
+
+def _qkv_name(attention_name: str) -> str:
+    from .hf import QKV_ATTR
+
+    return f"{attention_name}.{QKV_ATTR}" if attention_name else QKV_ATTR
+
+
+def _linear_spec(module: nn.Module) -> dict:
+    """A converted layer's spec, or the shapes of a plain ``nn.Linear``."""
+    if type(module) is nn.Linear:
+        return {"type": "Linear", "in_features": module.in_features, "out_features": module.out_features,
+                "bias": module.bias is not None}
+    return module.spec()
+
+
+def _qkv_from_manifest(model: nn.Module, qkv_specs, path: Path) -> list[str]:
+    """Lays out every self-attention the manifest lists as fused: an empty layer from its spec in
+    place of the query, key and value projections (``load_state_dict`` fills it)."""
+    from .hf import _self_attention_class, qkv_layout
+
+    if not isinstance(qkv_specs, dict):
+        raise ValueError(f"{str(path)!r}: the manifest's fused_qkv must be an object, got {qkv_specs!r}")
+    for name, spec in qkv_specs.items():
+        where = f"{str(path)!r}: manifest fused_qkv {name!r}"
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{where} is not a module of {type(model).__name__}") from None
+        parts = [module._modules.get(p) for p in ("query", "key", "value")]
+        if type(module) is not _self_attention_class() or any(type(p) is not nn.Linear for p in parts):
+            raise ValueError(f"{where} is not a BertSelfAttention with query, key and value projections")
+        sizes = [p.out_features for p in parts]
+        if not isinstance(spec, dict) or (spec.get("in_features"), spec.get("out_features")) != (
+                parts[0].in_features, sum(sizes)):
+            raise ValueError(f"{where}: spec {spec!r} does not match the model's projections "
+                             f"({parts[0].in_features} -> {sizes})")
+        try:
+            if spec.get("type") == "Linear":
+                if not isinstance(spec.get("bias"), bool):
+                    raise ValueError(f"bias must be true or false, got {spec.get('bias')!r}")
+                qkv = nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"])
+            elif spec.get("type") in MODULES:
+                qkv = MODULES[spec["type"]].from_spec(spec)
+            else:
+                raise ValueError(f"unknown module spec {spec!r}")
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
+        qkv_layout(module, qkv, sizes)
+    return list(qkv_specs)
 
 
 def _json_default(o):
@@ -214,6 +277,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
             setattr(owner, attr, mod_cls.from_spec(spec))
         except (ValueError, TypeError) as e:
             raise ValueError(f"manifest layer {name!r}: {e}") from None
+    fused_qkv = _qkv_from_manifest(model, manifest.get("fused_qkv", {}), path)
     model.to(dtype_from_name(cfg.dtype))
 
     expected = model.state_dict()
@@ -275,7 +339,8 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
     layers = {n: {k: v for k, v in layer.items() if k != "spec"} for n, layer in manifest["layers"].items()}
     setattr(model, STATE_ATTR, {"config": cfg.to_dict(), "tokens": manifest.get("tokens"),
                                 "calibration": manifest.get("calibration"), "layers": layers,
-                                "fused": manifest.get("fused", []), "fused_norms": fused_norms})
+                                "fused": manifest.get("fused", []), "fused_norms": fused_norms,
+                                "fused_qkv": fused_qkv})
     mark_compressed(model)
     model.config._name_or_path = manifest.get("source") or str(path)
     keep_freed_memory()  # see sparsebert.memory: a warm forward takes no fresh pages

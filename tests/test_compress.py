@@ -45,8 +45,8 @@ def test_sparse_fp32_equals_the_pruned_model(head):
     model = tiny_bert(head)
     ref = pruned_copy(model, 0.5, (16, 16))
     compress(model, CompressConfig(sparsity=0.5, block_size=(16, 16), kernel="sparse"))
-    layers = encoder_linears(model)
-    assert len(layers) == 12 and all(isinstance(m, SparseLinear) for m in layers.values())
+    layers = encoder_linears(model)  # query, key and value as one layer (fuse_qkv)
+    assert len(layers) == 8 and all(isinstance(m, SparseLinear) for m in layers.values())
     assert all(m.sparsity == pytest.approx(0.5) for m in layers.values())
     inputs = tiny_inputs()
     out, expect = first_output(model, inputs), first_output(ref, inputs)
@@ -110,8 +110,7 @@ def test_filter_fn_and_skip():
     compress(model, CompressConfig(int8="dynamic", kernel="dense", skip=("*.output.dense",)),
              filter_fn=lambda module, name: "layer.0." in name)
     converted = {n for n, m in model.named_modules() if isinstance(m, CONVERTED)}
-    assert converted == {f"encoder.layer.0.{s}" for s in
-                         ("attention.self.query", "attention.self.key", "attention.self.value", "intermediate.dense")}
+    assert converted == {f"encoder.layer.0.{s}" for s in ("attention.self.qkv", "intermediate.dense")}
 
 
 def test_attention_settings():

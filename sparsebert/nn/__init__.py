@@ -2,5 +2,6 @@
 
 from .int8_linear import Int8Linear, SparseInt8Linear, smoothing_factors
 from .sparse_linear import SparseLinear
+from .concat import cat_outputs, split_outputs
 
-__all__ = ["SparseLinear", "Int8Linear", "SparseInt8Linear", "smoothing_factors"]
+__all__ = ["SparseLinear", "Int8Linear", "SparseInt8Linear", "smoothing_factors", "cat_outputs", "split_outputs"]
