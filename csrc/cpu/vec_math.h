@@ -62,27 +62,34 @@ inline V vexp(V x) {
   return x == x ? y : x;
 }
 
-// GELU with erf, 0.5 x (1 + erf(x / sqrt 2)). erf is Abramowitz & Stegun 7.1.26 (absolute error
-// below 1.5e-7; the approximation of torch's own vectorized erf): with z = |x| / sqrt 2,
-// q = t (a1 + t (a2 + ... + t a5)) e^(-z^2) = erfc(z), t = 1 / (1 + p z), and 1 + erf(x / sqrt 2)
-// is q for x < 0 (no cancellation in the negative tail) and 2 - q otherwise. Past z = 9,
-// erfc(z) < 5e-37: q is 0 there, and z is clamped so that nothing computes a denormal (they
-// doubled the cost of the INT8 epilogue). NaN stays NaN.
+// GELU with erf, 0.5 x (1 + erf(x / sqrt 2)). erf(z) = z P(z^2) / Q(z^2) on z in [-4, 4]: a
+// rational minimax fit of degree 6 over 4 in z^2 (absolute error 5.5e-8 in exact arithmetic,
+// below 4.2e-7 evaluated in float32, where erfc by Abramowitz & Stegun 7.1.26 through e^(-z^2)
+// reached 6.1e-7), and +-1 beyond (1 - erf(4) < 1.6e-8). Half the instructions of the erfc form
+// (no exponential, one reciprocal): the GELU is most of the INT8 up projection's epilogue (half
+// its time at 1024 rows, 90% 32x32 blocks, on Zen 4). NaN stays NaN (through the 0.5 x factor).
 template <class V>
 inline V vgelu(V x) {
-  using VI = decltype(x < x);
-  const V zero = vsplat<V>(0.f), nine = vsplat<V>(9.f);
-  const V za = (V)((VI)x & 0x7fffffff) * 0.707106781186547524f;  // |x| / sqrt 2
-  const V z = za < nine ? za : nine;
-  const V t = vrecip(z * 0.3275911f + 1.f);
-  V poly = vsplat<V>(1.061405429f);
-  poly = poly * t - 1.453152027f;
-  poly = poly * t + 1.421413741f;
-  poly = poly * t - 0.284496736f;
-  poly = poly * t + 0.254829592f;
-  V q = poly * t * vexp_core(-(z * z));  // -z^2 >= -81
-  q = za > nine ? zero : q;
-  return 0.5f * x * (x < zero ? q : 2.f - q);
+  const V four = vsplat<V>(4.f), minus_four = vsplat<V>(-4.f);
+  V z = x * 0.707106781186547524f;
+  z = z < four ? z : four;
+  z = z > minus_four ? z : minus_four;
+  const V u = z * z;
+  V p = vsplat<V>(1.9216320028675114e-08f);
+  p = p * u - 1.9904220204443542e-06f;
+  p = p * u + 1.5556615753943697e-04f;
+  p = p * u + 4.2942955545138047e-03f;
+  p = p * u + 5.2437514523756043e-02f;
+  p = p * u + 2.1397327803458421e-01f;
+  p = p * u + 1.1283786785418783f;
+  V q = vsplat<V>(1.0983360723259800e-03f);
+  q = q * u + 1.5553661716008270e-02f;
+  q = q * u + 1.2081164131457464e-01f;
+  q = q * u + 5.2295654552272790e-01f;
+  q = q * u + 1.f;
+  const V erf = z * p * vrecip(q);
+  const V h = 0.5f * x;
+  return h + h * erf;
 }
 
 #ifdef __AVX512F__
