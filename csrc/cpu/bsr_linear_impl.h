@@ -120,6 +120,15 @@ void tile_kernel(const Tile<T>& t) {
     const int kn = static_cast<int>(min_i64(bc, K - k0));
     const XE* xb = x + k0;
     const WE* wb = vals + i * block_stride;
+    if (i + 1 < nblk) {
+      // The rows of x at the next block's columns, a line per row of the tile: a block column
+      // of its own that no hardware prefetcher guesses. Asked for while this block computes,
+      // they are in L1 when it starts (INT8 3072->768 at 90% 32x32, 1024 rows, Zen 4: 12%
+      // faster; 768-wide inputs, whose rows the L1 holds anyway: no change).
+      const XE* xn = x + static_cast<int64_t>(cols[i + 1]) * bc;
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; ++m) __builtin_prefetch(xn + m * lda, 0, 3);
+    }
     const int full = T::kWholeGroups ? (kn + KP - 1) / KP : kn / KP;
     for (int kk = 0; kk < full; ++kk) {
       if (t.prefetch) {
