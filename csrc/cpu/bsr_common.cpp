@@ -1,6 +1,7 @@
 #include "bsr_common.h"
 
 #include <ATen/Parallel.h>
+#include <omp.h>
 
 #include <mutex>
 #include <unordered_map>
@@ -138,19 +139,63 @@ static std::vector<int64_t> balance_block_rows(const int32_t* crow, int64_t nb, 
   return bounds;
 }
 
-void run_bsr_tasks(const cpu::BsrLinearArgs& args, int64_t nb, cpu::BsrLinearFn fn) {
-  const int64_t M = args.M;
-  const int64_t threads = at::get_num_threads();
+namespace {
+
+// The work of one linear call: groups of block rows of equal work times groups of rows of x.
+struct TaskPlan {
+  int64_t m_groups;
+  std::vector<int64_t> bounds;
+  int64_t tasks() const { return (static_cast<int64_t>(bounds.size()) - 1) * m_groups; }
+  void run(const cpu::BsrLinearArgs& args, cpu::BsrLinearFn fn, int64_t task) const {
+    const int64_t g = task / m_groups, mg = task % m_groups, M = args.M;
+    fn(args, bounds[g], bounds[g + 1], M * mg / m_groups, M * (mg + 1) / m_groups);
+  }
+};
+
+TaskPlan plan_tasks(const cpu::BsrLinearArgs& args, int64_t nb, int64_t threads) {
   const int64_t row_groups = std::min(nb, threads);
   // Split rows of x too when block rows are fewer than threads (at least 16 rows a task).
-  const int64_t m_groups = std::max<int64_t>(1, std::min(threads / row_groups, ceil_div(M, 16)));
-  const std::vector<int64_t> bounds = balance_block_rows(args.crow, nb, args.bc, row_groups);
-  at::parallel_for(0, row_groups * m_groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t g = task / m_groups, mg = task % m_groups;
-      fn(args, bounds[g], bounds[g + 1], M * mg / m_groups, M * (mg + 1) / m_groups);
-    }
+  const int64_t m_groups = std::max<int64_t>(1, std::min(threads / row_groups, ceil_div(args.M, 16)));
+  return {m_groups, balance_block_rows(args.crow, nb, args.bc, row_groups)};
+}
+
+// [begin, end) of `n` items for thread t of `threads`, in chunks of at least `grain`: the split
+// at::parallel_for makes.
+std::pair<int64_t, int64_t> thread_share(int64_t n, int64_t grain, int64_t t, int64_t threads) {
+  const int64_t chunk = std::max(grain, ceil_div(n, threads));
+  const int64_t begin = std::min(n, t * chunk);
+  return {begin, std::min(n, begin + chunk)};
+}
+
+}  // namespace
+
+void run_bsr_tasks(const cpu::BsrLinearArgs& args, int64_t nb, cpu::BsrLinearFn fn) {
+  const TaskPlan plan = plan_tasks(args, nb, at::get_num_threads());
+  at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) plan.run(args, fn, task);
   });
+}
+
+void run_bsr_tasks_after(const cpu::BsrLinearArgs& args, int64_t nb, cpu::BsrLinearFn fn,
+                         const std::function<void(int64_t, int64_t)>& prologue) {
+  constexpr int64_t kPrologueGrain = 16;  // rows of x: what at::parallel_for split them by
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const TaskPlan plan = plan_tasks(args, nb, threads);
+  const int64_t team = std::min(threads, std::max(plan.tasks(), ceil_div(args.M, kPrologueGrain)));
+  if (team <= 1) {
+    prologue(0, args.M);
+    for (int64_t task = 0; task < plan.tasks(); ++task) plan.run(args, fn, task);
+    return;
+  }
+#pragma omp parallel num_threads(team)
+  {
+    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+    const auto rows = thread_share(args.M, kPrologueGrain, t, n);
+    if (rows.first < rows.second) prologue(rows.first, rows.second);
+#pragma omp barrier
+    const auto tasks = thread_share(plan.tasks(), 1, t, n);
+    for (int64_t task = tasks.first; task < tasks.second; ++task) plan.run(args, fn, task);
+  }
 }
 
 // Outputs from this size on are written with non-temporal stores (BsrLinearArgs::stream_y). Below

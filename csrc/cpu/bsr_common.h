@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <vector>
 
 #include "bsr_linear_kernel.h"
@@ -23,6 +24,13 @@ void check_indices(const at::Tensor& crow, const at::Tensor& col, int64_t nb, in
 // one per thread; when there are fewer block rows than threads, rows of x are split too.
 // at::parallel_for: OpenMP threads that follow torch.set_num_threads.
 void run_bsr_tasks(const cpu::BsrLinearArgs& args, int64_t nb, cpu::BsrLinearFn fn);
+
+// prologue(m0, m1) over rows [0, M) of x split between the threads, then, once every thread is
+// done with it, fn as run_bsr_tasks runs it: one parallel region instead of two (every region
+// is a wake-up of the other threads, and where the VM deschedules spinning threads a wake-up
+// costs tens of microseconds). The INT8 ops quantize x in the prologue. prologue must not throw.
+void run_bsr_tasks_after(const cpu::BsrLinearArgs& args, int64_t nb, cpu::BsrLinearFn fn,
+                         const std::function<void(int64_t, int64_t)>& prologue);
 
 // What every linear op's CPU implementation shares: x flattened to [M, K] with unit column
 // stride (a view when it can be), the output y [M, N] in x's dtype, the bias as fp32, and kernel

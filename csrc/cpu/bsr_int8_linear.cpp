@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -157,13 +158,32 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
     range[1] = std::max(0.f, hi.item<float>());
   }
   const float* rp = aq.per_tensor ? range : nullptr;
-  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+  const auto quantize = [&](int64_t m0, int64_t m1) {
     kern.quantize(xp, lda, bf16, m0, m1, K, qp, ldq, sp, zp, aq.asymmetric, rp);
-  });
-  for (int64_t m = 0; m < M; ++m)
-    TORCH_CHECK_VALUE(!std::isnan(sp[m]), "x holds Inf or NaN in row ", m,
-                      " (of the input flattened to [", M, ", ", K, "]): it cannot be quantized");
-  if (rows_kernel_eligible(isa, br, bc)) {
+    // A row with Inf or NaN keeps its NaN scale (the call raises once the region is over); its
+    // zero point and values are zeroed so that nothing reads unwritten memory before that.
+    for (int64_t m = m0; m < m1; ++m) {
+      if (std::isnan(sp[m])) {
+        zp[m] = 0;
+        std::memset(qp + m * ldq, 0, ldq);
+      }
+    }
+  };
+  const auto check_quantized = [&] {
+    for (int64_t m = 0; m < M; ++m)
+      TORCH_CHECK_VALUE(!std::isnan(sp[m]), "x holds Inf or NaN in row ", m,
+                        " (of the input flattened to [", M, ", ", K, "]): it cannot be quantized");
+  };
+  if (!rows_kernel_eligible(isa, br, bc)) {
+    // Quantization and the GEMM in one parallel region; a row that cannot be quantized is
+    // multiplied as zeros and the call raises before anything is returned.
+    run_bsr_tasks_after(args, nb, kern.gemm, quantize);
+    check_quantized();
+    return call.result();
+  }
+  at::parallel_for(0, M, 16, quantize);
+  check_quantized();
+  {
     const int64_t quads = ldq / 4, ldx = ceil_div(M, 16) * 16;
     at::Tensor xt = at::empty({quads, ldx}, x.options().dtype(at::kInt));
     uint32_t* xtp = reinterpret_cast<uint32_t*>(xt.data_ptr<int32_t>());
@@ -176,8 +196,6 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
                                                           : cpu::bsr_int8_linear_rows_bf16_avx512vnni);
     return call.result();
   }
-  run_bsr_tasks(args, nb, kern.gemm);
-  return call.result();
 }
 
 at::Tensor bsr_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
