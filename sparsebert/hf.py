@@ -388,12 +388,6 @@ def _is_fused_qkv(module: nn.Module) -> bool:
     return getattr(module.__dict__.get("forward"), "__func__", None) is _fused_qkv_forward
 
 
-def _self_attention_class():
-    from transformers.models.bert.modeling_bert import BertSelfAttention
-
-    return BertSelfAttention
-
-
 def qkv_layout(module: nn.Module, qkv: nn.Module, sizes) -> None:
     """Puts ``qkv`` (one layer computing query, key and value, outputs of ``sizes``) in place of
     ``module``'s three projections and its forward on it. ``load`` calls it with an empty layer
@@ -409,7 +403,7 @@ def _qkv_fusable(module: nn.Module) -> str | None:
     """Why ``module``'s projections cannot become one layer, or None when they can."""
     from .nn.concat import mismatch
 
-    if type(module) is not _self_attention_class():
+    if type(module) is not _bert_classes()[2]:  # BertSelfAttention
         return f"a {type(module).__name__}, not transformers' BertSelfAttention"
     if "forward" in module.__dict__:
         return "its forward is already replaced"

@@ -82,8 +82,10 @@ def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, over
 
     # Every layer compress decided on: converted ones with their module spec, dense-kept ones
     # (plain nn.Linear, stored as usual) with their choice only.
+    from .hf import QKV_ATTR, fused_qkv as fused_attention
+
     layers = {name: dict(info) for name, info in state_info["layers"].items()}
-    fused_qkv = {_qkv_name(name): name for name in _fused_qkv(model)}
+    fused_qkv = {f"{name}.{QKV_ATTR}" if name else QKV_ATTR: name for name in fused_attention(model)}
     qkv_specs = {}
     placeholders = []
     for name, module in model.named_modules():
@@ -126,18 +128,6 @@ def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, over
     return path
 
 
-def _fused_qkv(model: nn.Module) -> list[str]:
-    from .hf import fused_qkv
-
-    return fused_qkv(model)
-
-
-def _qkv_name(attention_name: str) -> str:
-    from .hf import QKV_ATTR
-
-    return f"{attention_name}.{QKV_ATTR}" if attention_name else QKV_ATTR
-
-
 def _linear_spec(module: nn.Module) -> dict:
     """A converted layer's spec, or the shapes of a plain ``nn.Linear``."""
     if type(module) is nn.Linear:
@@ -149,7 +139,7 @@ def _linear_spec(module: nn.Module) -> dict:
 def _qkv_from_manifest(model: nn.Module, qkv_specs, path: Path) -> list[str]:
     """Lays out every self-attention the manifest lists as fused: an empty layer from its spec in
     place of the query, key and value projections (``load_state_dict`` fills it)."""
-    from .hf import _self_attention_class, qkv_layout
+    from .hf import _bert_classes, qkv_layout
 
     if not isinstance(qkv_specs, dict):
         raise ValueError(f"{str(path)!r}: the manifest's fused_qkv must be an object, got {qkv_specs!r}")
@@ -160,7 +150,7 @@ def _qkv_from_manifest(model: nn.Module, qkv_specs, path: Path) -> list[str]:
         except AttributeError:
             raise ValueError(f"{where} is not a module of {type(model).__name__}") from None
         parts = [module._modules.get(p) for p in ("query", "key", "value")]
-        if type(module) is not _self_attention_class() or any(type(p) is not nn.Linear for p in parts):
+        if type(module) is not _bert_classes()[2] or any(type(p) is not nn.Linear for p in parts):
             raise ValueError(f"{where} is not a BertSelfAttention with query, key and value projections")
         sizes = [p.out_features for p in parts]
         if not isinstance(spec, dict) or (spec.get("in_features"), spec.get("out_features")) != (

@@ -181,21 +181,20 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
     check_quantized();
     return call.result();
   }
+  // One-output blocks: quantize, transpose to quad-major order, then the kernel vectorized over rows.
   at::parallel_for(0, M, 16, quantize);
   check_quantized();
-  {
-    const int64_t quads = ldq / 4, ldx = ceil_div(M, 16) * 16;
-    at::Tensor xt = at::empty({quads, ldx}, x.options().dtype(at::kInt));
-    uint32_t* xtp = reinterpret_cast<uint32_t*>(xt.data_ptr<int32_t>());
-    at::parallel_for(0, ceil_div(quads, 16), 1, [&](int64_t c0, int64_t c1) {
-      cpu::transpose_quads_avx512(qp, ldq, M, quads, xtp, ldx, c0 * 16, std::min(quads, c1 * 16));
-    });
-    args.x = xtp;
-    args.lda = ldx;
-    run_bsr_tasks(args, nb, x.scalar_type() == at::kFloat ? cpu::bsr_int8_linear_rows_f32_avx512vnni
-                                                          : cpu::bsr_int8_linear_rows_bf16_avx512vnni);
-    return call.result();
-  }
+  const int64_t quads = ldq / 4, ldx = ceil_div(M, 16) * 16;
+  at::Tensor xt = at::empty({quads, ldx}, x.options().dtype(at::kInt));
+  uint32_t* xtp = reinterpret_cast<uint32_t*>(xt.data_ptr<int32_t>());
+  at::parallel_for(0, ceil_div(quads, 16), 1, [&](int64_t c0, int64_t c1) {
+    cpu::transpose_quads_avx512(qp, ldq, M, quads, xtp, ldx, c0 * 16, std::min(quads, c1 * 16));
+  });
+  args.x = xtp;
+  args.lda = ldx;
+  run_bsr_tasks(args, nb, x.scalar_type() == at::kFloat ? cpu::bsr_int8_linear_rows_f32_avx512vnni
+                                                        : cpu::bsr_int8_linear_rows_bf16_avx512vnni);
+  return call.result();
 }
 
 at::Tensor bsr_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
