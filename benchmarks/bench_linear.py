@@ -158,6 +158,9 @@ def build_int8_pools(k, n, sparsity, block, cold, cold_bytes, pack=None):
         warnings.simplefilter("ignore")  # pruned in other blocks than it is packed in: said in the header
         sq8 = SparseInt8Linear.from_dense(pruned, pack or block)
     pool("SparseInt8Linear", lambda: copy.deepcopy(sq8), tensor_bytes(sq8.values))
+    sq8_gelu = copy.deepcopy(sq8)
+    sq8_gelu.activation = "gelu"  # what fuse_activations makes of an FFN up projection
+    pool("SparseInt8Linear_gelu", lambda: copy.deepcopy(sq8_gelu), tensor_bytes(sq8.values))
     return linear.bias.detach(), pools
 
 
@@ -173,6 +176,8 @@ def run_int8_case(k, n, m, bias, pools):
         Method("Int8Linear", lambda i: pools["Int8Linear"][i](x), len(pools["Int8Linear"])),
         Method("Int8Linear_wo", lambda i: pools["Int8Linear_wo"][i](x), len(pools["Int8Linear_wo"])),
         Method("SparseInt8Linear", lambda i: pools["SparseInt8Linear"][i](x), len(pools["SparseInt8Linear"])),
+        Method("SparseInt8Linear_gelu", lambda i: pools["SparseInt8Linear_gelu"][i](x),
+               len(pools["SparseInt8Linear_gelu"])),
     ]
     for name in pools:
         if name.startswith("qd_"):
@@ -212,6 +217,8 @@ def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
         "quantize_dynamic": "torch.ao.quantization.quantize_dynamic (qint8), engines " + ", ".join(QD_ENGINES)
                             + ", per-tensor and per-channel weights; 'best' is the fastest of them in that row",
         "int8_mm": "torch._int_mm on already-quantized int8 activations (the int8 GEMM alone, a lower bound)",
+        "GELU epilogue": "the SparseInt8Linear with activation='gelu' (the exact GELU in the kernel's epilogue, as "
+                         "compress leaves an FFN up projection)",
         "SparseInt8Linear": f"{sparsity:.0%} of {block[0]}x{block[1]} blocks pruned by magnitude"
                             + ("" if pack == block else f", stored in {pack[0]}x{pack[1]} blocks (any block "
                                                          "holding a nonzero is stored)"),
@@ -223,7 +230,7 @@ def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
     print()
     columns = ["layer", "K->N", "M", "thr", "cache", "fp32 ms", "bf16 ms", "best quantize_dynamic ms",
                "_int_mm ms", "Int8Linear ms", "weight-only ms", "best int8 vs fp32", "best int8 vs best qd",
-               f"SparseInt8 {sparsity:.0%} ms", "vs fp32 ", "Int8Linear GOP/s (% VNNI peak)",
+               f"SparseInt8 {sparsity:.0%} ms", "same + GELU epilogue ms", "vs fp32 ", "Int8Linear GOP/s (% VNNI peak)",
                "Int8Linear weights GB/s (% DRAM)", "SparseInt8 GOP/s done (% VNNI peak)"]
     rows, records = [], []
     engine_rows = []
@@ -257,7 +264,8 @@ def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
                            f"{fmt_ms(qd[best])} ({best[3:]})", fmt_ms(med["int8_mm"]), fmt_ms(med["Int8Linear"]),
                            fmt_ms(med["Int8Linear_wo"]),
                            fmt_ratio(rec["speedup_vs_fp32"]), fmt_ratio(rec["speedup_vs_best_qd"]),
-                           fmt_ms(sparse), fmt_ratio(rec["sparse_speedup_vs_fp32"]),
+                           fmt_ms(sparse), fmt_ms(med["SparseInt8Linear_gelu"]),
+                           fmt_ratio(rec["sparse_speedup_vs_fp32"]),
                            f"{int8_gops:,.0f} ({pct(int8_gops * 1e9, vnni)})",
                            f"{weight_gbs:.1f} ({pct(weight_gbs * 1e9, dram)})",
                            f"{sparse_gops:,.0f} ({pct(sparse_gops * 1e9, vnni)})"]

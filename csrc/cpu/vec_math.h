@@ -66,8 +66,9 @@ inline V vexp(V x) {
 // rational minimax fit of degree 6 over 4 in z^2 (absolute error 5.5e-8 in exact arithmetic,
 // below 4.2e-7 evaluated in float32, where erfc by Abramowitz & Stegun 7.1.26 through e^(-z^2)
 // reached 6.1e-7), and +-1 beyond (1 - erf(4) < 1.6e-8). Half the instructions of the erfc form
-// (no exponential, one reciprocal): the GELU is most of the INT8 up projection's epilogue (half
-// its time at 1024 rows, 90% 32x32 blocks, on Zen 4). NaN stays NaN (through the 0.5 x factor).
+// (no exponential, one reciprocal): the GELU is most of the INT8 up projection's epilogue (with
+// this form still 40% of its time at 1024 rows, 90% 32x32 blocks, on Zen 4: bench_linear --suite
+// int8). NaN stays NaN (through the 0.5 x factor).
 template <class V>
 inline V vgelu(V x) {
   const V four = vsplat<V>(4.f), minus_four = vsplat<V>(-4.f);
