@@ -1,8 +1,9 @@
 """Fused attention against eager softmax attention and F.scaled_dot_product_attention, same run.
 
 Op rows: q, k, v [B, 12, S, 64], fp32 and bf16, B in {1, 8}, S in {128, 384, 512}; sparsebert
-at both precisions ("precision=bf16": the matmuls on bf16-rounded inputs, bf16 dot products where
-the CPU has them). "padded"
+at three precisions ("precision=bf16": the matmuls on bf16-rounded inputs, bf16 dot products where
+the CPU has them; "precision=int8": q, k, v and the probabilities in 8 bits, vpdpbusd where the CPU
+has AVX-512 VNNI). "padded"
 rows give every method the same key-padding mask, with sequence lengths spread evenly over
 S/16 .. S (B = 8: 32, 100, ..., 512 at S = 512; B = 1: the midpoint, 17 S / 32); eager and SDPA
 get it as the boolean [B, 1, 1, S] mask transformers would build, sparsebert as the [B, S]
@@ -68,25 +69,30 @@ def op_rows(dtypes, batches, seqs):
                     rows_kept = slice(None) if keep is None else keep[:, None, :, None].expand_as(ref)
                     err = (ours.float() - ref)[rows_kept].abs().max().item()
                     err_bf = (attention(q, k, v, keep, precision="bf16").float() - ref)[rows_kept].abs().max().item()
+                    err_i8 = (attention(q, k, v, keep, precision="int8").float() - ref)[rows_kept].abs().max().item()
                     timing = time_methods([
                         Method("eager", lambda i: eager_attention(q, k, v, bool4d)),
                         Method("sdpa", lambda i: F.scaled_dot_product_attention(q, k, v, attn_mask=bool4d)),
                         Method("sparsebert", lambda i: attention(q, k, v, keep)),
                         Method("sparsebert_bf16", lambda i: attention(q, k, v, keep, precision="bf16")),
+                        Method("sparsebert_int8", lambda i: attention(q, k, v, keep, precision="int8")),
                     ])
-                    te, tsd, tsb, tbf = (timing.median(n) for n in ("eager", "sdpa", "sparsebert", "sparsebert_bf16"))
+                    te, tsd, tsb, tbf, ti8 = (timing.median(n) for n in ("eager", "sdpa", "sparsebert", "sparsebert_bf16",
+                                                                          "sparsebert_int8"))
                     tokens = int(keep.sum()) if keep is not None else b * s
                     rec = dict(dtype=dtype_name, batch=b, seq=s, padded=padded, real_tokens=tokens,
                                eager_s=te, sdpa_s=tsd, sparsebert_s=tsb, vs_eager=te / tsb, vs_sdpa=tsd / tsb,
                                max_abs_err_vs_fp32_sdpa=err, sparsebert_bf16_s=tbf, bf16_vs_sdpa=tsd / tbf,
-                               bf16_max_abs_err_vs_fp32_sdpa=err_bf)
+                               bf16_max_abs_err_vs_fp32_sdpa=err_bf, sparsebert_int8_s=ti8, int8_vs_sdpa=tsd / ti8,
+                               int8_max_abs_err_vs_fp32_sdpa=err_i8)
                     records.append(rec)
                     rows.append([dtype_name, str(b), str(s), "padded" if padded else "full", str(tokens),
                                  fmt_ms(te), fmt_ms(tsd), fmt_ms(tsb), f"{te / tsb:.2f}x", f"{tsd / tsb:.2f}x",
-                                 f"{err:.1e}", fmt_ms(tbf), f"{tsd / tbf:.2f}x", f"{err_bf:.1e}"])
+                                 f"{err:.1e}", fmt_ms(tbf), f"{tsd / tbf:.2f}x", f"{err_bf:.1e}", fmt_ms(ti8),
+                                 f"{tsd / ti8:.2f}x", f"{err_i8:.1e}"])
     table = markdown_table(["dtype", "B", "S", "mask", "real tokens", "eager ms", "SDPA ms", "sparsebert ms",
                             "vs eager", "vs SDPA", "max abs err vs fp32 SDPA", "precision=bf16 ms", "vs SDPA",
-                            "max abs err"], rows)
+                            "max abs err", "precision=int8 ms", "vs SDPA", "max abs err"], rows)
     return table, records
 
 

@@ -79,6 +79,9 @@ SB_CONFIGS = {
 # The same models with attention's matmuls on bf16-rounded inputs (CompressConfig(attention_precision="bf16")).
 SB_CONFIGS.update({f"{k}_ab": dict(v, attention_precision="bf16") for k, v in list(SB_CONFIGS.items())
                    if k in ("sb_int8", "sb_p32_int8")})
+# ... and with attention's matmuls in INT8 (attention_precision="int8", as the engines' INT8 BERTs).
+SB_CONFIGS.update({f"{k}_ai": dict(v, attention_precision="int8") for k, v in list(SB_CONFIGS.items())
+                   if k in ("sb_int8", "sb_p32_int8")})
 # The same models compiled (CompressConfig(compile=True): inductor around the sparsebert kernels).
 SB_CONFIGS.update({f"{k}_c": dict(v, compile=True) for k, v in list(SB_CONFIGS.items())
                    if k in ("sb_int8", "sb_p32_int8", "sb_p1x4_int8")})
@@ -120,6 +123,10 @@ def all_specs() -> list[Spec]:
         Spec("sb_int8_ab", "sparsebert INT8, unpadded, bf16 attention", "dense", "torch", tol=TOL_INT8,
              family="sparsebert"),
         Spec("sb_p32_int8_ab", "sparsebert INT8, unpadded, bf16 attention", "p32", "torch", tol=TOL_INT8,
+             family="sparsebert"),
+        Spec("sb_int8_ai", "sparsebert INT8, unpadded, INT8 attention", "dense", "torch", tol=TOL_INT8,
+             family="sparsebert"),
+        Spec("sb_p32_int8_ai", "sparsebert INT8, unpadded, INT8 attention", "p32", "torch", tol=TOL_INT8,
              family="sparsebert"),
         Spec("sb_int8_c", "sparsebert INT8, unpadded, compiled", "dense", "torch", tol=TOL_INT8, family="sparsebert"),
         Spec("sb_p32_int8_c", "sparsebert INT8, unpadded, compiled", "p32", "torch", tol=TOL_INT8,

@@ -12,12 +12,13 @@ block's residual add + LayerNorm as one op). Configurations:
 - ``no fused add + LayerNorm``: ``sparsebert.hf.unfuse_layer_norms``;
 - ``no fused GELU``: ``sparsebert.unfuse_activations``;
 - ``no fused QKV``: ``sparsebert.hf.unfuse_qkv`` (query, key and value as three layers);
-- ``+ bf16 attention``: ``set_attention_precision(model, "bf16")``.
+- ``+ bf16 attention``: ``set_attention_precision(model, "bf16")``;
+- ``+ int8 attention``: ``set_attention_precision(model, "int8")``.
 
 Each switch happens outside the timed call (``time_methods`` runs every method once untimed right
-before its timed call). ``--fidelity`` adds what bf16 attention costs in fidelity on the real
-MiniLM-L6: the minimum cosine of pooled embeddings of real sentences to fp32, with and without
-INT8.
+before its timed call). ``--fidelity`` adds what bf16 and int8 attention cost in fidelity on the
+real MiniLM-L6: the minimum cosine of pooled embeddings of real sentences to fp32, with and without
+INT8 weights.
 
     python benchmarks/bench_steps.py [--shapes 1x128,8x128] [--rounds 15] [--fidelity] [--json F]
 """
@@ -38,7 +39,8 @@ from sparsebert.hf import (  # noqa: E402
     fuse_layer_norms, fuse_qkv, set_attention_precision, unfuse_layer_norms, unfuse_qkv,
 )
 
-CONFIGS = ("all", "no lean layers", "no fused add + LayerNorm", "no fused GELU", "no fused QKV", "+ bf16 attention")
+CONFIGS = ("all", "no lean layers", "no fused add + LayerNorm", "no fused GELU", "no fused QKV", "+ bf16 attention",
+           "+ int8 attention")
 
 
 class Switch:
@@ -70,6 +72,8 @@ class Switch:
             unfuse_qkv(m)
         elif config == "+ bf16 attention":
             set_attention_precision(m, "bf16")
+        elif config == "+ int8 attention":
+            set_attention_precision(m, "int8")
         self.state = config
 
 
@@ -125,7 +129,9 @@ def fidelity_rows():
     rows, recs = [], []
     for name, cfg in (("fp32 weights, bf16 attention", dict(attention_precision="bf16", kernel="dense")),
                       ("INT8 (calibrated), fp32 attention", dict(int8="dynamic")),
-                      ("INT8 (calibrated), bf16 attention", dict(int8="dynamic", attention_precision="bf16"))):
+                      ("INT8 (calibrated), bf16 attention", dict(int8="dynamic", attention_precision="bf16")),
+                      ("fp32 weights, int8 attention", dict(attention_precision="int8", kernel="dense")),
+                      ("INT8 (calibrated), int8 attention", dict(int8="dynamic", attention_precision="int8"))):
         m = sparsebert.compress(AutoModel.from_pretrained(minilm_path()).eval(),
                                 sparsebert.CompressConfig(attention="unpadded", **cfg),
                                 example_inputs=calib if "int8" in cfg else None)
@@ -141,7 +147,7 @@ def main(argv=None):
     p.add_argument("--shapes", default="1x128,8x128", help="batch x seq, comma-separated")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--fidelity", action="store_true", help="also bf16 attention's fidelity on the real MiniLM-L6")
+    p.add_argument("--fidelity", action="store_true", help="also bf16 and int8 attention's fidelity on the real MiniLM-L6")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -41,8 +41,10 @@ TORCH_LIBRARY(sparsebert, m) {
   // to 1/sqrt(head_dim). mask: none, a key-padding mask [batch, key_seq] (nonzero = keep), or a
   // bool (True = keep) or additive float mask broadcastable to [batch, heads, q_seq, key_seq].
   // A query row with no kept key gets zeros (as torch's scaled_dot_product_attention).
-  // precision: "fp32" (the inputs as they are) or "bf16" (q, k and v rounded to bf16 before the
-  // two matmuls, which accumulate in fp32; the output keeps q's dtype).
+  // precision: "fp32" (the inputs as they are), "bf16" (q, k and v rounded to bf16 before the
+  // two matmuls, which accumulate in fp32; the output keeps q's dtype) or "int8" (q, k per row and
+  // v per column quantized to int8, the probabilities to 0..255, both matmuls exact in int32; CPU
+  // only; defined by sparsebert.ops.attention_reference).
   m.def(
       "attention(Tensor q, Tensor k, Tensor v, Tensor? mask=None, float? scale=None, str precision=\"fp32\") -> Tensor");
   // The same over packed tokens [total_tokens, heads, head_dim]: sequence b is tokens

@@ -134,6 +134,8 @@ def _round_for_interpreter(q, k, v, precision):
 
 
 def _check_precision(op, precision):
+    if precision == "int8":
+        raise ValueError(f"{op}: precision='int8' runs on the CPU only; on the GPU use 'fp32' or 'bf16'")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"{op}: precision must be one of ('fp32', 'bf16'), got {precision!r}")
 

@@ -424,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["per_token", "per_token_asym", "per_tensor", "per_tensor_asym"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--attention", type=_none_or, default="sparsebert", choices=["sparsebert", "unpadded", None])
-    p.add_argument("--attention-precision", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: attention's matmuls take bf16-rounded q, k, v (bf16 dot products on AVX-512 BF16)")
+    p.add_argument("--attention-precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                   help="bf16: attention's matmuls take bf16-rounded q, k, v (bf16 dot products on AVX-512 BF16); "
+                        "int8: q, k, v and the probabilities quantized to 8 bits (vpdpbusd on AVX-512 VNNI, CPU only)")
     p.add_argument("--kernel", default="auto", choices=["auto", "sparse", "dense"])
     p.add_argument("--compile", action="store_true",
                    help="record that sparsebert.load compiles the model (torch.compile, dynamic shapes)")

@@ -56,7 +56,7 @@ CONVERTED = (SparseLinear, Int8Linear, SparseInt8Linear)
 DEFAULT_SKIP = ("*embeddings*", "*pooler*", "*classifier*", "cls.*", "*lm_head*", "*qa_outputs*")
 INT8_MODES = ("dynamic", "weight_only")
 ATTENTION_MODES = ("sparsebert", "unpadded")
-ATTENTION_PRECISIONS = ("fp32", "bf16")
+ATTENTION_PRECISIONS = ("fp32", "bf16", "int8")
 KERNELS = ("auto", "sparse", "dense")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 STATE_ATTR = "sparsebert_state"  # the record compress leaves on the model (report, save)
@@ -80,9 +80,11 @@ class CompressConfig:
     - ``dtype``: ``"float32"`` or ``"bfloat16"`` (the model's activations and float weights).
     - ``attention``: ``"sparsebert"`` (fused attention kernel), ``"unpadded"`` (plus the encoder
       on packed tokens: no work on padding) or None (leave the model's own).
-    - ``attention_precision``: ``"fp32"`` or ``"bf16"``: the inputs of attention's two matmuls
-      rounded to bfloat16, accumulated in fp32 (bf16 dot products at twice the fp32 rate on CPUs
-      with AVX-512 BF16; see ``sparsebert.ops.attention``). Needs ``attention`` set.
+    - ``attention_precision``: ``"fp32"``, ``"bf16"`` (the inputs of attention's two matmuls
+      rounded to bfloat16, accumulated in fp32: bf16 dot products at twice the fp32 rate on CPUs
+      with AVX-512 BF16) or ``"int8"`` (q, k, v and the probabilities quantized to 8 bits, both
+      matmuls in int32: ``vpdpbusd`` on AVX-512 VNNI CPUs; an error near 1% of the output scale,
+      CPU only); see ``sparsebert.ops.attention``. Needs ``attention`` set.
     - ``skip``: module-name patterns never converted (default: embeddings, pooler and task heads).
     - ``kernel``: ``"auto"`` (measure and keep the fastest per layer), ``"sparse"`` or
       ``"dense"`` (force one structure everywhere).

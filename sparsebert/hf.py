@@ -70,10 +70,12 @@ def _as_key_padding(keep: Tensor) -> Tensor | None:
 
 def set_attention_precision(model: nn.Module, precision: str = "fp32") -> nn.Module:
     """The ``precision`` every layer's ``"sparsebert"`` attention runs at (``sparsebert.ops.attention``):
-    ``"fp32"`` (default) or ``"bf16"`` (q, k and v rounded to bfloat16 before the two matmuls, which
-    accumulate in fp32: bf16 dot products at twice the fp32 rate on CPUs with AVX-512 BF16). It is
-    kept on the model's config (``config.sparsebert_attention_precision``), which every attention
-    layer shares. The training path (the references) rounds the same way. Returns ``model``."""
+    ``"fp32"`` (default), ``"bf16"`` (q, k and v rounded to bfloat16 before the two matmuls, which
+    accumulate in fp32: bf16 dot products at twice the fp32 rate on CPUs with AVX-512 BF16) or
+    ``"int8"`` (q, k, v and the probabilities quantized to 8 bits, both matmuls in int32; inference
+    only: training raises). It is kept on the model's config
+    (``config.sparsebert_attention_precision``), which every attention layer shares. The training
+    path (the references) rounds the same way. Returns ``model``."""
     from .ops.attention import PRECISIONS
 
     if precision not in PRECISIONS:

@@ -203,6 +203,100 @@ def test_empty_shapes():
     assert torch.equal(attention(q, k, v), torch.zeros(1, 2, 4, 16))
 
 
+# --- precision="int8" ------------------------------------------------------------------------------
+
+
+def assert_int8_close(out, q, k, v, mask=None, scale=None):
+    """precision="int8" against its definition, attention_reference(precision="int8"): every path
+    computes the same integers, so the outputs agree to float rounding except where an exp that
+    differs in its last bits moves a probability across a rounding boundary of 1/255; each such
+    flip moves an output by at most max|v| / 255 (the row sum l is >= 1), and a flip moves the
+    whole row. At most a few flips per row, on 1% of the outputs (or two rows' worth, in small
+    cases): a wrong key, scale, mask or quantization moves most of them."""
+    assert out.dtype == q.dtype and out.shape == q.shape
+    ref = attention_reference(q, k, v, mask, scale, "int8").float()
+    if ref.numel() == 0:
+        return
+    err = (out.float() - ref).abs()
+    rounding = (2.0 ** -7 if q.dtype == torch.bfloat16 else 1e-5) * max(1.0, ref.abs().max().item())
+    flip = v.float().abs().max().item() / 255
+    assert err.max().item() <= 3 * flip + rounding, f"max error {err.max().item():.3g} > 3 flips of {flip:.3g}"
+    off = int((err > rounding).sum())
+    assert off <= max(0.01 * err.numel(), 2 * q.shape[-1]), \
+        f"{off} of {err.numel()} outputs differ from the definition by more than rounding"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("s,d", [(1, 32), (7, 59), (97, 64), (300, 64), (33, 128), (5, 256)])
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_int8_precision(isa, dtype, s, d, mask_kind):
+    b, h = 2, 3
+    q, k, v = qkv(b, h, s, d, dtype)
+    mask = make_mask(mask_kind, b, h, s, s, dtype)
+    assert_int8_close(attention(q, k, v, mask, precision="int8"), q, k, v, mask)
+
+
+def test_int8_precision_is_int8_not_fp32(isa):
+    """The int8 answer is the quantized definition's, not fp32 attention's, and its distance from
+    fp32 attention is the quantization's: ~1% of the output scale on unit-normal inputs (bf16: ~0.3%)."""
+    q, k, v = qkv(2, 4, 128, 64)
+    out = attention(q, k, v, precision="int8")
+    exact = attention_reference(q.double(), k.double(), v.double())
+    defined = attention_reference(q, k, v, precision="int8").double()
+    assert (out.double() - defined).abs().max() < 0.2 * (out.double() - exact).abs().max()
+    rel = ((out.double() - exact).norm() / exact.norm()).item()
+    assert 1e-3 < rel < 3e-2, rel
+
+
+def test_int8_scale_and_cross_lengths(isa):
+    q, k, v = qkv(2, 2, 7, 64, sk=97)
+    mask = padding_mask(2, 97, [50, 97])
+    assert_int8_close(attention(q, k, v, mask, scale=0.3, precision="int8"), q, k, v, mask, scale=0.3)
+    assert_int8_close(attention(q, k, v, None, scale=-0.2, precision="int8"), q, k, v, None, scale=-0.2)
+
+
+def test_int8_fully_masked_rows_and_zero_inputs(isa):
+    q, k, v = qkv(2, 2, 9, 16)
+    pad = padding_mask(2, 9, [0, 9])
+    out = attention(q, k, v, pad, precision="int8")
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert_int8_close(out, q, k, v, pad)
+    zero = attention(torch.zeros_like(q), k, torch.zeros_like(v), pad, precision="int8")
+    assert torch.equal(zero, torch.zeros_like(zero))
+    uniform = attention(torch.zeros_like(q), k, v, None, precision="int8")  # every key weighted alike
+    torch.testing.assert_close(uniform, v.mean(dim=2, keepdim=True).expand_as(v), atol=2 * v.abs().max().item() / 127,
+                               rtol=0)
+
+
+def test_int8_ignores_padding_and_propagates_nan(isa):
+    """Padded keys are never read (NaN there changes nothing); a NaN in a row of q makes that
+    output row NaN, in a kept key's k every row, in a column of v that column."""
+    q, k, v = qkv(2, 2, 100, 64)
+    pad = padding_mask(2, 100, [41, 100])
+    out = attention(q, k, v, pad, precision="int8")
+    k2, v2 = k.clone(), v.clone()
+    k2[0, :, 41:] = float("nan")
+    v2[0, :, 41:] = float("nan")
+    assert torch.equal(attention(q, k2, v2, pad, precision="int8"), out)
+    q3 = q.clone()
+    q3[1, 0, 5, 3] = float("nan")
+    o3 = attention(q3, k, v, pad, precision="int8")
+    assert o3[1, 0, 5].isnan().all() and not o3[1, 0, :5].isnan().any() and torch.equal(o3[0], out[0])
+    k3 = k.clone()
+    k3[1, 1, 7, 0] = float("nan")
+    assert attention(q, k3, v, pad, precision="int8")[1, 1].isnan().all()
+    v3 = v.clone()
+    v3[1, 1, 7, 2] = float("nan")
+    o3 = attention(q, k, v3, pad, precision="int8")
+    assert o3[1, 1, :, 2].isnan().all() and not o3[1, 1, :, 3].isnan().any()
+
+
+def test_int8_reference_is_inference_only():
+    q, k, v = qkv(1, 1, 4, 8)
+    with pytest.raises(ValueError, match="precision='int8' attention is inference-only"):
+        attention_reference(q.requires_grad_(), k, v, precision="int8")
+
+
 # --- varlen ---------------------------------------------------------------------------------------
 
 
@@ -244,6 +338,21 @@ def test_varlen_bf16_precision(isa, d):
                                atol=2e-2, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [32, 59, 64])
+def test_varlen_int8_precision(isa, dtype, d):
+    q, k, v, cu = packed([5, 0, 130, 1, 64, 97, 300], 3, d, dtype)
+    out = attention_varlen(q, k, v, cu, 300, precision="int8")
+    assert out.dtype == dtype
+    bounds = cu.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            per = [t[start:end].transpose(0, 1)[None] for t in (q, k, v)]
+            assert_int8_close(out[start:end].transpose(0, 1)[None], *per)
+    ref = attention_varlen_reference(q, k, v, cu, 300, precision="int8")
+    assert (out.float() - ref.float()).abs().max() <= 3 * v.float().abs().max() / 255 + 1e-2
+
+
 def test_varlen_equals_padded_on_real_tokens(isa):
     lengths = [17, 64, 3]
     q, k, v, cu = packed(lengths, 2, 64)
@@ -278,6 +387,8 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.sparsebert.attention_varlen.default, (qp, kp, vp, cu, 15, None))
     torch.library.opcheck(torch.ops.sparsebert.attention.default, (q, k, v, None, None, "bf16"))
     torch.library.opcheck(torch.ops.sparsebert.attention_varlen.default, (qp, kp, vp, cu, 15, None, "bf16"))
+    torch.library.opcheck(torch.ops.sparsebert.attention.default, (q, k, v, None, None, "int8"))
+    torch.library.opcheck(torch.ops.sparsebert.attention_varlen.default, (qp, kp, vp, cu, 15, None, "int8"))
 
 
 def test_torch_compile_fullgraph():
@@ -328,9 +439,9 @@ def test_bad_input(make, match):
 def test_bad_precision():
     q, k, v = qkv(1, 1, 3, 8)
     for bad in ("fp16", "BF16", ""):
-        with pytest.raises(ValueError, match=f"precision must be 'fp32' or 'bf16', got '{bad}'"):
+        with pytest.raises(ValueError, match=f"precision must be 'fp32', 'bf16' or 'int8', got '{bad}'"):
             attention(q, k, v, precision=bad)
-        with pytest.raises(ValueError, match=f"precision must be 'fp32' or 'bf16', got '{bad}'"):
+        with pytest.raises(ValueError, match=f"precision must be 'fp32', 'bf16' or 'int8', got '{bad}'"):
             attention_varlen(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1),
                              torch.tensor([0, 3], dtype=torch.int32), 3, precision=bad)
     with pytest.raises(ValueError, match="precision must be one of"):

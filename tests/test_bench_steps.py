@@ -31,6 +31,7 @@ def test_switch_turns_off_one_step_at_a_time():
         "no fused GELU": (True, norms, 0, qkv, "fp32"),
         "no fused QKV": (True, norms, gelus, 0, "fp32"),
         "+ bf16 attention": (True, norms, gelus, qkv, "bf16"),
+        "+ int8 attention": (True, norms, gelus, qkv, "int8"),
     }
     assert list(expected) == list(bench.CONFIGS)
     for config in list(bench.CONFIGS) + ["all"]:

@@ -39,7 +39,7 @@ from sparsebert.ops.int8_format import (
     quantize_symmetric,
     weight_sum,
 )
-from test_attention import assert_attention_close
+from test_attention import assert_attention_close, assert_int8_close
 from test_layer_norm import assert_ln_close
 from sparsebert.ops.int8_linear import ACTIVATIONS
 from test_int8_linear import assert_matches_reference
@@ -247,6 +247,27 @@ def test_attention_varlen(data, isa, h, d, dtype, lengths, precision):
     for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):  # each sequence is attention on its own
         one = [t[start:end].transpose(0, 1)[None] for t in (q, k, v)]  # (1, H, len, D)
         assert_attention_close(out[start:end].transpose(0, 1)[None], *one, precision=precision)
+
+
+@given(data=st.data(), isa=ISAS, b=st.sampled_from([0, 1, 2, 3]), h=st.sampled_from([1, 2, 3]),
+       s=st.sampled_from([1, 2, 7, 16, 33, 70, 130]), d=st.sampled_from([1, 8, 17, 32, 64]), dtype=FLOATS,
+       masked=st.booleans(), varlen=st.booleans())
+def test_attention_int8(data, isa, b, h, s, d, dtype, masked, varlen):
+    """precision="int8" against its definition (assert_int8_close), padded and packed."""
+    seed_torch(data)
+    q, k, v = (torch.randn(b, h, s, d).to(dtype) for _ in range(3))
+    mask = None
+    if masked and b:
+        lengths = torch.tensor([data.draw(st.integers(0, s)) for _ in range(b)])
+        mask = torch.arange(s)[None, :] < lengths[:, None]
+    with isa_forced(isa):
+        out = attention(q, k, v, mask, precision="int8")
+        cu = torch.arange(0, b * s + 1, s, dtype=torch.int32)
+        packed = [t.transpose(1, 2).reshape(b * s, h, d) for t in (q, k, v)]
+        out_v = attention_varlen(*packed, cu, s, precision="int8") if varlen else None
+    assert_int8_close(out, q, k, v, mask)
+    if out_v is not None:
+        assert_int8_close(out_v.reshape(b, s, h, d).transpose(1, 2), q, k, v)
 
 
 @given(data=st.data(), isa=ISAS, rows=st.sampled_from([0, 1, 2, 3, 17, 64]), n=st.sampled_from([1, 2, 7, 16, 33, 100, 768]),

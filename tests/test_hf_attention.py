@@ -266,7 +266,7 @@ def _hooked(model):
     return model.encoder.layer[0].register_forward_hook(lambda *a: None)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 def test_unpadded_lean_path_is_the_layer_forward(precision):
     """In inference the unpadded encoder runs each layer as the same module calls without
     transformers' Python around them: bit-equal to the layer forward, on a compressed model

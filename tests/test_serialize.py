@@ -24,6 +24,8 @@ CONFIGS = {
     "bf16_unpadded": CompressConfig(sparsity=0.5, block_size=(16, 16), dtype="bfloat16", attention="unpadded"),
     "bf16_attention": CompressConfig(sparsity=0.75, block_size=(16, 16), int8="dynamic", kernel="sparse",
                                      attention="unpadded", attention_precision="bf16"),
+    "int8_attention": CompressConfig(int8="dynamic", kernel="dense", attention="sparsebert",
+                                     attention_precision="int8"),
 }
 
 

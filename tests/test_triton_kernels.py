@@ -191,6 +191,8 @@ def test_attention_bf16_precision():
                                atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="precision must be one of"):
         kernels.attention(q, k, v, mask, None, "fp16")
+    with pytest.raises(ValueError, match="precision='int8' runs on the CPU only"):
+        kernels.attention(q, k, v, mask, None, "int8")
 
 
 @pytest.mark.parametrize("shape", [(3, 7), (5, 768), (2, 3, 100)])

@@ -23,9 +23,12 @@ constexpr int64_t kMaxHeadDim = 256;
 
 // bf16 inputs on AMX: tiles (both precisions; the tiles round P as the dot-product kernel does).
 // precision="bf16" elsewhere: bf16 dot products where the CPU has them, else the fp32 kernel on
-// inputs rounded to bf16 as they are packed (args.round_bf16).
+// inputs rounded to bf16 as they are packed (args.round_bf16). precision="int8": vpdpbusd at the
+// levels that have AVX512_VNNI (avx512bf16 and amx), plain C++ below them.
 cpu::AttentionFn select_kernel(const cpu::AttentionArgs& a) {
-  switch (active_isa()) {
+  const Isa isa = active_isa();
+  if (a.int8) return isa >= Isa::kAvx512Bf16 ? cpu::attention_int8_avx512vnni : cpu::attention_int8_scalar;
+  switch (isa) {
     case Isa::kAmx:
       if (a.bf16) return cpu::attention_bf16_amx;
       return a.round_bf16 ? cpu::attention_dpbf16_avx512bf16 : cpu::attention_avx512;
@@ -49,10 +52,12 @@ void check_qkv_dtypes(const char* op, const at::Tensor& q, const at::Tensor& k, 
 
 at::Tensor unit_last_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
-bool resolve_precision(const char* op, c10::string_view precision) {
-  TORCH_CHECK_VALUE(precision == "fp32" || precision == "bf16", op,
-                    ": precision must be 'fp32' or 'bf16', got '", std::string(precision), "'");
-  return precision == "bf16";
+enum class Precision { kFp32, kBf16, kInt8 };
+
+Precision resolve_precision(const char* op, c10::string_view precision) {
+  TORCH_CHECK_VALUE(precision == "fp32" || precision == "bf16" || precision == "int8", op,
+                    ": precision must be 'fp32', 'bf16' or 'int8', got '", std::string(precision), "'");
+  return precision == "bf16" ? Precision::kBf16 : precision == "int8" ? Precision::kInt8 : Precision::kFp32;
 }
 
 float resolve_scale(const char* op, std::optional<double> scale, int64_t D) {
@@ -80,14 +85,15 @@ void run_tasks(const cpu::AttentionArgs& args, cpu::AttentionFn fn, std::vector<
 
 // What both ops fill alike: data pointers, dtype, sizes and scale (strides and masks: per op).
 cpu::AttentionArgs base_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-                             int64_t B, int64_t H, int64_t D, float scale, bool round_bf16) {
+                             int64_t B, int64_t H, int64_t D, float scale, Precision precision) {
   cpu::AttentionArgs a{};
   a.q = q.data_ptr();
   a.k = k.data_ptr();
   a.v = v.data_ptr();
   a.out = out.data_ptr();
   a.bf16 = q.scalar_type() == at::kBFloat16;
-  a.round_bf16 = round_bf16;
+  a.round_bf16 = precision == Precision::kBf16;
+  a.int8 = precision == Precision::kInt8;
   a.B = B;
   a.H = H;
   a.D = D;
@@ -105,7 +111,7 @@ at::Tensor attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const a
                          const std::optional<at::Tensor>& mask, std::optional<double> scale,
                          c10::string_view precision) {
   const char* op = "attention";
-  const bool round_bf16 = resolve_precision(op, precision);
+  const Precision prec = resolve_precision(op, precision);
   check_qkv_dtypes(op, q_in, k_in, v_in);
   TORCH_CHECK_VALUE(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, op,
                     ": q, k and v must be [batch, heads, seq, head_dim], got shapes ", q_in.sizes(), ", ",
@@ -166,7 +172,7 @@ at::Tensor attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const a
   at::Tensor out = at::empty({B, H, Sq, D}, q.options());
   if (out.numel() == 0) return out;
 
-  cpu::AttentionArgs a = base_args(q, k, v, out, B, H, D, sc, round_bf16);
+  cpu::AttentionArgs a = base_args(q, k, v, out, B, H, D, sc, prec);
   a.Sq = Sq;
   a.Sk = Sk;
   set_strides(q, a.q_sb, a.q_sh, a.q_ss);
@@ -192,7 +198,7 @@ at::Tensor attention_varlen_cpu(const at::Tensor& q_in, const at::Tensor& k_in, 
                                 const at::Tensor& cu_seqlens, int64_t max_seqlen, std::optional<double> scale,
                                 c10::string_view precision) {
   const char* op = "attention_varlen";
-  const bool round_bf16 = resolve_precision(op, precision);
+  const Precision prec = resolve_precision(op, precision);
   check_qkv_dtypes(op, q_in, k_in, v_in);
   TORCH_CHECK_VALUE(q_in.dim() == 3 && q_in.sizes() == k_in.sizes() && q_in.sizes() == v_in.sizes(), op,
                     ": q, k and v must be packed tokens [total_tokens, heads, head_dim] of one shape, got ",
@@ -223,7 +229,7 @@ at::Tensor attention_varlen_cpu(const at::Tensor& q_in, const at::Tensor& k_in, 
   at::Tensor out = at::empty({T, H, D}, q.options());
   if (out.numel() == 0 || B == 0) return out;
 
-  cpu::AttentionArgs a = base_args(q, k, v, out, B, H, D, sc, round_bf16);
+  cpu::AttentionArgs a = base_args(q, k, v, out, B, H, D, sc, prec);
   a.Sq = a.Sk = max_seqlen;
   a.q_ss = q.stride(0);
   a.q_sh = q.stride(1);

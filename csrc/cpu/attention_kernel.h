@@ -22,6 +22,9 @@ struct AttentionArgs {
   // precision="bf16": q, k and v are rounded to bf16 before the matmuls (which accumulate in fp32);
   // the bf16 dot-product kernels also round P. Otherwise fp32 inputs are used as they are.
   bool round_bf16;
+  // precision="int8": q, k, v quantized to int8 in the op and both matmuls in int32 (see
+  // attention_int8_avx512vnni.cpp); the softmax of a query block then spans every key at once.
+  bool int8;
 
   int64_t B;   // sequences
   int64_t H;   // heads
@@ -59,6 +62,10 @@ void attention_avx2(const AttentionArgs& args, const int64_t* tasks, int64_t n);
 void attention_avx512(const AttentionArgs& args, const int64_t* tasks, int64_t n);
 // fp32 and bf16 inputs, both matmuls as bf16 dot products (vdpbf16ps): precision="bf16".
 void attention_dpbf16_avx512bf16(const AttentionArgs& args, const int64_t* tasks, int64_t n);
+// precision="int8": INT8 matmuls with vpdpbusd (the avx512bf16 and amx levels, all of which have
+// AVX512_VNNI), and the same numbers in plain C++ below them.
+void attention_int8_avx512vnni(const AttentionArgs& args, const int64_t* tasks, int64_t n);
+void attention_int8_scalar(const AttentionArgs& args, const int64_t* tasks, int64_t n);
 // bf16 only: both matmuls on AMX tiles (bf16 x bf16 -> fp32), the softmax in AVX-512 fp32.
 void attention_bf16_amx(const AttentionArgs& args, const int64_t* tasks, int64_t n);
 

@@ -27,6 +27,16 @@ the error of torch's own bf16 attention on the same inputs); elsewhere the fp32 
 rounded inputs. bfloat16 inputs on AMX CPUs always take the AMX tiles, which round the
 probabilities the same way.
 
+``"int8"``: both matmuls in exact int32 arithmetic on 8-bit operands (``vpdpbusd`` on CPUs with
+AVX-512 VNNI, four times the fp32 rate; the same numbers in plain C++ elsewhere; CPU only):
+q and k quantized per row (token and head) and v per column (head dim, over the sequence's kept
+keys), symmetric, scale ``max|x| / 127``, round half to even; ``S = (q_q k_q^T) s_q s_k scale``
+in fp32, the mask added; ``E = exp(S - max S)`` per row, ``l`` its sum, ``P = round(255 E)``
+(0..255); ``out = (P v_q) s_v / (255 l)``. What the CPU engines' INT8 BERTs do (OpenVINO and
+DeepSparse quantize attention's matmuls too): an error of order 1% of the output scale, against
+0.1% at bf16. ``attention_reference(precision="int8")`` is the definition. Padded keys are never
+read; a NaN in q, k or v gives NaN in the output rows (q), all rows (k) or columns (v) it reaches.
+
 Inference only: the ops have no autograd formula (backward raises). Their references are plain
 torch and differentiable; ``sparsebert.hf`` trains through them (``attention_reference`` takes a
 ``dropout_p`` for that).
@@ -87,7 +97,7 @@ def _additive(mask: Tensor | None, shape: tuple[int, int, int, int], dtype: torc
     return mask.to(dtype)
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def _check_precision(op: str, precision) -> None:
@@ -108,6 +118,8 @@ def attention_reference(
     rest by ``1 / (1 - dropout_p)``: the training path of ``sparsebert.hf``; the op has no dropout.
     """
     _check_precision("attention_reference", precision)
+    if precision == "int8":
+        return _int8_reference(q, k, v, mask, scale, dropout_p)
     cdtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     if precision == "bf16":
         qc, kc, vc = (t.to(torch.bfloat16).to(cdtype) for t in (q, k, v))
@@ -125,6 +137,47 @@ def attention_reference(
     if dropout_p:
         p = torch.nn.functional.dropout(p, dropout_p)
     return (p @ vc).to(q.dtype)
+
+
+def _quantize_lastdim(t: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 over the last dim, as float32 integers: ``(q, max|t| / 127)``; NaN in a row
+    makes its scale NaN (the kernels' rule), a zero row gives zeros."""
+    amax = t.abs().amax(dim=-1) if t.shape[-1] else t.new_zeros(t.shape[:-1])
+    bad = amax.isnan()
+    inv = torch.where((amax > 0) & ~bad, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
+    q = torch.round(t * inv[..., None]).clamp(-127, 127).nan_to_num(-127.0)
+    return q, torch.where(bad, amax, amax / 127.0)
+
+
+def _int8_reference(q, k, v, mask, scale, dropout_p):
+    if any(t.requires_grad for t in (q, k, v)) and torch.is_grad_enabled():
+        raise ValueError("precision='int8' attention is inference-only (its rounding has no gradient); train at "
+                         "precision 'fp32' or 'bf16'")
+    qf, kf, vf = (t.float() for t in (q, k, v))
+    d = q.shape[-1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    if mask is not None and mask.dim() == 2:  # key padding: padded keys are never read
+        keep = (mask != 0)[:, None, :, None]
+        kf = kf.masked_fill(~keep, 0.0)
+        vf = vf.masked_fill(~keep, 0.0)
+    qq, sq = _quantize_lastdim(qf)
+    kq, sk = _quantize_lastdim(kf)
+    vq, sv = _quantize_lastdim(vf.transpose(-1, -2))  # per head dim, over the keys
+    acc = (qq.double() @ kq.double().transpose(-1, -2)).float()  # exact integers
+    s = acc * (sq * scale)[..., :, None] * sk[..., None, :]
+    add = _additive(mask, tuple(s.shape), torch.float32)
+    if add is not None:
+        s = s + add
+    kept = ((s > float("-inf")) | s.isnan()).any(dim=-1, keepdim=True)
+    m = s.masked_fill(~kept, 0.0).amax(dim=-1, keepdim=True)
+    e = torch.exp(s.masked_fill(~kept, float("-inf")) - m)
+    l = e.sum(dim=-1, keepdim=True)
+    p = torch.round(e * 255.0)
+    if dropout_p:
+        p = torch.nn.functional.dropout(p, dropout_p)
+    inv = torch.where(l > 0, 1.0 / (255.0 * l), torch.where(l == 0, torch.zeros_like(l), l))
+    out = (p.double() @ vq.double().transpose(-1, -2)).float() * sv[..., None, :] * inv
+    return out.to(q.dtype)
 
 
 def attention_varlen_reference(
