@@ -204,12 +204,21 @@ void run_task_dp(const AttentionArgs& a, int64_t task, DpScratch& w, Scratch& bl
       if (kind == kSkip) continue;
       const int64_t k0 = kb * NK;
       const int64_t nk = t.lk - k0 < NK ? t.lk - k0 : NK;
-      const int ncols = static_cast<int>(block_columns(blocks, kind, k0, nk, CN * W));  // past it: no kept key
+      // Past ncols no key is kept; whole vectors of 16 keys, so a short sequence computes only its own.
+      const int ncols = static_cast<int>(block_columns(blocks, kind, k0, nk, W));
       const int64_t nkv = nk < ncols ? nk : ncols;
       float* s = w.s.data();
       const uint32_t* ktb = w.kt.data() + kb * NK * dp2;
-      for (int r0 = 0; r0 < nrr; r0 += RR)
-        for (int c0 = 0; c0 < ncols; c0 += CN * W) qk_tile_dp<CN>(q32, dp2, ktb, np, s, r0, c0);
+      for (int r0 = 0; r0 < nrr; r0 += RR) {
+        int c0 = 0;
+        for (; c0 + CN * W <= ncols; c0 += CN * W) qk_tile_dp<CN>(q32, dp2, ktb, np, s, r0, c0);
+        switch ((ncols - c0) / W) {  // the last tile: 1..3 vectors of keys
+          case 1: qk_tile_dp<1>(q32, dp2, ktb, np, s, r0, c0); break;
+          case 2: qk_tile_dp<2>(q32, dp2, ktb, np, s, r0, c0); break;
+          case 3: qk_tile_dp<3>(q32, dp2, ktb, np, s, r0, c0); break;
+          default: break;
+        }
+      }
 
       // Scale and mask in place (for plain blocks with scale > 0 the scale is applied in the exp
       // pass instead), row maxima, then every row's rescale factor.

@@ -368,12 +368,28 @@ inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
       if (kind == kSkip) continue;
       const int64_t k0 = kb * NK;
       const int64_t nk = lk - k0 < NK ? lk - k0 : NK;
-      const int ncols = static_cast<int>(block_columns(w, kind, k0, nk, CN * W));  // past it: no kept key
+      // Past ncols no key is kept; whole vectors, so a short sequence computes only its own keys.
+      const int ncols = static_cast<int>(block_columns(w, kind, k0, nk, W));
       const int64_t nkv = nk < ncols ? nk : ncols;
       float* s = w.s.data();
       const float* ktb = w.kt.data() + kb * NK * D;
-      for (int r0 = 0; r0 < nrr; r0 += RR)
-        for (int c0 = 0; c0 < ncols; c0 += CN * W) qk_tile<CN>(w.q.data(), dp, ktb, D, s, r0, c0);
+      for (int r0 = 0; r0 < nrr; r0 += RR) {
+        int c0 = 0;
+        for (; c0 + CN * W <= ncols; c0 += CN * W) qk_tile<CN>(w.q.data(), dp, ktb, D, s, r0, c0);
+        switch ((ncols - c0) / W) {  // the last tile: fewer than CN vectors of keys
+          case 0: break;
+#if SPARSEBERT_ATTN_CN > 1
+          case 1: qk_tile<1>(w.q.data(), dp, ktb, D, s, r0, c0); break;
+#endif
+#if SPARSEBERT_ATTN_CN > 2
+          case 2: qk_tile<2>(w.q.data(), dp, ktb, D, s, r0, c0); break;
+#endif
+#if SPARSEBERT_ATTN_CN > 3
+          case 3: qk_tile<3>(w.q.data(), dp, ktb, D, s, r0, c0); break;
+#endif
+          default: break;
+        }
+      }
 
       if (kind == kBias) {
         for (int r = 0; r < nrr; ++r)

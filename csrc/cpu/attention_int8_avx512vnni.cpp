@@ -183,16 +183,16 @@ void run_task_i8(const AttentionArgs& a, int64_t task, I8Scratch& w, Scratch& bl
   const void* kbase = static_cast<const char*>(a.k) + t.koff * esz;
   const void* vbase = static_cast<const char*>(a.v) + t.voff * esz;
 
-  // Columns of each key block worth computing (past them no key is kept), a multiple of 64.
+  // Columns of each key block worth computing (past them no key is kept), whole vectors of 16.
   std::vector<int64_t>& cols = w.cols;
   cols.assign(nkb, 0);
   for (int64_t kb = 0; kb < nkb; ++kb)
     if (blocks.kind[kb] != kSkip)
-      cols[kb] = block_columns(blocks, blocks.kind[kb], kb * NK, std::min<int64_t>(NK, t.lk - kb * NK), CN * W);
+      cols[kb] = block_columns(blocks, blocks.kind[kb], kb * NK, std::min<int64_t>(NK, t.lk - kb * NK), W);
 
   // K: each kept key's row quantized into kr (16 rows of nqp words), then 16 x 16 squares of
   // words transposed into kt. Keys not kept: zero words, sum 0, scale 0.
-  w.kt.assign(nq * skp, 0u);
+  w.kt.resize(nq * skp);  // every column read (those within cols) is written below
   w.ksum.assign(skp, 0);
   w.sk.assign(skp, 0.f);
   w.kr.resize(16 * nqp);
@@ -240,7 +240,7 @@ void run_task_i8(const AttentionArgs& a, int64_t task, I8Scratch& w, Scratch& bl
     _mm512_storeu_ps(&w.sv[d], _mm512_div_ps(mx, _mm512_set1_ps(127.f)));  // NaN stays NaN
   }
   // V words: four keys' int8 values of one dim per 32-bit word, quantized from the input rows.
-  w.vw.assign(skp / 4 * dp, 0u);
+  w.vw.resize(skp / 4 * dp);  // every quad read (those within cols) is written below
   for (int64_t kb = 0; kb < nkb; ++kb) {
     if (blocks.kind[kb] == kSkip) continue;
     for (int64_t jq = kb * NK / 4; jq < (kb * NK + cols[kb]) / 4; ++jq) {
@@ -288,9 +288,18 @@ void run_task_i8(const AttentionArgs& a, int64_t task, I8Scratch& w, Scratch& bl
       const uint8_t kind = blocks.kind[kb];
       if (kind == kSkip) continue;
       const int64_t k0 = kb * NK, nk = std::min<int64_t>(NK, t.lk - k0);
-      for (int r0 = 0; r0 < nrr; r0 += RR)
-        for (int64_t c0 = k0; c0 < k0 + cols[kb]; c0 += CN * W)
-          qk_tile_i8<CN>(w.q.data(), nqp, w.kt.data(), skp, nq, w.ksum.data(), w.sq.data(), w.sk.data(), s, r0, c0);
+      const uint32_t* q = w.q.data();
+      for (int r0 = 0; r0 < nrr; r0 += RR) {
+        int64_t c0 = k0;
+        for (; c0 + CN * W <= k0 + cols[kb]; c0 += CN * W)
+          qk_tile_i8<CN>(q, nqp, w.kt.data(), skp, nq, w.ksum.data(), w.sq.data(), w.sk.data(), s, r0, c0);
+        switch ((k0 + cols[kb] - c0) / W) {  // the last tile: 1..3 vectors of keys
+          case 1: qk_tile_i8<1>(q, nqp, w.kt.data(), skp, nq, w.ksum.data(), w.sq.data(), w.sk.data(), s, r0, c0); break;
+          case 2: qk_tile_i8<2>(q, nqp, w.kt.data(), skp, nq, w.ksum.data(), w.sq.data(), w.sk.data(), s, r0, c0); break;
+          case 3: qk_tile_i8<3>(q, nqp, w.kt.data(), skp, nq, w.ksum.data(), w.sq.data(), w.sk.data(), s, r0, c0); break;
+          default: break;
+        }
+      }
       if (kind == kBias) {
         for (int r = 0; r < nrr; ++r)
           for (int64_t c = k0; c < k0 + cols[kb]; c += W)
