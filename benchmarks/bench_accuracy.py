@@ -179,8 +179,9 @@ class Runner:
 
     def evaluate(self, name: str, key: str, model, block, int8: bool, dense, unpadded_dense: bool = False) -> dict:
         """One table row: accuracy, speedup against ``dense`` (fp32, SDPA), weight bytes."""
+        attn = self.args.attention_precision if block is not None or int8 or unpadded_dense else "fp32"
         row_key = f"{key}|{'int8' if int8 else 'fp32'}{'|calibrated' if int8 and self.args.calibrate else ''}" \
-                  f"{'|unpadded' if unpadded_dense else ''}"
+                  f"{'|unpadded' if unpadded_dense else ''}{f'|attention-{attn}' if attn != 'fp32' else ''}"
         if row_key in self.results and not self.fresh:
             return self.results[row_key]
         self.check_budget(90)
@@ -191,7 +192,8 @@ class Runner:
             example = self.tok([t for t, _ in self.calib], padding=True, truncation=True, max_length=128,
                                return_tensors="pt") if int8 and self.args.calibrate else None
             cfg = CompressConfig(sparsity=None, block_size=block or (32, 32), int8="dynamic" if int8 else None,
-                                 attention="unpadded", kernel="dense" if unpadded_dense else "auto")
+                                 attention="unpadded", kernel="dense" if unpadded_dense else "auto",
+                                 attention_precision=attn)
             sparsebert.compress(m, cfg, example_inputs=example)
         acc = accuracy(m, self.test)
         speedup, ms, ms_dense = self.speed(m, dense) if compressed else (1.0, None, None)
@@ -200,6 +202,8 @@ class Runner:
         if compressed:
             for r in sparsebert.report(m):
                 formats[r["format"]] = formats.get(r["format"], 0) + 1
+        if attn != "fp32":
+            name = f"{name} ({attn} attention)"
         row = {"name": name, "key": key, "int8": int8, "accuracy": acc, "block_sparsity": sparsity,
                "block": list(block) if block else None, "speedup": speedup, "ms": ms, "ms_dense": ms_dense,
                "bytes": size, "formats": formats}
@@ -425,6 +429,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true",
                    help="INT8 with compress's calibrated per-layer choice (64 training sentences, min_cosine 0.999) "
                         "instead of every layer per-token INT8")
+    p.add_argument("--attention-precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                   help="attention precision of the compressed rows (CompressConfig.attention_precision)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
@@ -468,6 +474,7 @@ def main(argv=None):
         "speed": "3 batches of 32 length-sorted test sentences; compressed models unpadded; same-run ratio",
         "int8": "calibrated per-layer choice (compress example_inputs)" if args.calibrate else
                 "every encoder layer INT8 dynamic per-token (no calibration)",
+        "attention": f"precision {args.attention_precision} in the compressed rows",
     }))
     print()
     print(table(rows))
