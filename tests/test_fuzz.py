@@ -218,16 +218,22 @@ def test_int8_weight_only_linear(data, isa, m, n, k, dtype, bias):
     assert out.shape == ref.shape
 
 
-@given(data=st.data(), isa=ISAS, b=st.sampled_from([0, 1, 2, 3]), h=st.sampled_from([1, 2, 3]),
-       s=st.sampled_from([1, 2, 7, 16, 33, 70]), d=st.sampled_from([1, 8, 17, 32, 64]), dtype=FLOATS,
-       masked=st.booleans(), precision=PRECISIONS)
-def test_attention(data, isa, b, h, s, d, dtype, masked, precision):
+def attention_inputs(data, b, h, s, d, dtype, masked):
+    """q, k, v [b, h, s, d] from the drawn seed, and a key-padding mask of drawn lengths (masked)."""
     seed_torch(data)
     q, k, v = (torch.randn(b, h, s, d).to(dtype) for _ in range(3))
     mask = None
     if masked and b:
         lengths = torch.tensor([data.draw(st.integers(0, s)) for _ in range(b)])
         mask = torch.arange(s)[None, :] < lengths[:, None]
+    return q, k, v, mask
+
+
+@given(data=st.data(), isa=ISAS, b=st.sampled_from([0, 1, 2, 3]), h=st.sampled_from([1, 2, 3]),
+       s=st.sampled_from([1, 2, 7, 16, 33, 70]), d=st.sampled_from([1, 8, 17, 32, 64]), dtype=FLOATS,
+       masked=st.booleans(), precision=PRECISIONS)
+def test_attention(data, isa, b, h, s, d, dtype, masked, precision):
+    q, k, v, mask = attention_inputs(data, b, h, s, d, dtype, masked)
     with isa_forced(isa):
         out = attention(q, k, v, mask, precision=precision)
     assert_attention_close(out, q, k, v, mask, precision=precision)
@@ -254,12 +260,7 @@ def test_attention_varlen(data, isa, h, d, dtype, lengths, precision):
        masked=st.booleans(), varlen=st.booleans())
 def test_attention_int8(data, isa, b, h, s, d, dtype, masked, varlen):
     """precision="int8" against its definition (assert_int8_close), padded and packed."""
-    seed_torch(data)
-    q, k, v = (torch.randn(b, h, s, d).to(dtype) for _ in range(3))
-    mask = None
-    if masked and b:
-        lengths = torch.tensor([data.draw(st.integers(0, s)) for _ in range(b)])
-        mask = torch.arange(s)[None, :] < lengths[:, None]
+    q, k, v, mask = attention_inputs(data, b, h, s, d, dtype, masked)
     with isa_forced(isa):
         out = attention(q, k, v, mask, precision="int8")
         cu = torch.arange(0, b * s + 1, s, dtype=torch.int32)
