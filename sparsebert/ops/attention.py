@@ -34,7 +34,7 @@ keys), symmetric, scale ``max|x| / 127``, round half to even; ``S = (q_q k_q^T) 
 in fp32, the mask added; ``E = exp(S - max S)`` per row, ``l`` its sum, ``P = round(255 E)``
 (0..255); ``out = (P v_q) s_v / (255 l)``. What the CPU engines' INT8 BERTs do (OpenVINO and
 DeepSparse quantize attention's matmuls too): an error of order 1% of the output scale, against
-0.1% at bf16. ``attention_reference(precision="int8")`` is the definition. Padded keys are never
+0.3% at bf16. ``attention_reference(precision="int8")`` is the definition. Padded keys are never
 read; a NaN in q, k or v gives NaN in the output rows (q), all rows (k) or columns (v) it reaches.
 
 Inference only: the ops have no autograd formula (backward raises). Their references are plain
