@@ -264,18 +264,8 @@ void run_task_dp(const AttentionArgs& a, int64_t task, DpScratch& w, Scratch& bl
     }
 
     // O / l, written in the output dtype.
-    for (int r = 0; r < nr; ++r) {
-      const float inv = w.l[r] > 0.f ? 1.f / w.l[r] : 0.f;
-      const float* orow = w.o.data() + r * dp;
-      const int64_t base = t.ooff + (q0 + r) * a.o_ss;
-      if (a.bf16) {
-        uint16_t* out = static_cast<uint16_t*>(a.out) + base;
-        for (int64_t d = 0; d < D; ++d) out[d] = f32_to_bf16_bits(orow[d] * inv);
-      } else {
-        float* out = static_cast<float*>(a.out) + base;
-        for (int64_t d = 0; d < D; ++d) out[d] = orow[d] * inv;
-      }
-    }
+    for (int r = 0; r < nr; ++r)
+      store_out_row(a, t.ooff + (q0 + r) * a.o_ss, w.o.data() + r * dp, D, w.l[r] > 0.f ? 1.f / w.l[r] : 0.f);
   }
 }
 

@@ -183,6 +183,17 @@ inline void pv_cols(float* o, int64_t dp, const float* p, const float* v, int64_
   for (int r0 = 0; r0 < nrr; r0 += RR) pv_tile<NC>(o, dp, p, v, nk, alpha, r0, c0);
 }
 
+// Output row at element offset `base` = orow[0 .. D) * scale, in the output dtype (bf16 bits or float).
+inline void store_out_row(const AttentionArgs& a, int64_t base, const float* orow, int64_t D, float scale) {
+  if (a.bf16) {
+    uint16_t* out = static_cast<uint16_t*>(a.out) + base;
+    for (int64_t d = 0; d < D; ++d) out[d] = f32_to_bf16_bits(orow[d] * scale);
+  } else {
+    float* out = static_cast<float*>(a.out) + base;
+    for (int64_t d = 0; d < D; ++d) out[d] = orow[d] * scale;
+  }
+}
+
 // Key block kinds.
 enum : uint8_t { kSkip = 0, kPlain = 1, kBias = 2, kMask = 3 };
 
@@ -444,18 +455,8 @@ inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
     }
 
     // O / l, written in the output dtype.
-    for (int r = 0; r < nr; ++r) {
-      const float inv = w.l[r] > 0.f ? 1.f / w.l[r] : 0.f;
-      const float* orow = w.o.data() + r * dp;
-      const int64_t base = ooff + (q0 + r) * a.o_ss;
-      if (a.bf16) {
-        uint16_t* out = static_cast<uint16_t*>(a.out) + base;
-        for (int64_t d = 0; d < D; ++d) out[d] = f32_to_bf16_bits(orow[d] * inv);
-      } else {
-        float* out = static_cast<float*>(a.out) + base;
-        for (int64_t d = 0; d < D; ++d) out[d] = orow[d] * inv;
-      }
-    }
+    for (int r = 0; r < nr; ++r)
+      store_out_row(a, ooff + (q0 + r) * a.o_ss, w.o.data() + r * dp, D, w.l[r] > 0.f ? 1.f / w.l[r] : 0.f);
   }
 }
 

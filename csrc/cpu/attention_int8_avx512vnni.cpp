@@ -353,16 +353,7 @@ void run_task_i8(const AttentionArgs& a, int64_t task, I8Scratch& w, Scratch& bl
       default: break;
     }
 
-    for (int r = 0; r < nr; ++r) {
-      const float* orow = o + r * dp;
-      const int64_t base = t.ooff + (q0 + r) * a.o_ss;
-      if (a.bf16) {
-        uint16_t* out = static_cast<uint16_t*>(a.out) + base;
-        for (int64_t d = 0; d < D; ++d) out[d] = f32_to_bf16_bits(orow[d]);
-      } else {
-        std::memcpy(static_cast<float*>(a.out) + base, orow, D * sizeof(float));
-      }
-    }
+    for (int r = 0; r < nr; ++r) store_out_row(a, t.ooff + (q0 + r) * a.o_ss, o + r * dp, D, 1.f);  // 1 / l applied
   }
 }
 

@@ -12,9 +12,8 @@ namespace cpu {
 namespace {
 
 struct I8Rows {
-  std::vector<int8_t> kq, vq;
-  std::vector<int32_t> qq;
-  std::vector<float> x, sk, sv, vinv, s, e;
+  std::vector<int8_t> kq, vq, q8, col;
+  std::vector<float> x, sk, sv, s, q, o;
   std::vector<int32_t> acc;
   std::vector<uint8_t> p;
 };
@@ -69,23 +68,24 @@ void run_task_i8(const AttentionArgs& a, int64_t task, I8Rows& w, Scratch& block
     if (kept(j)) widen(vbase, j * a.v_ss, a.bf16, D, w.x.data() + j * D);
   w.vq.assign(lk * D, 0);
   w.sv.assign(D, 0.f);
-  std::vector<int8_t> col(lk);
+  w.col.resize(lk);
   for (int64_t d = 0; d < D; ++d) {
-    w.sv[d] = quantize(w.x.data() + d, lk, D, col.data());
-    for (int64_t j = 0; j < lk; ++j) w.vq[j * D + d] = col[j];
+    w.sv[d] = quantize(w.x.data() + d, lk, D, w.col.data());
+    for (int64_t j = 0; j < lk; ++j) w.vq[j * D + d] = w.col[j];
   }
 
-  w.qq.resize(D);
   w.s.resize(lk);
-  w.e.resize(lk);
   w.p.resize(lk);
   w.acc.resize(D);
-  std::vector<float> q(D);
-  std::vector<int8_t> q8(D);
+  w.q.resize(D);
+  w.q8.resize(D);
+  w.o.resize(D);
+  float* q = w.q.data();
+  int8_t* q8 = w.q8.data();
   const void* qbase = static_cast<const char*>(a.q) + t.qoff * esz;
   for (int64_t i = 0; i < t.lq; ++i) {
-    widen(qbase, i * a.q_ss, a.bf16, D, q.data());
-    const float sq = quantize(q.data(), D, 1, q8.data()) * a.scale;
+    widen(qbase, i * a.q_ss, a.bf16, D, q);
+    const float sq = quantize(q, D, 1, q8) * a.scale;
     float m = kNegInf;
     bool nan = false;
     for (int64_t j = 0; j < lk; ++j) {
@@ -121,14 +121,8 @@ void run_task_i8(const AttentionArgs& a, int64_t task, I8Rows& w, Scratch& block
       for (int64_t j = 0; j < lk; ++j)
         if (w.p[j] != 0)
           for (int64_t d = 0; d < D; ++d) w.acc[d] += static_cast<int32_t>(w.p[j]) * w.vq[j * D + d];
-    const int64_t base = t.ooff + i * a.o_ss;
-    for (int64_t d = 0; d < D; ++d) {
-      const float o = static_cast<float>(w.acc[d]) * w.sv[d] * inv;
-      if (a.bf16)
-        static_cast<uint16_t*>(a.out)[base + d] = f32_to_bf16_bits(o);
-      else
-        static_cast<float*>(a.out)[base + d] = o;
-    }
+    for (int64_t d = 0; d < D; ++d) w.o[d] = static_cast<float>(w.acc[d]) * w.sv[d] * inv;
+    store_out_row(a, t.ooff + i * a.o_ss, w.o.data(), D, 1.f);
   }
 }
 

@@ -141,7 +141,8 @@ def attention_reference(
 
 def _quantize_lastdim(t: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric int8 over the last dim, as float32 integers: ``(q, max|t| / 127)``; NaN in a row
-    makes its scale NaN (the kernels' rule), a zero row gives zeros."""
+    makes its scale NaN (the kernels' rule), a zero row gives zeros. The rounding of
+    ``int8_format.quantize_symmetric``, which refuses non-finite rows where attention propagates them."""
     amax = t.abs().amax(dim=-1) if t.shape[-1] else t.new_zeros(t.shape[:-1])
     bad = amax.isnan()
     inv = torch.where((amax > 0) & ~bad, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
