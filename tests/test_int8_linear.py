@@ -218,6 +218,51 @@ def test_threads_agree(isa):
     assert torch.equal(outs[0], outs[1])
 
 
+def _with_threads(threads, fn):
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
+# The row-pipelined split (VNNI kernels, two or more threads, at least 128 rows, inputs at least
+# as wide as the outputs, weights up to 1 MiB): each thread quantizes and multiplies its own rows
+# a chunk at a time. K = 1536 gives chunks of 36 rows, so each thread runs several and a short last
+# one; one thread takes the default split, and the two must agree bit for bit.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["per_token", "per_token_asym", "per_tensor"])
+@pytest.mark.parametrize("block_size", [None, (32, 32), (16, 4)])
+@pytest.mark.parametrize("m", [128, 301])
+def test_row_pipelined(isa, dtype, mode, block_size, m):
+    n, k = 96, 1536
+    x = (torch.randn(m, k) * torch.logspace(-2, 0.5, m)[:, None]).to(dtype)
+    w = torch.randn(n, k)
+    q, s = quantize_symmetric(w)
+    b = torch.randn(n).to(dtype)
+    if block_size is None:
+        args = (pack_int8_dense(q), s, weight_sum(q), b, (n, k), mode)
+        op, ref = int8_linear, int8_linear_reference
+    else:
+        q = q * block_magnitude_mask(w, 0.8, block_size)
+        values, crow, col = pack_int8_bsr(q, block_size)
+        args = (values, s, weight_sum(q), crow, col, b, (n, k), block_size, mode)
+        op, ref = bsr_int8_linear, bsr_int8_linear_reference
+    for activation in ("none", "gelu"):
+        out = _with_threads(2, lambda: op(x, *args, activation))
+        assert_matches_reference(out, ref(x, *args, activation))
+        assert torch.equal(out, _with_threads(1, lambda: op(x, *args, activation)))
+
+
+def test_row_pipelined_non_finite_row(isa):
+    packed, s, sums, b = dense_case(64, 1024, torch.float32)
+    x = torch.randn(300, 1024)
+    x[250, 7] = float("nan")
+    with pytest.raises(ValueError, match="x holds Inf or NaN in row 250"):
+        _with_threads(2, lambda: int8_linear(x, packed, s, sums, b, (64, 1024)))
+
+
 def test_dense_packing_round_trip():
     q, _ = quantize_symmetric(torch.randn(70, 45))
     assert torch.equal(unpack_int8_dense(pack_int8_dense(q), (70, 45)), q)
