@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +105,12 @@ class Spec:
     static_shape: bool = False  # compiled per input shape
     group: str | None = None  # rows shown as one "best of" row in the table
     family: str = "torch"  # torch | sparsebert | engine (plot colors)
+    baseline: bool = False  # runs the sparsebert package of --baseline DIR (key: METHOD@base)
+
+    @property
+    def method(self) -> str:
+        """The method this row builds (the key without ``@base``)."""
+        return self.key.split("@")[0]
 
 
 def all_specs() -> list[Spec]:
@@ -220,7 +226,7 @@ def format_summary(model: nn.Module) -> str:
 def build_torch_method(model: str, method: str, cache: str | None = None):
     """``(model, info)`` for one torch method; what a torch worker calls (see worker.py)."""
     base, _ = load_base(model)
-    info = {"fingerprint": fingerprint(base)}
+    info = {"fingerprint": fingerprint(base), "package": str(Path(sparsebert.__file__).parent)}
     if method == "hf_fp32":
         m = base
     elif method == "hf_bf16":
@@ -525,18 +531,41 @@ class Active:
     info: dict = field(default_factory=dict)
 
 
-def select_specs(patterns: str) -> list[Spec]:
+BASELINE_SUFFIX = "@base"
+
+
+def select_specs(patterns: str, baseline: str | None = None) -> list[Spec]:
+    """The methods ``patterns`` selects; with ``baseline``, each sparsebert one twice: as built here
+    and as ``METHOD@base`` from the package in that directory."""
     pats = [p.strip() for p in patterns.split(",") if p.strip()]
     specs = [s for s in all_specs() if any(fnmatch.fnmatchcase(s.key, p) for p in pats)]
     if not specs:
         raise SystemExit(f"--methods {patterns!r} matches no method; methods: {', '.join(s.key for s in all_specs())}")
+    if baseline:
+        ours = [s for s in specs if s.family == "sparsebert"]
+        if not ours:
+            raise SystemExit(f"--baseline needs a sparsebert method in --methods, got {patterns!r}")
+        specs += [replace(s, key=s.key + BASELINE_SUFFIX, label=f"{s.label} [baseline build]", baseline=True)
+                  for s in ours]
     return specs
+
+
+def check_baseline(directory: str) -> str:
+    """``directory`` as an absolute path, if it holds a sparsebert package with its extension built."""
+    d = Path(directory).resolve()
+    pkg = d / "sparsebert"
+    if not (pkg / "__init__.py").is_file():
+        raise SystemExit(f"--baseline {directory!r}: no sparsebert package there (expected {pkg}/__init__.py)")
+    if not list(pkg.glob("_C*.so")):
+        raise SystemExit(f"--baseline {directory!r}: {pkg} has no built extension (_C*.so); build it in place "
+                         f"there first: python setup.py build_ext --inplace")
+    return str(d)
 
 
 def setup(args, shapes) -> dict:
     """Builds everything before the first timed call: references, ONNX files, engine models and
     one loaded worker per method. Returns the run's state; skipped methods with their reasons."""
-    specs = select_specs(args.methods)
+    specs = select_specs(args.methods, args.baseline)
     skipped: dict[str, str] = {}
     engines_dir = Path(args.engines_dir)
     work_root = Path(args.work_dir)
@@ -648,12 +677,14 @@ def setup(args, shapes) -> dict:
     for s in specs:
         py = sys.executable if s.venv is None else str(venv_python(engines_dir, s.venv))
         env = None
-        if SB_CONFIGS.get(s.key, {}).get("compile"):
+        if s.baseline:  # its `import sparsebert` finds the baseline's package first
+            env = {"PYTHONPATH": os.pathsep.join(p for p in (args.baseline, os.environ.get("PYTHONPATH")) if p)}
+        if SB_CONFIGS.get(s.method, {}).get("compile"):
             # An empty inductor cache of its own: the first call at each shape is a cold compile,
             # what a new deployment pays, not a hit on an earlier run's cache.
             cold = workdir / "inductor-cold" / s.key
             shutil.rmtree(cold, ignore_errors=True)
-            env = {"TORCHINDUCTOR_CACHE_DIR": str(cold)}
+            env = dict(env or {}, TORCHINDUCTOR_CACHE_DIR=str(cold))
         active.append(Active(s, Worker(s.key, py, workdir / "logs" / f"{s.key}.log", args.threads, env)))
     todo = [a for a in active if not a.spec.static_shape]
     for i in range(0, len(todo), LOAD_JOBS):
@@ -696,7 +727,7 @@ def load_request(a: Active, prepared: Prepared | None, args, shape, cache) -> di
            "input_names": INPUT_NAMES, "options": dict(s.options, inspect=bool(args.check))}
     if s.engine == "torch":
         req["builder"] = {"directory": str(HERE), "function": "bench_e2e:build_torch_method",
-                          "args": {"model": args.model, "method": s.key, "cache": str(cache)}}
+                          "args": {"model": args.model, "method": s.method, "cache": str(cache)}}
     else:
         req["path"] = str(prepared.path(s.weights, s.artifact))
     return req
@@ -912,6 +943,16 @@ def table_rows(specs: list[Spec], results, shapes) -> list[dict]:
     return rows
 
 
+def baseline_commit(directory: str) -> str:
+    """`` (git commit X)`` when the directory is a git checkout, else empty."""
+    try:
+        out = subprocess.run(["git", "-C", directory, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f" (git commit {out.stdout.strip()})" if out.returncode == 0 and out.stdout.strip() else ""
+
+
 def bench_header(args, state, shapes) -> str:
     """The header, made right before the first timed call (its quiet-machine check samples then)."""
     runtimes = [f"torch {torch.__version__} (this venv)"]
@@ -930,6 +971,9 @@ def bench_header(args, state, shapes) -> str:
         "threads": f"{args.threads} per method; every method in a process of its own, timed there around the call",
         "runtimes": "; ".join(runtimes),
     }
+    if args.baseline:
+        extra["baseline"] = (f"rows marked [baseline build] (METHOD{BASELINE_SUFFIX}) run the sparsebert package in "
+                             f"{args.baseline}{baseline_commit(args.baseline)}, the others this checkout's")
     if args.hold_gib:
         extra["held memory"] = (f"every method's process holds {args.hold_gib:g} GiB of other arrays (64 MiB each, "
                                 "every page written) from before it builds or loads its model to its end")
@@ -972,7 +1016,7 @@ def report(args, state, shapes, results, dropped, head: str) -> None:
             f"{results[s.key][shape_key(sh)]['ms']:.1f}" for sh in shapes
             if "ms" in results[s.key].get(shape_key(sh), {})) for s in q)
         notes.append(f"torch quantize_dynamic per engine (ms, shapes in column order): {per}.")
-    compiled = [s for s in specs if SB_CONFIGS.get(s.key, {}).get("compile") and s.key in results]
+    compiled = [s for s in specs if SB_CONFIGS.get(s.method, {}).get("compile") and s.key in results]
     if compiled:
         per = "; ".join(f"{s.key} " + " / ".join(
             f"{results[s.key][shape_key(sh)]['first_call_s']:.1f}" for sh in shapes
@@ -1246,6 +1290,10 @@ def main(argv=None) -> int:
     p.add_argument("--engines-dir", default=str(DEFAULT_ENGINES_DIR))
     p.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR), help="ONNX files, engine models, logs")
     p.add_argument("--json", default=None)
+    p.add_argument("--baseline", default=None, metavar="DIR",
+                   help="a directory holding another build of the package (DIR/sparsebert with its extension "
+                        "built in place, e.g. a worktree of an earlier commit): each selected sparsebert method "
+                        "also runs from it as METHOD@base, in its own process, interleaved round by round")
     p.add_argument("--plot", default=None, help="PNG path")
     p.add_argument("--check", action="store_true", help="every method once on a small shape, outputs against fp32")
     p.add_argument("--profile", action="store_true", help="where one forward of a torch method spends its time")
@@ -1253,6 +1301,10 @@ def main(argv=None) -> int:
                    choices=[k for k in keys if k in SB_CONFIGS or k.startswith(("hf_", "torch_int8_"))])
     p.add_argument("--profile-iters", type=int, default=7)
     args = p.parse_args(argv)
+    if args.baseline:
+        if args.profile:
+            p.error("--baseline compares timed runs; it does not apply to --profile")
+        args.baseline = check_baseline(args.baseline)
     if args.threads < 1:
         p.error("--threads must be >= 1")
     if args.hold_gib < 0:
