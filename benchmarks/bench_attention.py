@@ -31,7 +31,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sparsebert  # noqa: E402
-from common import Method, fmt_ms, header, markdown_table, time_methods, write_json  # noqa: E402
+from common import (  # noqa: E402
+    Method, fmt_ms, header, keep_freed_memory_for_timing, markdown_table, time_methods, write_json,
+)
 from sparsebert.ops import attention  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -141,8 +143,10 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtypes = args.dtypes.split(",")
+    allocator = keep_freed_memory_for_timing()
     print(header("sparsebert attention: fused CPU attention and the unpadded encoder", {
         "command": "python benchmarks/bench_attention.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **allocator,
         "threads": str(args.threads),
         "op rows": f"{HEADS} heads, head_dim {HEAD_DIM}; padded: lengths spread over S/16..S, the same mask for "
                    "every method",

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
+    keep_freed_memory_for_timing,
     Method, copies_for, cpu_peaks, describe_peaks, fmt_ms, fmt_ratio, gflops, header, l3_bytes, markdown_table,
     tensor_bytes, time_methods, write_json,
 )
@@ -210,9 +211,11 @@ def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
     sparsity = parse_list(args.sparsity, float)[-1] if args.sparsity != DEFAULT_SPARSITY else 0.9
     block = parse_list(args.blocks, parse_block)[0]
     pack = parse_block(args.pack) if args.pack else block
+    allocator = keep_freed_memory_for_timing()
     peaks = measure_peaks(threads)
     print(header("bench_linear --suite int8: INT8 linear layers vs torch fp32, bf16 and dynamic INT8", {
         "command": "python benchmarks/bench_linear.py " + " ".join(argv),
+        **allocator,
         "cold weights": f"each method rotates through {cold_bytes >> 20} MiB of distinct weight copies",
         "quantize_dynamic": "torch.ao.quantization.quantize_dynamic (qint8), engines " + ", ".join(QD_ENGINES)
                             + ", per-tensor and per-channel weights; 'best' is the fastest of them in that row",
@@ -318,9 +321,11 @@ def main(argv=None):
     if args.suite == "int8":
         return main_int8(args, shapes, ms, threads, caches, cold_bytes, argv_list)
 
+    allocator = keep_freed_memory_for_timing()
     peaks = measure_peaks(threads)
     print(header("bench_linear: block-sparse linear vs dense F.linear and torch BSR", {
         "command": "python benchmarks/bench_linear.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **allocator,
         "cold weights": f"each method rotates through {cold_bytes >> 20} MiB of distinct weight copies",
         "torch BSR": "torch.mm(w_bsr, x.t()) under no_grad, no bias; n/a where torch has no kernel for the dtype or block size",
         **peak_lines(peaks),

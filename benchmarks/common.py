@@ -67,6 +67,19 @@ def header(title: str, extra: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def keep_freed_memory_for_timing() -> dict[str, str]:
+    """Every method of a layer benchmark runs with the allocator a compressed or loaded model runs
+    with: glibc keeps freed memory (``sparsebert.keep_freed_memory``, which ``compress`` and
+    ``load`` call). Without it, whether an output of several MiB comes from fresh pages (a page
+    fault and zeroing per 4 KiB: ~4 ms for 12 MiB here) depended on the allocations before it, so
+    the same layer measured 0.9 or 5.3 ms depending on which other shapes the run held. Call it
+    before anything is timed; returns the header line."""
+    if sparsebert.keep_freed_memory():
+        return {"allocator": "glibc keeps freed memory (sparsebert.keep_freed_memory, as compress and load set "
+                             "it): no method pays page faults for fresh output buffers"}
+    return {"allocator": "sparsebert.keep_freed_memory unavailable here: large outputs may take fresh pages"}
+
+
 PEAK_KINDS = {"fp32_fma": "fp32 FMA", "bf16_dot": "bf16 vdpbf16ps", "int8_vnni": "INT8 vpdpbusd"}
 
 
