@@ -325,6 +325,23 @@ def test_varlen_matches_reference(isa, dtype, d):
                                atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
 
 
+# Tasks run first on the thread whose share of the rows holds the sequence's middle token, then
+# on any thread that is free: whichever thread computes a task, the result is the same.
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_varlen_same_result_on_any_threads(isa, precision):
+    q, k, v, cu = packed([300, 1, 0, 7, 64, 129, 5, 33], 2, 64)
+    old = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3, 8):
+            torch.set_num_threads(threads)
+            outs.append(attention_varlen(q, k, v, cu, 300, precision=precision))
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    assert_varlen_close(outs[0], q, k, v, cu, precision=precision)
+
+
 @pytest.mark.parametrize("d", [32, 59, 64])
 def test_varlen_bf16_precision(isa, d):
     q, k, v, cu = packed([5, 0, 130, 1, 64, 97, 300], 3, d)

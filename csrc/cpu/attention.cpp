@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -66,9 +67,13 @@ float resolve_scale(const char* op, std::optional<double> scale, int64_t D) {
   return static_cast<float>(s);
 }
 
-// Runs every task, the most expensive first, on torch's threads.
+// Runs every task, the most expensive first, on torch's threads. With `home` (per task, a thread
+// index), each thread first pulls the tasks of its own pool, then helps with the others' pools:
+// a sequence's heads then run mostly on the thread that handles the same tokens in the linear
+// layers around attention (whose row-pipelined split gives thread t the t-th share of the rows),
+// so its q, k, v and output stay in that thread's caches.
 void run_tasks(const cpu::AttentionArgs& args, cpu::AttentionFn fn, std::vector<int64_t> tasks,
-               const std::vector<int64_t>& cost) {
+               const std::vector<int64_t>& cost, const std::vector<int64_t>& home = {}) {
   std::stable_sort(tasks.begin(), tasks.end(), [&](int64_t x, int64_t y) { return cost[x] > cost[y]; });
   const int64_t n = static_cast<int64_t>(tasks.size());
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
@@ -76,10 +81,17 @@ void run_tasks(const cpu::AttentionArgs& args, cpu::AttentionFn fn, std::vector<
     fn(args, tasks.data(), n);
     return;
   }
-  std::atomic<int64_t> next{0};
+  std::vector<std::vector<int64_t>> pools(home.empty() ? 1 : threads);
+  for (const int64_t t : tasks) pools[home.empty() ? 0 : std::min<int64_t>(home[t], threads - 1)].push_back(t);
+  const int64_t np = static_cast<int64_t>(pools.size());
+  std::unique_ptr<std::atomic<int64_t>[]> next(new std::atomic<int64_t>[np]);
+  for (int64_t p = 0; p < np; ++p) next[p] = 0;
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t)
-      for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(args, tasks.data() + i, 1);
+    for (int64_t me = begin; me < end; ++me)
+      for (int64_t k = 0; k < np; ++k) {
+        const int64_t p = (me + k) % np, size = static_cast<int64_t>(pools[p].size());
+        for (int64_t i = next[p].fetch_add(1); i < size; i = next[p].fetch_add(1)) fn(args, pools[p].data() + i, 1);
+      }
   });
 }
 
@@ -246,7 +258,11 @@ at::Tensor attention_varlen_cpu(const at::Tensor& q_in, const at::Tensor& k_in, 
     const int64_t len = c[t / H + 1] - c[t / H];
     cost[t] = len * (len + 1);
   }
-  run_tasks(a, select_kernel(a), std::move(tasks), cost);
+  // Home thread of a sequence: the share of the T rows its middle token falls in.
+  const int64_t threads = at::get_num_threads();
+  std::vector<int64_t> home(B * H);
+  for (int64_t t = 0; t < B * H; ++t) home[t] = T > 0 ? (c[t / H] + c[t / H + 1]) * threads / (2 * T) : 0;
+  run_tasks(a, select_kernel(a), std::move(tasks), cost, home);
   return out;
 }
 
