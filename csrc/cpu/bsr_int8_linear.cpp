@@ -90,10 +90,11 @@ void check_weight_sum(const at::Tensor& weight_sum, int64_t N) {
 // while it is still in L1/L2. The default split (quantize every row, then every thread multiplies
 // all rows by its block rows) writes the whole quantized x out and reads it back from L3, and with
 // inputs as wide as the outputs or wider that pass was as long as the product: 3072->768 at 90%
-// 32x32, 1024 rows, 2 threads, AMD Zen 4: 0.89 ms pipelined against 0.91-1.67 ms (the slower
-// figure in about half the processes), bit for bit the same result. Each thread then reads every
-// stored weight, so the weights must fit in L2 beside the chunk; with inputs narrower than the
-// outputs (768->3072) the default split was as fast or faster.
+// 32x32, 1024 rows, 2 threads, AMD Zen 4, alternating runs: 0.90-1.05 ms pipelined against
+// 1.02-1.88 ms (the higher figures in the VM's slow phases, where what one thread wrote costs the
+// other most to read), bit for bit the same result. Each thread then reads every stored weight,
+// so the weights must fit in L2 beside the chunk; with inputs narrower than the outputs
+// (768->3072, the QKV projection) a row split of those layers too lost 12% at 8x128 in the model.
 constexpr int64_t kPipelineMinRows = 128;
 constexpr int64_t kPipelineMaxWeightBytes = int64_t(1) << 20;
 constexpr int64_t kPipelineChunkBytes = 64 * 1024;  // quantized rows of x per chunk
@@ -103,7 +104,9 @@ bool row_pipelined(int64_t M, int64_t weight_bytes, int64_t K, int64_t N) {
          weight_bytes <= kPipelineMaxWeightBytes && K >= N;
 }
 
-// Rows per chunk: a whole number of register tiles (12 rows on AVX-512), at least one.
+constexpr int64_t kVnniTileRows = 12;  // rows of the VNNI kernel's widest tile (avx512_mr_max(2))
+
+// Rows per chunk: a whole number of register tiles, at least one.
 int64_t pipeline_chunk_rows(int64_t ldq, int64_t tile_rows) {
   const int64_t r = kPipelineChunkBytes / ldq / tile_rows * tile_rows;
   return r < tile_rows ? tile_rows : r;
@@ -184,17 +187,21 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
     range[1] = std::max(0.f, hi.item<float>());
   }
   const float* rp = aq.per_tensor ? range : nullptr;
-  const auto quantize = [&](int64_t m0, int64_t m1) {
-    kern.quantize(xp, lda, bf16, m0, m1, K, qp, ldq, sp, zp, aq.asymmetric, rp);
-    // A row with Inf or NaN keeps its NaN scale (the call raises once the region is over); its
-    // zero point and values are zeroed so that nothing reads unwritten memory before that.
+  const int64_t xbytes = bf16 ? 2 : 4;
+  // Rows [m0, m1) of x into `out` (row m0 first) and their scales and zero points from sp + m0,
+  // zp + m0. A row with Inf or NaN keeps its NaN scale (the call raises once the region is over);
+  // its zero point and values are zeroed so that nothing reads unwritten memory before that.
+  const auto quantize_rows = [&](int64_t m0, int64_t m1, uint8_t* out) {
+    const void* x0 = static_cast<const char*>(xp) + m0 * lda * xbytes;
+    kern.quantize(x0, lda, bf16, 0, m1 - m0, K, out, ldq, sp + m0, zp + m0, aq.asymmetric, rp);
     for (int64_t m = m0; m < m1; ++m) {
       if (std::isnan(sp[m])) {
         zp[m] = 0;
-        std::memset(qp + m * ldq, 0, ldq);
+        std::memset(out + (m - m0) * ldq, 0, ldq);
       }
     }
   };
+  const auto quantize = [&](int64_t m0, int64_t m1) { quantize_rows(m0, m1, qp + m0 * ldq); };
   const auto check_quantized = [&] {
     for (int64_t m = 0; m < M; ++m)
       TORCH_CHECK_VALUE(!std::isnan(sp[m]), "x holds Inf or NaN in row ", m,
@@ -204,21 +211,13 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
     // Each chunk is a call of its own on rows [c0, c0 + rows): x from the thread's buffer, y,
     // the row scales and zero points offset to those rows; a row that cannot be quantized is
     // multiplied as zeros and the call raises once every thread is done, as below.
-    const int64_t chunk = pipeline_chunk_rows(ldq, 12);
-    const int64_t xbytes = bf16 ? 2 : 4;
+    const int64_t chunk = pipeline_chunk_rows(ldq, kVnniTileRows);
     at::parallel_for(0, M, chunk, [&](int64_t b, int64_t e) {
       thread_local std::vector<uint8_t> qbuf;
       qbuf.resize(chunk * ldq);
       for (int64_t c0 = b; c0 < e; c0 += chunk) {
         const int64_t rows = std::min(chunk, e - c0);
-        const void* xc = static_cast<const char*>(xp) + c0 * lda * xbytes;
-        kern.quantize(xc, lda, bf16, 0, rows, K, qbuf.data(), ldq, sp + c0, zp + c0, aq.asymmetric, rp);
-        for (int64_t m = 0; m < rows; ++m) {
-          if (std::isnan(sp[c0 + m])) {
-            zp[c0 + m] = 0;
-            std::memset(qbuf.data() + m * ldq, 0, ldq);
-          }
-        }
+        quantize_rows(c0, c0 + rows, qbuf.data());
         cpu::BsrLinearArgs sub = args;
         sub.x = qbuf.data();
         sub.M = rows;
