@@ -944,7 +944,10 @@ def table_rows(specs: list[Spec], results, shapes) -> list[dict]:
 
 
 def baseline_commit(directory: str) -> str:
-    """`` (git commit X)`` when the directory is a git checkout, else empty."""
+    """`` (git commit X)`` when the directory is the top of a git checkout or worktree, else empty (a
+    plain directory inside another checkout would otherwise report that checkout's commit)."""
+    if not (Path(directory) / ".git").exists():
+        return ""
     try:
         out = subprocess.run(["git", "-C", directory, "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=10)

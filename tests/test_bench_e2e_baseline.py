@@ -54,3 +54,11 @@ def test_baseline_run_imports_the_other_package(tmp_path):
     assert rows["sb_p32_int8@base"]["info"]["package"] == str(base / "sparsebert")
     assert rows["sb_p32_int8"]["info"]["package"] == str(ROOT / "sparsebert")
     assert rows["sb_p32_int8@base"]["ms"] > 0 and rows["sb_p32_int8"]["ms"] > 0
+
+
+def test_baseline_commit_only_for_a_checkout_top(bench_e2e, tmp_path):
+    inside = ROOT / "benchmarks"  # inside this checkout, not its top
+    assert bench_e2e.baseline_commit(str(inside)) == ""
+    assert bench_e2e.baseline_commit(str(tmp_path)) == ""
+    if (ROOT / ".git").exists():
+        assert bench_e2e.baseline_commit(str(ROOT)).startswith(" (git commit ")
