@@ -36,6 +36,7 @@ bool amx_int8_eligible(const cpu::BsrLinearArgs& a) {
 struct Int8Kernels {
   cpu::QuantizeRowsFn quantize;
   cpu::BsrLinearFn gemm;
+  bool vnni = false;  // the AVX-512 VNNI kernel: the one the row-pipelined split was measured with
 };
 
 // INT8 kernels per level: VNNI needs AVX512_VNNI, which every CPU of the avx512bf16 level has;
@@ -49,7 +50,7 @@ Int8Kernels select_int8(Isa isa, bool f32, const cpu::BsrLinearArgs& args) {
       [[fallthrough]];
     case Isa::kAvx512Bf16:
       return {cpu::quantize_rows_avx512,
-              f32 ? cpu::bsr_int8_linear_f32_avx512vnni : cpu::bsr_int8_linear_bf16_avx512vnni};
+              f32 ? cpu::bsr_int8_linear_f32_avx512vnni : cpu::bsr_int8_linear_bf16_avx512vnni, true};
     case Isa::kAvx512:
       return {cpu::quantize_rows_avx512, f32 ? cpu::bsr_int8_linear_f32_avx2 : cpu::bsr_int8_linear_bf16_avx2};
     case Isa::kAvx2:
@@ -159,8 +160,7 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   const int64_t ldq = ceil_div(ncb * bc + 4, 64) * 64;
   const Isa isa = active_isa();  // read once per call (it looks at SPARSEBERT_ISA)
   const Int8Kernels kern = select_int8(isa, x.scalar_type() == at::kFloat, call.args);
-  const bool vnni = kern.gemm == cpu::bsr_int8_linear_f32_avx512vnni || kern.gemm == cpu::bsr_int8_linear_bf16_avx512vnni;
-  const bool pipelined = vnni && !rows_kernel_eligible(isa, br, bc) && row_pipelined(M, values.numel(), K, N);
+  const bool pipelined = kern.vnni && !rows_kernel_eligible(isa, br, bc) && row_pipelined(M, values.numel(), K, N);
   at::Tensor q = at::empty({pipelined ? 0 : M, ldq}, x.options().dtype(at::kByte));
   at::Tensor row_scale = at::empty({M}, x.options().dtype(at::kFloat));
   at::Tensor row_zero = at::empty({M}, x.options().dtype(at::kInt));
@@ -226,7 +226,7 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
         sub.y = static_cast<char*>(args.y) + c0 * args.ldy * static_cast<int64_t>(call.y.element_size());
         sub.row_scale = sp + c0;
         sub.row_zero = zp + c0;
-        sub.stream_y = false;
+        sub.stream_y = false;  // a chunk's rows of y are read next (by attention or LayerNorm) from the caches
         kern.gemm(sub, 0, nb, 0, rows);
       }
     });
