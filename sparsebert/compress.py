@@ -387,24 +387,29 @@ def _swapped(model: nn.Module, modules: dict[str, nn.Module]):
 
 def _time_formats(linear: nn.Linear, formats: list[str], cfg: CompressConfig, tokens: int, cache: TimingCache,
                   empty_share: float) -> dict[str, float]:
-    """Median seconds of each format at this layer's shape, from the cache when it has them."""
+    """Median seconds of each format at this layer's shape, all timed in one interleaved run.
+
+    The formats are one comparison: the cache holds them under keys naming the whole group,
+    and when any of them is missing all are timed again together. A time is never compared
+    with one taken in another run (another minute of a noisy machine, another process beside
+    it): one slow moment cached for one format would otherwise decide every later compress."""
+    formats = sorted(set(formats))
     shape = [linear.out_features, linear.in_features]
     density = round(1.0 - empty_share, 2)
     keys = {}
     for fmt in formats:
         sparse = fmt in ("sparse", "sparse_int8")
-        keys[fmt] = cache.key(format=fmt, shape=shape, tokens=tokens, dtype=cfg.dtype,
+        keys[fmt] = cache.key(format=fmt, group=formats, shape=shape, tokens=tokens, dtype=cfg.dtype,
                               block=list(cfg.block_size) if sparse else None, density=density if sparse else None)
-    missing = [f for f in formats if cache.get(keys[f]) is None]
-    if missing:
+    if any(cache.get(keys[f]) is None for f in formats):
         x = torch.randn(tokens, linear.in_features).to(DTYPES[cfg.dtype])
         # INT8 formats are timed in per-token mode: the other modes run the same GEMM plus an
         # elementwise pass, so one time per format keeps the cache key free of the mode.
-        modules = {f: _build(Choice(f, "per_token"), linear, cfg) for f in missing}
+        modules = {f: _build(Choice(f, "per_token"), linear, cfg) for f in formats}
         with torch.inference_mode():
             timing = time_methods([Method(f, lambda i, m=m: m(x)) for f, m in modules.items()],
                                   min_rounds=5, max_rounds=50, min_seconds=0.03)
-        for f in missing:
+        for f in formats:
             cache.put(keys[f], timing.median(f))
     return {f: cache.get(keys[f]) for f in formats}
 
@@ -562,7 +567,7 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *, filter_f
         ladder = _ladder(layers[name]["structure"], calibrated, cfg.act_quant)
         if len(ladder) > 1:  # a rung slower than a more accurate one above it is never worth taking
             info = layers[name]
-            info["timings"].update(_time_formats(pruned[name], sorted({c.format for c in ladder}), cfg, tokens,
+            info["timings"].update(_time_formats(pruned[name], [c.format for c in ladder] + ["dense"], cfg, tokens,
                                                  timing_cache, info["empty_share"]))
             ladder = _prune_ladder(ladder, info["timings"])
         ladders[name] = ladder
@@ -578,8 +583,9 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *, filter_f
         choice = ladders[name][level[name]]
         new_modules[name] = _build(choice, pruned[name], cfg, absmax.get(name))
         info = layers[name]
-        fmt_time = _time_formats(pruned[name], [choice.format], cfg, tokens, timing_cache, info["empty_share"])
-        info["timings"].update(fmt_time)
+        if choice.format not in info["timings"]:  # every rung was timed above; kept for safety
+            info["timings"].update(_time_formats(pruned[name], [choice.format, "dense"], cfg, tokens, timing_cache,
+                                                 info["empty_share"]))
         info.update(format=choice.format, act_quant=choice.act_quant if choice.format in ("int8", "sparse_int8")
                     else None, smooth=choice.smooth, reason=_reason(choice, info, cfg, level[name], tokens))
         info["speedup"] = info["timings"]["dense"] / info["timings"][choice.format]

@@ -93,7 +93,7 @@ class TimingCache:
     unreadable file is an empty cache; writes go through a temporary file and a rename, so a
     concurrent reader never sees half a file."""
 
-    VERSION = 1
+    VERSION = 2  # 2: keys name the group of formats timed together (1's mixed runs: dropped)
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = None if path is None else Path(path)

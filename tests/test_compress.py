@@ -2,6 +2,7 @@
 ladder, the timing cache, atomic failure, and bad input."""
 
 import copy
+import json
 import re
 import sys
 import warnings
@@ -178,6 +179,37 @@ def test_timing_cache_makes_the_second_compress_measure_nothing(tmp_path, monkey
     cache.write_text("{not json")  # a damaged cache is an empty one
     compress(tiny_bert(), CompressConfig(int8="dynamic"), cache=str(cache))
     assert calls
+
+
+def test_formats_are_compared_only_within_one_timing_run(tmp_path, monkeypatch):
+    # A time cached by one compress is never set against a time taken by another: the second
+    # compress asks for a new group of formats (INT8 added), so it times dense again beside them.
+    groups = []
+    real = compress_mod.time_methods
+    monkeypatch.setattr(compress_mod, "time_methods",
+                        lambda methods, **k: groups.append({m.name for m in methods}) or real(methods, **k))
+    cache = tmp_path / "t.json"
+    compress(tiny_bert(), CompressConfig(sparsity=0.5, block_size=(16, 16)), cache=str(cache))
+    assert groups and all(g == {"dense", "sparse"} for g in groups)
+    groups.clear()
+    compress(tiny_bert(), CompressConfig(sparsity=0.5, block_size=(16, 16), int8="dynamic"), cache=str(cache))
+    assert groups and all("dense" in g and len(g) > 1 for g in groups), groups
+
+
+def test_one_slow_cached_time_does_not_decide_later_compresses(tmp_path):
+    # Caches of the earlier format (one entry per format, whatever run it came from) are
+    # dropped: a 10 s time left there for INT8 no longer keeps a layer dense.
+    from sparsebert.measure import TimingCache
+
+    cache = tmp_path / "t.json"
+    old = TimingCache(None)
+    key = json.loads(old.key(format="int8", shape=[64, 64], tokens=128, dtype="float32", block=None, density=None))
+    cache.write_text(json.dumps({"version": 1, "timings": {json.dumps(key, sort_keys=True): 10.0}}))
+    model = compress(tiny_bert(), CompressConfig(int8="dynamic", kernel="auto"), cache=str(cache))
+    layers = model.sparsebert_state["layers"]
+    assert all(t < 1.0 for info in layers.values() for t in info["timings"].values()), layers
+    assert json.loads(cache.read_text())["version"] == TimingCache.VERSION == 2
+    assert all('"group"' in k for k in json.loads(cache.read_text())["timings"])
 
 
 def test_unstructured_zeros_warn():
