@@ -182,7 +182,7 @@ class Runner:
         attn = self.args.attention_precision if block is not None or int8 or unpadded_dense else "fp32"
         row_key = f"{key}|{'int8' if int8 else 'fp32'}{'|calibrated' if int8 and self.args.calibrate else ''}" \
                   f"{'|unpadded' if unpadded_dense else ''}{f'|attention-{attn}' if attn != 'fp32' else ''}"
-        if row_key in self.results and not self.fresh:
+        if row_key in self.results and not self.fresh and not self.args.remeasure:
             return self.results[row_key]
         self.check_budget(90)
         sparsity = prune.model_block_sparsity(model, block) if block else 0.0
@@ -431,6 +431,9 @@ def parser() -> argparse.ArgumentParser:
                         "instead of every layer per-token INT8")
     p.add_argument("--attention-precision", default="fp32", choices=["fp32", "bf16", "int8"],
                    help="attention precision of the compressed rows (CompressConfig.attention_precision)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="evaluate and time every row again (trained models still come from the cache) and store "
+                        "the new figures")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)

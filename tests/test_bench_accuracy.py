@@ -47,6 +47,20 @@ def test_quick_profile_trains_caches_and_reruns(bench_accuracy, tmp_path, capsys
     table = [line for line in out.splitlines() if line.startswith("|")]  # not the header: it samples the machine
     assert len(table) == 2 + len(names) and [line for line in out2.splitlines() if line.startswith("|")] == table
 
+    # --remeasure: the same models from the cache, every row evaluated and timed again and stored.
+    results = bench_accuracy.results_path(bench_accuracy.parser().parse_args(argv))
+    before = json.loads(results.read_text())
+    for row in before.values():
+        row["speedup"] = -1.0  # a figure no measurement gives
+    results.write_text(json.dumps(before))
+    assert bench_accuracy.main(argv + ["--remeasure"]) == 0
+    out3, err3 = capsys.readouterr()
+    assert "training " not in err3 and err3.count("%") >= len(names) - 1  # one line per evaluated row
+    after = json.loads(results.read_text())
+    assert set(after) == set(before) and all(r["speedup"] > 0 for r in after.values())
+    assert all(after[k]["accuracy"] == before[k]["accuracy"] for k in after)  # same models, same test set
+    rows = list(after.values())  # the figures the pick below reads
+
     # The demo's pick: the fastest recovered row within 2 points, or the most accurate one.
     args = bench_accuracy.parser().parse_args(argv)
     dense_row, pick = bench_accuracy.cached_pick(args)
