@@ -40,7 +40,7 @@ from common import Method, fmt_ms, header, markdown_table, time_methods, write_j
 
 import sparsebert  # noqa: E402
 from sparsebert import CompressConfig, prune  # noqa: E402
-from sparsebert.recover import Recipe, TimeLimitReached, accuracy, collate, encode, recover  # noqa: E402
+from sparsebert.recover import Recipe, TimeLimitReached, accuracy, collate, encode, mask_tokens, recover  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / "build" / "bench_accuracy"
@@ -151,8 +151,9 @@ class Runner:
         if left is not None and left < need:
             raise OutOfBudget()
 
-    def trained(self, key: str, build, teacher, recipe: Recipe):
-        """The model of ``key``: from the cache, or ``build()`` trained with ``recipe``."""
+    def trained(self, key: str, build, teacher, recipe: Recipe, data=None):
+        """The model of ``key``: from the cache, or ``build()`` trained with ``recipe`` on
+        ``data`` (default: the training set)."""
         d = model_dir(self.args, key)
         if (d / "model.safetensors").is_file():
             return prune.from_pretrained(d)
@@ -162,7 +163,7 @@ class Runner:
         print(f"training {key}: {recipe.steps} steps", file=sys.stderr)
         t0 = time.perf_counter()
         try:
-            recover(model, teacher, self.train, recipe, checkpoint=ckpt, checkpoint_every=25,
+            recover(model, teacher, self.train if data is None else data, recipe, checkpoint=ckpt, checkpoint_every=25,
                     time_limit=None if self.budget is None else max(1.0, self.left() - 20))
         except TimeLimitReached:
             raise OutOfBudget() from None
@@ -277,7 +278,11 @@ def run(args) -> list[dict]:
 
     tag = f"{steps}-{args.scope}-lr{args.lr}"
     ramp = f"-ramp{args.ramp_end}" if args.ramp_end != 0.7 else ""
-    kd = f"kd{args.distill}-h{args.hidden}"
+    kd = f"kd{args.distill}-h{args.hidden}" + (f"-aug{args.augment}" if args.augment else "")
+    # The distilled models' data: the labelled sentences plus, with --augment, unlabelled copies
+    # with 15% of the word pieces masked, on which the teacher's logits are the only target.
+    distill_data = train + mask_tokens(train, runner.tok.mask_token_id, 0.15, args.augment, args.seed) \
+        if args.augment else train
     blocks = [tuple(int(v) for v in b.split("x")) for b in args.blocks.split(",")]
     for block in blocks:
         bname = f"{block[0]}x{block[1]}"
@@ -285,8 +290,9 @@ def run(args) -> list[dict]:
             key = f"recover-{bname}-{s}-{tag}-{kd}{ramp}"
             model = runner.trained(key, lambda: copy.deepcopy(dense), dense,
                                    recipe_for(args, sparsity=s, block_size=block, distill_weight=args.distill,
-                                              hidden_weight=args.hidden, ramp_end=args.ramp_end))
-            label = f"{s:.0%} {bname} recovered" + (f" (ramp to {args.ramp_end:.0%} of steps)" if ramp else "")
+                                              hidden_weight=args.hidden, ramp_end=args.ramp_end), distill_data)
+            label = f"{s:.0%} {bname} recovered" + (f" (ramp to {args.ramp_end:.0%} of steps)" if ramp else "") \
+                + (f", {args.augment} masked cop{'y' if args.augment == 1 else 'ies'} per sentence" if args.augment else "")
             for int8 in (False, True):
                 rows.append(runner.evaluate(label, key, model, block, int8, dense))
         for s in args.oneshot:
@@ -313,7 +319,8 @@ def run(args) -> list[dict]:
             return m
 
         model = runner.trained(key, build, dense, recipe_for(args, sparsity=s, distill_weight=args.distill,
-                                                             hidden_weight=args.hidden, ramp_end=args.ramp_end))
+                                                             hidden_weight=args.hidden, ramp_end=args.ramp_end),
+                               distill_data)
         label = f"{heads:.0%} heads + {neurons:.0%} FFN removed, {s:.0%} 32x32 recovered"
         for int8 in (False, True):
             rows.append(runner.evaluate(label, key, model, (32, 32), int8, dense))
@@ -421,6 +428,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", default="layer", choices=["layer", "global"], help="where the pruned blocks go")
     p.add_argument("--distill", type=float, default=1.0, help="weight of the soft-logit distillation loss")
     p.add_argument("--hidden", type=float, default=0.0, help="weight of the hidden-state MSE loss")
+    p.add_argument("--augment", type=int, default=0,
+                   help="distill also on N unlabelled copies of each training sentence with 15%% of the word pieces "
+                        "masked (a transfer set; the same number of steps)")
     p.add_argument("--ramp-end", type=float, default=0.7, help="share of the steps over which sparsity ramps up")
     p.add_argument("--no-structured", dest="structured", action="store_false")
     p.add_argument("--structured-heads", type=float, default=0.25, help="share of attention heads removed")
@@ -455,7 +465,9 @@ def main(argv=None):
     if args.steps is None:
         args.steps = 120 if args.quick else epoch
     args.sparsities = [float(v) for v in (args.sparsities or ("0.8" if args.quick else "0.5,0.7,0.8,0.9")).split(",")]
-    args.oneshot = [float(v) for v in (args.oneshot or ("0.8" if args.quick else "0.8,0.9")).split(",") if v]
+    if args.oneshot is None:  # "" asks for none
+        args.oneshot = "0.8" if args.quick else "0.8,0.9"
+    args.oneshot = [float(v) for v in args.oneshot.split(",") if v]
     if args.quick:
         args.structured = False
     try:
@@ -473,7 +485,8 @@ def main(argv=None):
                     f"(dense) / {args.lr} (pruned), 10% warm-up then linear decay; cubic ramp over the first "
                     f"{args.ramp_end:.0%}, "
                     f"masks every 10 steps, {args.scope} scope; distillation weight {args.distill} (T=2), hidden "
-                    f"MSE weight {args.hidden}",
+                    f"MSE weight {args.hidden}"
+                    + (f"; transfer set: {args.augment} masked copies per sentence (15%)" if args.augment else ""),
         "speed": "3 batches of 32 length-sorted test sentences; compressed models unpadded; same-run ratio",
         "int8": "calibrated per-layer choice (compress example_inputs)" if args.calibrate else
                 "every encoder layer INT8 dynamic per-token (no calibration)",

@@ -17,7 +17,9 @@ On return the model holds plain ``nn.Linear`` layers with zeros in place, which
 ``sparsebert.compress`` turns into block-sparse kernels.
 
 Data: a list of examples, each a dict with ``input_ids`` (a list of ints or a 1-D tensor) and an
-int ``labels``; :func:`encode` builds it from texts and labels with a tokenizer.
+int ``labels``; :func:`encode` builds it from texts and labels with a tokenizer. When the recipe
+distills, examples may come without ``labels``: a transfer set (unlabelled or augmented text,
+:func:`mask_tokens`) whose only targets are the teacher's outputs.
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ from .nn.masked_linear import MaskedLinear, mask_linears, unmask_linears
 from .ops.bsr_format import check_block_size
 from .prune import encoder_linears, model_block_sparsity, model_masks, rounding_slack
 
-__all__ = ["Recipe", "recover", "cubic_sparsity", "encode", "collate", "accuracy", "activation_absmax",
-           "TimeLimitReached", "CHECKPOINT_VERSION"]
+__all__ = ["Recipe", "recover", "cubic_sparsity", "encode", "collate", "mask_tokens", "accuracy",
+           "activation_absmax", "TimeLimitReached", "CHECKPOINT_VERSION", "IGNORE_LABEL"]
 
 CHECKPOINT_VERSION = 1
+IGNORE_LABEL = -100  # collate's label for an example without one (cross_entropy's ignore_index)
 RECOVER_METHODS = ("magnitude", "movement")
 SCOPES = ("global", "layer")
 
@@ -189,7 +192,8 @@ def encode(tokenizer, texts: Sequence[str], labels: Sequence[int] | None = None,
 
 
 def collate(examples: Sequence[Mapping], pad_id: int = 0) -> dict:
-    """A padded batch ``{"input_ids", "attention_mask"[, "labels"]}`` of examples."""
+    """A padded batch ``{"input_ids", "attention_mask"[, "labels"]}`` of examples; ``labels``
+    when any example has one, :data:`IGNORE_LABEL` for those without."""
     rows = [torch.as_tensor(e["input_ids"], dtype=torch.long).flatten() for e in examples]
     n = max(len(r) for r in rows)
     ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
@@ -198,12 +202,38 @@ def collate(examples: Sequence[Mapping], pad_id: int = 0) -> dict:
         ids[i, : len(r)] = r
         mask[i, : len(r)] = 1
     batch = {"input_ids": ids, "attention_mask": mask}
-    if all("labels" in e for e in examples):
-        batch["labels"] = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long)
+    if any("labels" in e for e in examples):
+        batch["labels"] = torch.tensor([int(e["labels"]) if "labels" in e else IGNORE_LABEL for e in examples],
+                                       dtype=torch.long)
     return batch
 
 
-def _check_data(data, num_labels: int, need_labels: bool) -> list[Mapping]:
+def mask_tokens(examples: Sequence[Mapping], mask_id: int, share: float = 0.15, copies: int = 1, seed: int = 0,
+                keep_ends: bool = True) -> list[dict]:
+    """Unlabelled variants of ``examples`` for a distillation transfer set: ``copies`` per example,
+    each token replaced by ``mask_id`` (the tokenizer's ``mask_token_id``) with probability
+    ``share`` (the first and last token, [CLS] and [SEP], kept when ``keep_ends``), seeded. The
+    teacher's outputs on them are the student's targets (their labels may no longer hold)."""
+    _number("share", share, 0.0, 1.0)
+    _number("copies", copies, 1, integer=True)
+    _number("seed", seed, 0, integer=True)
+    if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
+        raise ValueError(f"mask_id must be a token id (an int >= 0), got {mask_id!r}")
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(copies):
+        for e in examples:
+            ids = torch.as_tensor(e["input_ids"], dtype=torch.long).flatten().clone()
+            hit = torch.rand(len(ids), generator=g) < share
+            if keep_ends:
+                hit[0] = hit[-1] = False
+            ids[hit] = mask_id
+            out.append({"input_ids": ids.tolist()})
+    return out
+
+
+def _check_data(data, num_labels: int, need_labels: bool, need_some: bool = False,
+                unlabelled_hint: str = "") -> list[Mapping]:
     if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
         raise TypeError(f"data must be a list of examples (dicts with input_ids and labels), got {type(data).__name__}")
     data = list(data)
@@ -214,13 +244,17 @@ def _check_data(data, num_labels: int, need_labels: bool) -> list[Mapping]:
             raise ValueError(f"example {i} must be a dict with 'input_ids', got {type(e).__name__}")
         if len(e["input_ids"]) == 0:
             raise ValueError(f"example {i} has no input_ids")
-        if need_labels or "labels" in e:
-            lab = e.get("labels")
+        if need_labels and "labels" not in e:
+            raise ValueError(f"example {i} has no 'labels'{unlabelled_hint}")
+        if "labels" in e:
+            lab = e["labels"]
             if isinstance(lab, Tensor) and lab.numel() == 1:
                 lab = lab.item()
             if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab < num_labels:
                 raise ValueError(f"example {i}: label {lab!r} is not one of the head's {num_labels} classes "
                                  f"(ints in [0, {num_labels}))")
+    if need_some and not any("labels" in e for e in data):
+        raise ValueError("no example has labels, but task_weight > 0: label some or set task_weight=0")
     return data
 
 
@@ -350,8 +384,13 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
     which the checkpoint is saved and :class:`TimeLimitReached` raised. ``log``: a list that
     gets ``{"step", "loss", "sparsity", "lr"}`` per step.
 
+    ``data`` may hold examples without ``labels`` when the recipe distills: on those the loss is
+    the distillation terms only (a transfer set, e.g. :func:`mask_tokens` of the labelled ones;
+    the task loss averages over the labelled examples of each batch).
+
     Raises before training: TypeError for a model or teacher of the wrong kind, ValueError for an
-    empty data set, labels outside the head's classes, a target density above the current one,
+    empty data set, labels outside the head's classes, unlabelled examples when nothing distills
+    (or no labelled one when ``task_weight > 0``), a target density above the current one,
     a teacher of another vocabulary or hidden size. During training a non-finite loss or gradient
     raises FloatingPointError naming the step; the model keeps the weights of the last good step
     (and the checkpoint file its last save).
@@ -361,7 +400,11 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
         raise TypeError(f"schedule must be a Recipe, got {type(recipe).__name__}")
     recipe.validate()
     _check_models(model, teacher, recipe)
-    data = _check_data(data, model.config.num_labels, need_labels=recipe.task_weight > 0)
+    # Without labels an example is transfer data: only the teacher's outputs train on it.
+    data = _check_data(data, model.config.num_labels, need_labels=not recipe.distills,
+                       need_some=recipe.task_weight > 0,
+                       unlabelled_hint=": examples without labels are transfer data, which needs a recipe that "
+                                       "distills from a teacher")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
     if time_limit is not None:
@@ -449,8 +492,8 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
             labels = batch.pop("labels", None)
             out = model(**batch, output_hidden_states=recipe.hidden_weight > 0)
             loss = torch.zeros(())
-            if recipe.task_weight > 0:
-                loss = loss + recipe.task_weight * F.cross_entropy(out.logits, labels)
+            if recipe.task_weight > 0 and labels is not None and bool((labels != IGNORE_LABEL).any()):
+                loss = loss + recipe.task_weight * F.cross_entropy(out.logits, labels, ignore_index=IGNORE_LABEL)
             if teacher is not None and recipe.distills:
                 with torch.no_grad():
                     t_out = teacher(**batch, output_hidden_states=recipe.hidden_weight > 0)

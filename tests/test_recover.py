@@ -11,8 +11,8 @@ import torch
 
 import sparsebert
 from sparsebert import cli, prune
-from sparsebert.recover import (Recipe, TimeLimitReached, accuracy, activation_absmax, collate, cubic_sparsity,
-                                recover)
+from sparsebert.recover import (IGNORE_LABEL, Recipe, TimeLimitReached, accuracy, activation_absmax, collate,
+                                cubic_sparsity, mask_tokens, recover)
 from model_helpers import tiny_bert
 
 BLOCK = (16, 16)
@@ -128,6 +128,65 @@ def test_training_learns_and_distillation_pulls_to_the_teacher():
     recover(s2, t2, data, _recipe(sparsity=None, task_weight=0, steps=60, lr=2e-3), progress=False)
     with torch.no_grad():
         assert gap() < 0.5 * g0
+
+
+def test_mask_tokens():
+    data = _data(6)
+    same = mask_tokens(data, mask_id=3, share=0.0)
+    assert [e["input_ids"] for e in same] == [list(e["input_ids"]) for e in data]
+    assert all("labels" not in e for e in same)
+    full = mask_tokens(data, mask_id=3, share=1.0, copies=2)
+    assert len(full) == 12
+    for e, src in zip(full, data + data):
+        ids = src["input_ids"]
+        assert e["input_ids"] == [ids[0]] + [3] * (len(ids) - 2) + [ids[-1]]  # [CLS] and [SEP] stay
+    a, b = mask_tokens(data, 3, 0.5, seed=1), mask_tokens(data, 3, 0.5, seed=1)
+    assert a == b and a != mask_tokens(data, 3, 0.5, seed=2)
+    masked = sum(t == 3 for e in a for t in e["input_ids"])
+    inner = sum(len(e["input_ids"]) - 2 for e in data)
+    assert 0.25 * inner < masked < 0.75 * inner
+    for kw, match in ((dict(share=1.5), "share"), (dict(copies=0), "copies"), (dict(mask_id=-1), "mask_id"),
+                      (dict(mask_id=True), "mask_id")):
+        with pytest.raises(ValueError, match=match):
+            mask_tokens(data, **{"mask_id": 3, **kw})
+
+
+def test_transfer_examples_train_on_the_teacher_only():
+    # The loss of a batch of labelled and unlabelled examples is the cross-entropy over the
+    # labelled ones plus the distillation over all of them (no dropout: the loss is exact).
+    teacher = tiny_bert("BertForSequenceClassification", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.classifier.parameters():
+            p.add_(torch.randn_like(p))
+    labelled, transfer = _data(8), mask_tokens(_data(8, seed=1), mask_id=4, share=0.3)
+    data = labelled + transfer
+    batch = collate(data)
+    assert batch["labels"][:8].tolist() == [e["labels"] for e in labelled]
+    assert batch["labels"][8:].eq(IGNORE_LABEL).all()
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        s, t = student(**batch).logits, teacher(**batch).logits
+    T = 2.0
+    kd = torch.nn.functional.kl_div(torch.log_softmax(s / T, -1), torch.softmax(t / T, -1), reduction="batchmean")
+    want = torch.nn.functional.cross_entropy(s[:8], labels[:8]) + kd * T * T
+    log = []
+    recover(student, teacher, data, _recipe(sparsity=None, steps=1, batch_size=16, temperature=T), progress=False,
+            log=log)
+    assert log[0]["loss"] == pytest.approx(want.item(), rel=1e-5)
+    # transfer data alone, distillation only
+    recover(copy.deepcopy(teacher), teacher, transfer, _recipe(sparsity=None, steps=2, task_weight=0), progress=False)
+
+
+def test_transfer_examples_need_a_teacher():
+    student, teacher = _student_teacher()
+    data = _data(8) + mask_tokens(_data(2), mask_id=4)
+    with pytest.raises(ValueError, match="example 8 has no 'labels': examples without labels are transfer data"):
+        recover(student, None, data, _recipe(sparsity=None, distill_weight=0), progress=False)
+    with pytest.raises(ValueError, match="no example has labels, but task_weight > 0"):
+        recover(student, teacher, mask_tokens(_data(4), mask_id=4), _recipe(sparsity=None), progress=False)
+    with pytest.raises(ValueError, match="example 0 has no 'labels'$"):
+        accuracy(student, mask_tokens(_data(4), mask_id=4))
 
 
 def test_same_seed_same_weights_and_resume(tmp_path):
