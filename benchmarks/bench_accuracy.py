@@ -237,7 +237,8 @@ class Runner:
 
 
 def recipe_for(args, **kw) -> Recipe:
-    base = dict(steps=args.steps, batch_size=32, lr=args.lr, seed=args.seed, block_size=(32, 32), scope=args.scope)
+    base = dict(steps=args.steps, batch_size=32, lr=args.lr, seed=args.seed, block_size=(32, 32), scope=args.scope,
+                method=args.method)
     base.update(kw)
     return Recipe(**base)
 
@@ -276,7 +277,8 @@ def run(args) -> list[dict]:
     rows.append(runner.evaluate("dense fp32, unpadded encoder", dense_key, dense, None, False, dense, True))
     rows.append(runner.evaluate("dense", dense_key, dense, None, True, dense))
 
-    tag = f"{steps}-{args.scope}-lr{args.lr}"
+    tag = f"{steps}-{args.scope}-lr{args.lr}" + (f"-{args.method}" if args.method != "magnitude" else "")
+    how = f", {args.method} scores" if args.method != "magnitude" else ""
     ramp = f"-ramp{args.ramp_end}" if args.ramp_end != 0.7 else ""
     kd = f"kd{args.distill}-h{args.hidden}" + (f"-aug{args.augment}" if args.augment else "")
     # The distilled models' data: the labelled sentences plus, with --augment, unlabelled copies
@@ -291,20 +293,26 @@ def run(args) -> list[dict]:
             model = runner.trained(key, lambda: copy.deepcopy(dense), dense,
                                    recipe_for(args, sparsity=s, block_size=block, distill_weight=args.distill,
                                               hidden_weight=args.hidden, ramp_end=args.ramp_end), distill_data)
-            label = f"{s:.0%} {bname} recovered" + (f" (ramp to {args.ramp_end:.0%} of steps)" if ramp else "") \
+            label = f"{s:.0%} {bname} recovered{how}" + (f" (ramp to {args.ramp_end:.0%} of steps)" if ramp else "") \
                 + (f", {args.augment} masked cop{'y' if args.augment == 1 else 'ies'} per sentence" if args.augment else "")
             for int8 in (False, True):
                 rows.append(runner.evaluate(label, key, model, block, int8, dense))
         for s in args.oneshot:
             shot = copy.deepcopy(dense)
-            prune.prune_model(shot, s, block, scope=args.scope)
-            rows.append(runner.evaluate(f"{s:.0%} {bname} one-shot, no fine-tuning",
-                                        f"oneshot0-{bname}-{s}-{args.scope}-{dense_key}", shot,
-                                        block, False, dense))
+            if args.method == "activation":  # input norms over the first 8 batches, as recover takes them
+                calib = [collate(train[i:i + 32]) for i in range(0, 256, 32)]
+                prune.prune_model(shot, s, block, method="activation", scope=args.scope,
+                                  scores=prune.input_norms(dense, calib))
+            else:
+                prune.prune_model(shot, s, block, scope=args.scope)
+            rows.append(runner.evaluate(f"{s:.0%} {bname} one-shot{how}, no fine-tuning",
+                                        f"oneshot0-{bname}-{s}-{args.scope}-{dense_key}"
+                                        + (f"-{args.method}" if how else ""), shot, block, False, dense))
             key = f"oneshot-ft-{bname}-{s}-{tag}"
             model = runner.trained(key, lambda: copy.deepcopy(shot), None,
                                    recipe_for(args, sparsity=s, block_size=block, ramp_end=0.0, distill_weight=0.0))
-            rows.append(runner.evaluate(f"{s:.0%} {bname} one-shot + fine-tuning", key, model, block, False, dense))
+            rows.append(runner.evaluate(f"{s:.0%} {bname} one-shot{how} + fine-tuning", key, model, block, False,
+                                        dense))
 
     if args.structured:
         heads, neurons, s = args.structured_heads, args.structured_ffn, args.structured_sparsity
@@ -428,6 +436,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", default="layer", choices=["layer", "global"], help="where the pruned blocks go")
     p.add_argument("--distill", type=float, default=1.0, help="weight of the soft-logit distillation loss")
     p.add_argument("--hidden", type=float, default=0.0, help="weight of the hidden-state MSE loss")
+    p.add_argument("--method", default="magnitude", choices=["magnitude", "activation"],
+                   help="how blocks are ranked for pruning (Recipe.method; one-shot rows: the same scores)")
     p.add_argument("--augment", type=int, default=0,
                    help="distill also on N unlabelled copies of each training sentence with 15%% of the word pieces "
                         "masked (a transfer set; the same number of steps)")
@@ -484,7 +494,7 @@ def main(argv=None):
         "training": f"{args.steps} steps of batch 32 ({args.steps / epoch:.2f} epochs), AdamW peak lr {args.dense_lr} "
                     f"(dense) / {args.lr} (pruned), 10% warm-up then linear decay; cubic ramp over the first "
                     f"{args.ramp_end:.0%}, "
-                    f"masks every 10 steps, {args.scope} scope; distillation weight {args.distill} (T=2), hidden "
+                    f"masks every 10 steps, {args.scope} scope, {args.method} scores; distillation weight {args.distill} (T=2), hidden "
                     f"MSE weight {args.hidden}"
                     + (f"; transfer set: {args.augment} masked copies per sentence (15%)" if args.augment else ""),
         "speed": "3 batches of 32 length-sorted test sentences; compressed models unpadded; same-run ratio",

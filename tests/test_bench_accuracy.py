@@ -79,21 +79,24 @@ def test_nothing_cached_means_no_pick(bench_accuracy, tmp_path):
     assert bench_accuracy.demo(cache_dir=tmp_path) is None
 
 
-def test_augment_distills_on_masked_copies(bench_accuracy, tmp_path, capsys, monkeypatch):
+def test_augment_and_activation_scores(bench_accuracy, tmp_path, capsys, monkeypatch):
     seen = []
     real = bench_accuracy.recover
     monkeypatch.setattr(bench_accuracy, "recover", lambda m, t, data, r, **k: seen.append((t, data)) or real(m, t, data, r, **k))
-    argv = ["--steps", "2", "--test-limit", "32", "--sparsities", "0.5", "--oneshot", "", "--no-structured",
-            "--rounds", "1", "--augment", "2", "--cache-dir", str(tmp_path), "--json", str(tmp_path / "rows.json"),
+    argv = ["--steps", "2", "--test-limit", "32", "--sparsities", "0.5", "--oneshot", "0.5", "--no-structured",
+            "--rounds", "1", "--augment", "2", "--method", "activation", "--cache-dir", str(tmp_path), "--json", str(tmp_path / "rows.json"),
             "--plot", str(tmp_path / "p.png")]
     assert bench_accuracy.main(argv) == 0
     out = capsys.readouterr().out
-    assert "| 50% 32x32 recovered, 2 masked copies per sentence + INT8 |" in out
-    assert "transfer set: 2 masked copies per sentence" in out
-    (dense_teacher, dense_data), (teacher, data) = seen
+    assert "| 50% 32x32 recovered, activation scores, 2 masked copies per sentence + INT8 |" in out
+    assert "| 50% 32x32 one-shot, activation scores, no fine-tuning |" in out
+    assert "transfer set: 2 masked copies per sentence" in out and "activation scores" in out
+    (dense_teacher, dense_data), (teacher, data), (no_teacher, oneshot_data) = seen
+    assert no_teacher is None and oneshot_data == dense_data  # plain fine-tuning: no transfer set
     assert dense_teacher is None and teacher is not None
     labelled = [e for e in data if "labels" in e]
     assert labelled == dense_data and len(data) == 3 * len(labelled)  # the sentences, then two masked copies
     import json
     keys = [r["key"] for r in json.loads((tmp_path / "rows.json").read_text())["rows"]]
-    assert any(k.startswith("recover-") and k.endswith("-aug2") for k in keys)
+    assert any(k.startswith("recover-") and "-activation-" in k and k.endswith("-aug2") for k in keys)
+    assert any(k.startswith("oneshot0-") and k.endswith("-activation") for k in keys)

@@ -145,6 +145,44 @@ def test_movement_on_a_model():
         assert torch.equal(m, movement_mask(scores[n], 0.5, (16, 16)))
 
 
+def test_activation_scores_weigh_each_input_feature():
+    model = tiny_bert()
+    linears = prune.encoder_linears(model)
+    ones = {n: torch.ones(lin.in_features) for n, lin in linears.items()}
+    same = prune.model_masks(model, 0.5, (16, 16), method="activation", scores=ones)
+    for n, m in same.items():  # equal feature norms: block magnitude
+        assert torch.equal(m, block_magnitude_mask(linears[n].weight, 0.5, (16, 16)))
+    # One loud input feature: every block row keeps the block that reads it, which magnitude drops.
+    name = "encoder.layer.0.attention.output.dense"
+    w = linears[name].weight.detach()
+    quiet_col = int(prune.block_scores(w, (16, 16)).sum(0).argmin()) * 16
+    loud = {n: v.clone() for n, v in ones.items()}
+    loud[name][quiet_col] = 1e4
+    mask = prune.model_masks(model, 0.5, (16, 16), method="activation", scores=loud)[name]
+    assert mask[:, quiet_col].all() and not block_magnitude_mask(w, 0.5, (16, 16))[:, quiet_col].all()
+    with pytest.raises(ValueError, match="activation' needs scores: {layer name: input feature L2 norms"):
+        prune.model_masks(model, 0.5, (16, 16), method="activation")
+    bad = dict(ones, **{name: torch.ones(3)})
+    with pytest.raises(ValueError, match=f"activation scores of {name} have shape \\(3,\\), expected \\(64,\\)"):
+        prune.model_masks(model, 0.5, (16, 16), method="activation", scores=bad)
+
+
+def test_input_norms_are_each_feature_norm_over_all_tokens():
+    model = tiny_bert()
+    batches = [tiny_inputs(batch=2, seq=8, seed=s) for s in (1, 2)]
+    seen = []
+    lin = prune.encoder_linears(model)["encoder.layer.1.intermediate.dense"]
+    h = lin.register_forward_hook(lambda m, a, o: seen.append(a[0].detach().reshape(-1, 64)))
+    norms = prune.input_norms(model, batches + [dict(batches[0], labels=torch.zeros(2, dtype=torch.long))])
+    h.remove()
+    x = torch.cat(seen)
+    assert len(seen) == 3
+    assert set(norms) == set(prune.encoder_linears(model))
+    torch.testing.assert_close(norms["encoder.layer.1.intermediate.dense"], x.norm(dim=0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one batch"):
+        prune.input_norms(model, [])
+
+
 # --- masked training ------------------------------------------------------------------------------
 
 

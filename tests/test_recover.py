@@ -80,7 +80,8 @@ def test_bad_recipe(field, value, match):
         Recipe(method="movement", ramp_end=0)
 
 
-@pytest.mark.parametrize("method,scope", [("magnitude", "global"), ("magnitude", "layer"), ("movement", "global")])
+@pytest.mark.parametrize("method,scope", [("magnitude", "global"), ("magnitude", "layer"), ("movement", "global"),
+                                          ("activation", "layer")])
 def test_reaches_the_target_and_compresses(method, scope):
     student, teacher = _student_teacher()
     log = []
@@ -215,6 +216,28 @@ def test_same_seed_same_weights_and_resume(tmp_path):
     assert all(torch.equal(runs[0][k], v) for k, v in student.state_dict().items())
     with pytest.raises(ValueError, match="written by another recipe"):
         recover(_student_teacher()[0], teacher, _data(), _recipe(steps=13), checkpoint=ckpt, progress=False)
+
+
+def test_activation_method_resumes_with_its_statistics(tmp_path):
+    # The input statistics travel in the checkpoint: stopping after every step and resuming gives
+    # the weights (and masks) of one uninterrupted run.
+    student, teacher = _student_teacher()
+    recover(student, teacher, _data(), _recipe(method="activation"), progress=False)
+    ref = student.state_dict()
+    ckpt = tmp_path / "recover.pt"
+    student, teacher = _student_teacher()
+    while True:
+        try:
+            recover(student, teacher, _data(), _recipe(method="activation"), checkpoint=ckpt, time_limit=0,
+                    progress=False)
+            break
+        except TimeLimitReached:
+            student, _ = _student_teacher()
+    assert all(torch.equal(ref[k], v) for k, v in student.state_dict().items())
+    magnitude, _ = _student_teacher()
+    recover(magnitude, teacher, _data(), _recipe(), progress=False)
+    zeros = lambda m: [lin.weight.eq(0) for lin in prune.encoder_linears(m).values()]  # noqa: E731
+    assert any(not torch.equal(a, b) for a, b in zip(zeros(student), zeros(magnitude)))  # another score, other masks
 
 
 def test_one_shot_keeps_the_mask():
