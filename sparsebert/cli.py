@@ -16,6 +16,7 @@ import torch
 
 import sparsebert
 from sparsebert import _extension
+from sparsebert.recover import RECOVER_METHODS
 
 # Ops in the ``sparsebert`` namespace, and the dispatch keys an implementation is looked up for.
 _DISPATCH_KEYS = ("CPU", "CUDA")
@@ -479,7 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=_fraction, required=True, help="share of blocks to prune, in [0, 1)")
     p.add_argument("--block", type=_block, default=(32, 32), help="block size ROWSxCOLS (default 32x32)")
     p.add_argument("--int8", type=_none_or, default=None, choices=["dynamic", "weight_only", None])
-    p.add_argument("--method", default="magnitude", choices=["magnitude", "movement"])
+    p.add_argument("--method", default="magnitude", choices=list(RECOVER_METHODS),
+                   help="how blocks are ranked: weight magnitude, movement (-w * grad) or activation (weight times "
+                        "input feature norm)")
     p.add_argument("--epochs", type=_positive_int, default=1, help="passes over --train (default 1)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
