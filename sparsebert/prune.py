@@ -280,20 +280,22 @@ def model_masks(model: nn.Module, sparsity: float, block_size=(32, 32), method: 
     return {n: _expand(keep[n], linears[n].weight.shape, block_size) for n in linears}
 
 
+def square_sum_hook(sums: dict[str, Tensor], name: str) -> Callable:
+    """A forward hook adding the squares of each input feature, summed over the tokens of the
+    call, to ``sums[name]`` (a float32 ``[in_features]`` tensor)."""
+    def hook(module, args, output):
+        x = args[0].detach().float()
+        sums[name].add_(x.reshape(-1, x.shape[-1]).square().sum(0).to(sums[name].device))
+    return hook
+
+
 def input_norms(model: nn.Module, batches: Iterable[Mapping], filter_fn: Callable | None = None) -> dict[str, Tensor]:
     """``{name: [in_features] float32}``: the L2 norm of each input feature of every encoder
     ``nn.Linear`` over all tokens of ``batches`` (dicts of model inputs; ``labels`` ignored), the
     ``scores`` of ``method="activation"``. Runs the model in eval mode without gradients."""
     linears = encoder_linears(model, filter_fn)
     sums = {n: torch.zeros(lin.in_features) for n, lin in linears.items()}
-
-    def hook(name):
-        def fn(module, args, output):
-            x = args[0].detach().float()
-            sums[name].add_(x.reshape(-1, x.shape[-1]).square().sum(0).cpu())
-        return fn
-
-    handles = [lin.register_forward_hook(hook(n)) for n, lin in linears.items()]
+    handles = [lin.register_forward_hook(square_sum_hook(sums, n)) for n, lin in linears.items()]
     was_training = model.training
     model.eval()
     seen = 0

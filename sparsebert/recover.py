@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from .nn.masked_linear import MaskedLinear, mask_linears, unmask_linears
 from .ops.bsr_format import check_block_size
-from .prune import encoder_linears, input_norms, model_block_sparsity, model_masks, rounding_slack
+from .prune import encoder_linears, input_norms, model_block_sparsity, model_masks, rounding_slack, square_sum_hook
 
 __all__ = ["Recipe", "recover", "cubic_sparsity", "encode", "collate", "mask_tokens", "accuracy",
            "activation_absmax", "TimeLimitReached", "CHECKPOINT_VERSION", "IGNORE_LABEL"]
@@ -477,14 +477,7 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
                          for i in range(0, min(len(data), 8 * recipe.batch_size), recipe.batch_size)]
                 for n, v in input_norms(model, calib, filter_fn=lambda m, n: n in masked).items():
                     scores[n] += v.square()
-
-            def track(name):
-                def fn(module, args, output):
-                    x = args[0].detach().float()
-                    scores[name].add_(x.reshape(-1, x.shape[-1]).square().sum(0).cpu())
-                return fn
-
-            handles = [m.register_forward_hook(track(n)) for n, m in masked.items()]
+            handles = [m.register_forward_hook(square_sum_hook(scores, n)) for n, m in masked.items()]
         model.train()
         if teacher is not None:
             teacher.eval()
