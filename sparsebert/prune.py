@@ -296,21 +296,31 @@ def input_norms(model: nn.Module, batches: Iterable[Mapping], filter_fn: Callabl
     linears = encoder_linears(model, filter_fn)
     sums = {n: torch.zeros(lin.in_features) for n, lin in linears.items()}
     handles = [lin.register_forward_hook(square_sum_hook(sums, n)) for n, lin in linears.items()]
+    try:
+        forward_batches(model, batches, "input_norms")
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: v.sqrt() for n, v in sums.items()}
+
+
+def forward_batches(model: nn.Module, batches: Iterable[Mapping], what: str) -> int:
+    """Runs ``model`` in eval mode without gradients on each batch (dicts of model inputs;
+    ``labels`` dropped), for the statistics its hooks gather; restores the mode. Returns the
+    number of batches; ValueError naming ``what`` when there were none."""
     was_training = model.training
     model.eval()
     seen = 0
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             for batch in batches:
                 model(**{k: v for k, v in batch.items() if k != "labels"})
                 seen += 1
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     if seen == 0:
-        raise ValueError("input_norms needs at least one batch, got none")
-    return {n: v.sqrt() for n, v in sums.items()}
+        raise ValueError(f"{what} needs at least one batch, got none")
+    return seen
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:

@@ -38,7 +38,8 @@ from torch.nn import functional as F
 
 from .nn.masked_linear import MaskedLinear, mask_linears, unmask_linears
 from .ops.bsr_format import check_block_size
-from .prune import encoder_linears, input_norms, model_block_sparsity, model_masks, rounding_slack, square_sum_hook
+from .prune import (encoder_linears, forward_batches, input_norms, model_block_sparsity, model_masks, rounding_slack,
+                    square_sum_hook)
 
 __all__ = ["Recipe", "recover", "cubic_sparsity", "encode", "collate", "mask_tokens", "accuracy",
            "activation_absmax", "TimeLimitReached", "CHECKPOINT_VERSION", "IGNORE_LABEL"]
@@ -299,19 +300,10 @@ def activation_absmax(model: nn.Module, batches: Iterable[Mapping],
     modules = {n: m for n, m in model.named_modules()
                if isinstance(m, nn.Linear) and (filter_fn is None or filter_fn(m, n))}
     calib = _Calibrator(modules)
-    was_training = model.training
-    model.eval()
-    seen = 0
     try:
-        with torch.inference_mode():
-            for batch in batches:
-                model(**{k: v for k, v in batch.items() if k != "labels"})
-                seen += 1
+        forward_batches(model, batches, "activation_absmax")
     finally:
         calib.remove()
-        model.train(was_training)
-    if seen == 0:
-        raise ValueError("activation_absmax needs at least one batch, got none")
     return dict(calib.absmax)
 
 
