@@ -555,7 +555,10 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *, filter_f
                 "sparsebert.prune.block_magnitude_mask) or use the block size the model was pruned with.",
                 UserWarning, stacklevel=2)
         formats = _structure_candidates(cfg, empty_share > 0)
-        timed = _time_formats(lin, sorted(set(formats) | {"dense"}), cfg, tokens, timing_cache, empty_share)
+        # One timing run per layer: the structure candidates, dense, and every rung of the
+        # precision ladders they could lead to, so that each choice compares times of one run.
+        rungs = {c.format for f in formats for c in _ladder(f, calibrated, cfg.act_quant)}
+        timed = _time_formats(lin, sorted(set(formats) | rungs | {"dense"}), cfg, tokens, timing_cache, empty_share)
         fmt = min(formats, key=lambda f: timed[f]) if cfg.kernel == "auto" else formats[0]
         layers[name] = {"structure": fmt, "timings": timed, "zero_share": zero_share, "empty_share": empty_share,
                         "pruned_to": sparsity}
@@ -565,12 +568,9 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *, filter_f
     ladders = {}
     for name in targets:
         ladder = _ladder(layers[name]["structure"], calibrated, cfg.act_quant)
-        if len(ladder) > 1:  # a rung slower than a more accurate one above it is never worth taking
-            info = layers[name]
-            info["timings"].update(_time_formats(pruned[name], [c.format for c in ladder] + ["dense"], cfg, tokens,
-                                                 timing_cache, info["empty_share"]))
-            ladder = _prune_ladder(ladder, info["timings"])
-        ladders[name] = ladder
+        # A rung slower than a more accurate one above it is never worth taking (its times were
+        # taken with the structure's).
+        ladders[name] = _prune_ladder(ladder, layers[name]["timings"])
     level = {n: 0 for n in targets}
     calibration = None
     absmax: dict[str, Tensor] = {}
@@ -583,13 +583,9 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *, filter_f
         choice = ladders[name][level[name]]
         new_modules[name] = _build(choice, pruned[name], cfg, absmax.get(name))
         info = layers[name]
-        if choice.format not in info["timings"]:  # every rung was timed above; kept for safety
-            info["timings"].update(_time_formats(pruned[name], [choice.format, "dense"], cfg, tokens, timing_cache,
-                                                 info["empty_share"]))
         info.update(format=choice.format, act_quant=choice.act_quant if choice.format in ("int8", "sparse_int8")
                     else None, smooth=choice.smooth, reason=_reason(choice, info, cfg, level[name], tokens))
         info["speedup"] = info["timings"]["dense"] / info["timings"][choice.format]
-    timing_cache.save()
 
     _commit(model, new_modules, cfg, {
         "config": cfg.to_dict(),
