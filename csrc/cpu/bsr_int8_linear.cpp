@@ -94,17 +94,24 @@ void check_weight_sum(const at::Tensor& weight_sum, int64_t N) {
 // 32x32, 1024 rows, 2 threads, AMD Zen 4, alternating runs: 0.90-1.05 ms pipelined against
 // 1.02-1.88 ms (the higher figures in the VM's slow phases, where what one thread wrote costs the
 // other most to read), bit for bit the same result. Each thread then reads every stored weight,
-// so the weights must fit in L2 beside the chunk. Outputs up to three times the inputs (the fused
-// QKV projection) too: the 90% BERT-base model's mixed 8x128 batch ran 1.10x faster (1.05-1.15x
-// per round), 1x128 and 8x128 unchanged; with the FFN up projection (four times) as well, 8x128
-// lost 12%.
+// so the weights must fit in L2 beside the chunk. Every output width: each thread then writes
+// whole rows of y, the rows the next op (LayerNorm, attention, the next projection) reads on the
+// same thread, so no activation crosses between the cores. With the outputs of 2 MiB and more
+// streamed (kPipelineStreamYBytes), the 90% BERT-base model (INT8, INT8 attention) ran 1.09x
+// faster at 8x128 and 1.04-1.06x on the mixed 8x128 batch than with the FFN up projection split
+// by block rows and every pipelined output stored through the caches (AMD Zen 4, 2 threads, 9
+// alternating rounds), 1x128 unchanged (0.99x).
 constexpr int64_t kPipelineMinRows = 128;
 constexpr int64_t kPipelineMaxWeightBytes = int64_t(1) << 20;
 constexpr int64_t kPipelineChunkBytes = 64 * 1024;  // quantized rows of x per chunk
+// Pipelined outputs from this size on go out with non-temporal stores. Stored through the caches,
+// the fused QKV projection's 9.4 MB at 8x128 took 1.40 ms a call against 0.85 ms streamed (its
+// lines read for ownership, then evicted again); at 1x128 (1.2 MB and less) streaming lost 1-3%.
+constexpr int64_t kPipelineStreamYBytes = int64_t(2) << 20;
 
-bool row_pipelined(int64_t M, int64_t weight_bytes, int64_t K, int64_t N) {
+bool row_pipelined(int64_t M, int64_t weight_bytes) {
   return !at::in_parallel_region() && at::get_num_threads() > 1 && M >= kPipelineMinRows &&
-         weight_bytes <= kPipelineMaxWeightBytes && N <= 3 * K;
+         weight_bytes <= kPipelineMaxWeightBytes;
 }
 
 constexpr int64_t kVnniTileRows = 12;  // rows of the VNNI kernel's widest tile (avx512_mr_max(2))
@@ -160,7 +167,7 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   const int64_t ldq = ceil_div(ncb * bc + 4, 64) * 64;
   const Isa isa = active_isa();  // read once per call (it looks at SPARSEBERT_ISA)
   const Int8Kernels kern = select_int8(isa, x.scalar_type() == at::kFloat, call.args);
-  const bool pipelined = kern.vnni && !rows_kernel_eligible(isa, br, bc) && row_pipelined(M, values.numel(), K, N);
+  const bool pipelined = kern.vnni && !rows_kernel_eligible(isa, br, bc) && row_pipelined(M, values.numel());
   at::Tensor q = at::empty({pipelined ? 0 : M, ldq}, x.options().dtype(at::kByte));
   at::Tensor row_scale = at::empty({M}, x.options().dtype(at::kFloat));
   at::Tensor row_zero = at::empty({M}, x.options().dtype(at::kInt));
@@ -214,6 +221,7 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
     // the row scales and zero points offset to those rows; a row that cannot be quantized is
     // multiplied as zeros and the call raises once every thread is done, as below.
     const int64_t chunk = pipeline_chunk_rows(ldq, kVnniTileRows);
+    const bool stream = M * N * static_cast<int64_t>(call.y.element_size()) >= kPipelineStreamYBytes;
     at::parallel_for(0, M, chunk, [&](int64_t b, int64_t e) {
       thread_local std::vector<uint8_t> qbuf;
       qbuf.resize(chunk * ldq);
@@ -226,7 +234,7 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
         sub.y = static_cast<char*>(args.y) + c0 * args.ldy * static_cast<int64_t>(call.y.element_size());
         sub.row_scale = sp + c0;
         sub.row_zero = zp + c0;
-        sub.stream_y = false;  // a chunk's rows of y are read next (by attention or LayerNorm) from the caches
+        sub.stream_y = stream;
         kern.gemm(sub, 0, nb, 0, rows);
       }
     });
