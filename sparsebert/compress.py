@@ -105,7 +105,9 @@ class CompressConfig:
       math (the exact GELU), in float32 registers instead of a separate op. And run each block's
       residual add and LayerNorm as one op (:func:`sparsebert.hf.fuse_layer_norms`). And compute
       each self-attention's query, key and value as one layer (:func:`sparsebert.hf.fuse_qkv`: one
-      GEMM, one activation quantization) where the three were converted alike.
+      GEMM, one activation quantization) where the three were converted alike. And run each FFN
+      whose two projections are block-sparse INT8 as one op (:func:`sparsebert.hf.fuse_ffn`: the
+      hidden activation stays in each core's caches), the same numbers.
     """
 
     sparsity: float | dict[str, float] | None = None
@@ -600,8 +602,8 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
     """Swaps the new modules in, casts the model to the config's dtype (the layers left as they
     were too: a bf16 model with the default config becomes float32 throughout), sets the
     attention and marks the model. Any failure puts back what was there before re-raising."""
-    from .hf import (ATTN_IMPLEMENTATION, attention_precision, fuse_layer_norms, fuse_qkv, mark_compressed,
-                     set_attention_precision, unfuse_layer_norms, unfuse_qkv, use_unpadded)
+    from .hf import (ATTN_IMPLEMENTATION, attention_precision, fuse_ffn, fuse_layer_norms, fuse_qkv, mark_compressed,
+                     set_attention_precision, unfuse_ffn, unfuse_layer_norms, unfuse_qkv, use_unpadded)
 
     replaced: list = []
     old_precision = attention_precision(model)
@@ -620,12 +622,14 @@ def _commit(model: nn.Module, new_modules: dict[str, nn.Module], cfg: CompressCo
         state["fused"] = fuse_activations(model) if cfg.fuse else []
         state["fused_norms"] = fuse_layer_norms(model) if cfg.fuse else []
         state["fused_qkv"] = fuse_qkv(model) if cfg.fuse else []
+        state["fused_ffn"] = fuse_ffn(model) if cfg.fuse else []
         setattr(model, STATE_ATTR, state)
         mark_compressed(model)
         if cfg.compile:
             compile_model(model)
     except BaseException:
         model._compiled_call_impl = None
+        unfuse_ffn(model)
         unfuse_qkv(model)
         unfuse_layer_norms(model)
         for module, act in acts:  # the FFN activations fuse_activations replaced
@@ -830,11 +834,12 @@ def decompress(model: nn.Module) -> nn.Module:
     weight it multiplies by (dequantized for INT8), the padded encoder and transformers' SDPA
     attention. The baseline of ``sparsebert bench`` (same weights, stock kernels)."""
     dense = copy.deepcopy(model)
-    from .hf import set_attention_precision, unfuse_layer_norms, unfuse_qkv, unmark_compressed, use_unpadded
+    from .hf import set_attention_precision, unfuse_ffn, unfuse_layer_norms, unfuse_qkv, unmark_compressed, use_unpadded
 
     if is_compressed(dense):
         delattr(dense, STATE_ATTR)
     dense._compiled_call_impl = None  # the stock baseline runs eager
+    unfuse_ffn(dense)
     unfuse_activations(dense)
     unfuse_layer_norms(dense)
     unfuse_qkv(dense)

@@ -42,10 +42,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 
 from .ops.attention import attention, attention_reference, attention_varlen, attention_varlen_reference
 from .ops.layer_norm import add_layer_norm
+from .nn.int8_linear import _int8_ffn, ffn_mismatch
 
 __all__ = ["ATTN_IMPLEMENTATION", "sparsebert_attention_forward", "use_unpadded", "register", "encoder_of",
            "mark_compressed", "unmark_compressed", "QUANT_METHOD", "set_attention_precision", "attention_precision",
            "fuse_layer_norms", "unfuse_layer_norms", "fused_layer_norms", "fuse_qkv", "unfuse_qkv", "fused_qkv",
+           "fuse_ffn", "unfuse_ffn", "fused_ffn", "ffn_fusable",
            "qkv_parts"]
 
 ATTN_IMPLEMENTATION = "sparsebert"
@@ -291,8 +293,7 @@ def _lean_bert_layer(layer: nn.Module, x: Tensor, cu: Tensor, max_len: int, prec
         v = sa.value(x).view(t, -1, hd)
     ctx = attention_varlen(q, k, v, cu, max_len, sa.scaling, precision).view(t, -1)
     a = layer.attention.output(ctx, x)
-    h = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(a))
-    return layer.output(h, a)
+    return layer.feed_forward_chunk(a)  # transformers': output(intermediate(a), a); fuse_ffn's when fused
 
 
 # --- residual add + LayerNorm in one op -----------------------------------------------------------
@@ -306,11 +307,15 @@ def _output_classes() -> tuple:
 
 def _fused_output_forward(self, hidden_states: Tensor, input_tensor: Tensor) -> Tensor:
     """``BertSelfOutput`` / ``BertOutput`` forward with the residual add and the LayerNorm as one
-    ``sparsebert.ops.add_layer_norm``. Where gradients are needed, or the tensors do not share one
-    dtype and shape as the op requires (mixed dtypes under ``torch.autocast``), the module's own
-    add and LayerNorm: the unfused forward, which the op's reference is."""
-    h = self.dropout(self.dense(hidden_states))
-    ln = self.LayerNorm
+    ``sparsebert.ops.add_layer_norm`` (:func:`_add_norm`)."""
+    return _add_norm(self.LayerNorm, self.dropout(self.dense(hidden_states)), input_tensor)
+
+
+def _add_norm(ln: nn.LayerNorm, h: Tensor, input_tensor: Tensor) -> Tensor:
+    """``ln(h + input_tensor)`` as one ``sparsebert.ops.add_layer_norm``. Where gradients are
+    needed, or the tensors do not share one dtype and shape as the op requires (mixed dtypes under
+    ``torch.autocast``), the module's own add and LayerNorm: the unfused forward, which the op's
+    reference is."""
     if (torch.is_grad_enabled() and (h.requires_grad or input_tensor.requires_grad or ln.weight.requires_grad
                                      or ln.bias.requires_grad)) \
             or not (h.dtype == input_tensor.dtype == ln.weight.dtype == ln.bias.dtype) or h.shape != input_tensor.shape:
@@ -354,8 +359,96 @@ def unfuse_layer_norms(model: nn.Module) -> list[str]:
 
 def fused_layer_norms(model: nn.Module) -> list[str]:
     """The names of the modules :func:`fuse_layer_norms` fused."""
-    return [name for name, module in model.named_modules()
-            if getattr(module.__dict__.get("forward"), "__func__", None) is _fused_output_forward]
+    return [name for name, module in model.named_modules() if _is_norm_fused(module)]
+
+
+# --- an FFN's two projections as one op ----------------------------------------------------------
+
+
+def _fused_ffn_forward(self, attention_output: Tensor) -> Tensor:
+    """``BertLayer.feed_forward_chunk`` with the FFN's up projection, activation and down projection
+    as one ``sparsebert::bsr_int8_ffn`` (:func:`sparsebert.nn.int8_ffn`), then ``BertOutput``'s
+    dropout, residual add and LayerNorm (as one op when :func:`fuse_layer_norms` fused them).
+    Where gradients are needed, or the layer no longer qualifies (a projection replaced, the
+    activation unfused, hooks added since :func:`fuse_ffn`), transformers' forward."""
+    inter, out = self.intermediate, self.output
+    if (torch.is_grad_enabled() and attention_output.requires_grad) or _ffn_mismatch(self) is not None:
+        return out(inter(attention_output), attention_output)
+    h = out.dropout(_int8_ffn(attention_output, inter.dense, out.dense))
+    if _is_norm_fused(out):
+        return _add_norm(out.LayerNorm, h, attention_output)
+    return out.LayerNorm(h + attention_output)
+
+
+def _is_norm_fused(module: nn.Module) -> bool:
+    return getattr(module.__dict__.get("forward"), "__func__", None) is _fused_output_forward
+
+
+def _is_ffn_fused(module: nn.Module) -> bool:
+    return getattr(module.__dict__.get("feed_forward_chunk"), "__func__", None) is _fused_ffn_forward
+
+
+def ffn_fusable(layer: nn.Module) -> str | None:
+    """Why ``layer``'s FFN cannot run as one op (:func:`fuse_ffn`), or None when it can."""
+    layer_cls = _bert_classes()[0]
+    if type(layer) is not layer_cls:
+        return f"a {type(layer).__name__}, not transformers' BertLayer"
+    if "feed_forward_chunk" in layer.__dict__:
+        return "its feed_forward_chunk is already replaced"
+    return _ffn_mismatch(layer)
+
+
+def _ffn_mismatch(layer: nn.Module) -> str | None:
+    """What :func:`ffn_fusable` checks on the layer's modules (also on every fused forward)."""
+    inter_cls, out_cls = _bert_classes()[4:]
+    inter, out = layer._modules.get("intermediate"), layer._modules.get("output")
+    if type(inter) is not inter_cls or type(out) is not out_cls:
+        return "its intermediate or output is not transformers' BertIntermediate / BertOutput"
+    if any(m._forward_hooks or m._forward_pre_hooks for m in (inter, out)):
+        return "its intermediate or output has hooks (they would no longer run)"
+    if not isinstance(inter.intermediate_act_fn, nn.Identity):
+        return "its activation is a module of its own (fuse_activations moves a GELU into the up projection)"
+    if "forward" in out.__dict__ and not _is_norm_fused(out):
+        return "its output's forward is replaced"
+    return ffn_mismatch(inter.dense, out.dense)
+
+
+def fuse_ffn(model: nn.Module) -> list[str]:
+    """Runs the FFN of every transformers BERT layer whose two projections are block-sparse INT8
+    (:class:`sparsebert.nn.SparseInt8Linear`, the GELU in the up projection's epilogue) as one
+    ``sparsebert::bsr_int8_ffn``: each thread takes a few rows at a time through the up projection,
+    the GELU, the quantization of the hidden activation and the down projection, so the hidden
+    activation (four times the width of the model) never leaves its core's caches. The same
+    numbers. In place, on the layer's ``feed_forward_chunk`` (the padded and the unpadded encoder
+    both call it); the modules stay as they are, so the state dict does not change. Layers that
+    do not qualify (:func:`ffn_fusable` says why) are left as they are. :func:`sparsebert.compress`
+    calls it (``CompressConfig(fuse=True)``); :func:`unfuse_ffn` undoes it. Returns the names of
+    the layers fused."""
+    fused = []
+    for name, module in model.named_modules():
+        if _is_bert_layer(module) and ffn_fusable(module) is None:
+            module.feed_forward_chunk = types.MethodType(_fused_ffn_forward, module)
+            fused.append(name)
+    return fused
+
+
+def _is_bert_layer(module: nn.Module) -> bool:
+    return type(module) is _bert_classes()[0]
+
+
+def unfuse_ffn(model: nn.Module) -> list[str]:
+    """The inverse of :func:`fuse_ffn`. Returns the names of the layers unfused."""
+    unfused = []
+    for name, module in model.named_modules():
+        if _is_ffn_fused(module):
+            del module.feed_forward_chunk
+            unfused.append(name)
+    return unfused
+
+
+def fused_ffn(model: nn.Module) -> list[str]:
+    """The names of the layers :func:`fuse_ffn` fused."""
+    return [name for name, module in model.named_modules() if _is_ffn_fused(module)]
 
 
 # --- Q, K and V as one projection ---------------------------------------------------------------

@@ -11,7 +11,9 @@ A directory written by :func:`save` holds
   spec and the choice behind it, the compress config, attention setting, dtype and the
   sparsebert / torch / transformers versions). Self-attention modules whose query, key and value
   run as one layer (:func:`sparsebert.hf.fuse_qkv`) are listed under ``fused_qkv`` with that
-  layer's spec; their ``layers`` entries keep the per-projection choices.
+  layer's spec; their ``layers`` entries keep the per-projection choices. Layers whose FFN runs
+  as one op (:func:`sparsebert.hf.fuse_ffn`) are listed under ``fused_ffn`` (their modules and
+  tensors are those of the two projections); ``load`` fuses them again.
 
 :func:`load` rebuilds the same model class (task head included) with empty modules built from
 the specs, checks every tensor's name, dtype and shape against them before anything is copied,
@@ -112,6 +114,7 @@ def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, over
         "layers": layers,
         "fused": state_info.get("fused", []),
         "fused_norms": state_info.get("fused_norms", []),
+        "fused_ffn": state_info.get("fused_ffn", []),
         "fused_qkv": qkv_specs,
         "aliases": aliases,
         "placeholders": placeholders,
@@ -227,7 +230,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
     from transformers.initialization import no_init_weights
 
     from .compress import CompressConfig
-    from .hf import ATTN_IMPLEMENTATION, fuse_layer_norms, mark_compressed, set_attention_precision, use_unpadded
+    from .hf import ATTN_IMPLEMENTATION, fuse_ffn, fuse_layer_norms, mark_compressed, set_attention_precision, use_unpadded
 
     path = Path(directory)
     manifest = read_manifest(path)
@@ -326,11 +329,15 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
     if fused_norms != manifest.get("fused_norms", []):
         raise ValueError(f"{str(path)!r}: the manifest lists residual add + LayerNorm fused in "
                          f"{manifest.get('fused_norms')}, but this model fuses {fused_norms}")
+    fused_ffn = fuse_ffn(model) if manifest.get("fused_ffn") else []
+    if fused_ffn != manifest.get("fused_ffn", []):
+        raise ValueError(f"{str(path)!r}: the manifest lists the FFN fused into one op in "
+                         f"{manifest.get('fused_ffn')}, but this model fuses {fused_ffn}")
     layers = {n: {k: v for k, v in layer.items() if k != "spec"} for n, layer in manifest["layers"].items()}
     setattr(model, STATE_ATTR, {"config": cfg.to_dict(), "tokens": manifest.get("tokens"),
                                 "calibration": manifest.get("calibration"), "layers": layers,
                                 "fused": manifest.get("fused", []), "fused_norms": fused_norms,
-                                "fused_qkv": fused_qkv})
+                                "fused_qkv": fused_qkv, "fused_ffn": fused_ffn})
     mark_compressed(model)
     model.config._name_or_path = manifest.get("source") or str(path)
     keep_freed_memory()  # see sparsebert.memory: a warm forward takes no fresh pages

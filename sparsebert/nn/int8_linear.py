@@ -29,7 +29,7 @@ from ._buffers import (
     warn_if_blocks_do_not_match,
 )
 
-__all__ = ["Int8Linear", "SparseInt8Linear", "smoothing_factors"]
+__all__ = ["Int8Linear", "SparseInt8Linear", "smoothing_factors", "ffn_mismatch", "int8_ffn"]
 
 
 def smoothing_factors(act_absmax: Tensor, weight: Tensor, alpha: float = 0.5) -> Tensor:
@@ -69,6 +69,7 @@ def _quantize_weight(linear: nn.Linear, act_absmax: Tensor | None, alpha: float)
 _INT8_LINEAR = torch.ops.sparsebert.int8_linear.default
 _BSR_INT8_LINEAR = torch.ops.sparsebert.bsr_int8_linear.default
 _WEIGHT_ONLY_LINEAR = torch.ops.sparsebert.int8_weight_only_linear.default
+_BSR_INT8_FFN = torch.ops.sparsebert.bsr_int8_ffn.default
 
 
 class _Int8Base(nn.Module):
@@ -366,3 +367,53 @@ class SparseInt8Linear(_Int8Base):
                 f"bias={self.bias is not None}, block_size={self.block_size}, sparsity={self.sparsity:.2f}, "
                 f"act_quant={self.act_quant!r}, smooth={self.smooth is not None}"
                 + ("" if self.activation == "none" else f", activation={self.activation!r}"))
+
+
+# --- an FFN's two layers as one op ---------------------------------------------------------------
+
+def ffn_mismatch(up: nn.Module, down: nn.Module) -> str | None:
+    """Why ``down(up(x))`` cannot run as one ``sparsebert::bsr_int8_ffn``, or None when it can:
+    both :class:`SparseInt8Linear`, ``up``'s outputs ``down``'s inputs, one per-token activation
+    quantization, no activation after ``down``, no SmoothQuant factors on ``down``'s inputs (the op
+    quantizes the hidden activation as ``up`` leaves it)."""
+    from ..ops.int8_linear import FFN_ACT_QUANT_MODES
+
+    for name, m in (("up", up), ("down", down)):
+        if type(m) is not SparseInt8Linear:
+            return f"{name} is a {type(m).__name__}, not a SparseInt8Linear"
+        if m._forward_hooks or m._forward_pre_hooks:
+            return f"{name} has hooks (they would no longer run)"
+    if up.out_features != down.in_features:
+        return f"up's out_features ({up.out_features}) are not down's in_features ({down.in_features})"
+    if up.act_quant != down.act_quant or up.act_quant not in FFN_ACT_QUANT_MODES:
+        return (f"act_quant {up.act_quant!r} and {down.act_quant!r}: the op takes one of {FFN_ACT_QUANT_MODES} "
+                "for both")
+    if down.activation != "none":
+        return f"down has activation={down.activation!r}"
+    if down.smooth is not None:
+        return "down has SmoothQuant factors"
+    return None
+
+
+def int8_ffn(x: Tensor, up: SparseInt8Linear, down: SparseInt8Linear) -> Tensor:
+    """``down(up(x))`` as one ``sparsebert::bsr_int8_ffn``: the same numbers, with the hidden
+    activation kept in each core's caches (see :func:`sparsebert.ops.bsr_int8_ffn`). ``up``'s
+    activation (``up.activation``) runs between them. Raises ValueError where
+    :func:`ffn_mismatch` names a reason."""
+    why = ffn_mismatch(up, down)
+    if why is not None:
+        raise ValueError(f"int8_ffn cannot fuse these layers: {why}")
+    return _int8_ffn(x, up, down)
+
+
+def _int8_ffn(x: Tensor, up: SparseInt8Linear, down: SparseInt8Linear) -> Tensor:
+    """:func:`int8_ffn` for layers :func:`ffn_mismatch` has passed."""
+    x, up_bias, u = up._prepare(x)
+    d = down._buffers
+    down_bias = d["bias"]
+    if down_bias is not None and down_bias.dtype != x.dtype:
+        down_bias = down_bias.to(x.dtype)
+    return _BSR_INT8_FFN(x, u["values"], u["weight_scale"], u["weight_sum"], u["crow_indices"], u["col_indices"],
+                         up_bias, up._op_shape, up._op_block, d["values"], d["weight_scale"], d["weight_sum"],
+                         d["crow_indices"], d["col_indices"], down_bias, down._op_shape, down._op_block,
+                         up.act_quant, up._activation)

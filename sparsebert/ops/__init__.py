@@ -11,6 +11,9 @@ from .bsr_format import bsr_to_dense, pack_bsr
 from .bsr_linear import bsr_linear, bsr_linear_reference
 from .layer_norm import add_layer_norm, add_layer_norm_reference
 from .int8_linear import (
+    FFN_ACT_QUANT_MODES,
+    bsr_int8_ffn,
+    bsr_int8_ffn_reference,
     bsr_int8_linear,
     bsr_int8_linear_reference,
     int8_linear,
@@ -25,6 +28,7 @@ __all__ = [
     "bsr_linear", "bsr_linear_reference", "pack_bsr", "bsr_to_dense",
     "int8_linear", "int8_linear_reference", "bsr_int8_linear", "bsr_int8_linear_reference",
     "int8_weight_only_linear", "int8_weight_only_linear_reference",
+    "bsr_int8_ffn", "bsr_int8_ffn_reference", "FFN_ACT_QUANT_MODES",
     "attention", "attention_reference", "attention_varlen", "attention_varlen_reference",
     "add_layer_norm", "add_layer_norm_reference",
 ]

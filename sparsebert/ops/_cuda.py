@@ -32,5 +32,19 @@ def _launcher(op: str, name: str):
 
 IMPLS = {op: _launcher(op, name) for op, name in LAUNCHERS.items()}
 
+
+def _bsr_int8_ffn_cuda(x, uv, us, usum, ucrow, ucol, ub, ushape, ublock, dv, ds, dsum, dcrow, dcol, db, dshape,
+                       dblock, act_quant="per_token", activation="gelu"):
+    """The two INT8 linear kernels one after the other (their definition)."""
+    from .int8_linear import _check_ffn
+
+    _check_ffn(ushape, dshape, act_quant)
+    op = torch.ops.sparsebert.bsr_int8_linear.default
+    h = op(x, uv, us, usum, ucrow, ucol, ub, ushape, ublock, act_quant, activation)
+    return op(h, dv, ds, dsum, dcrow, dcol, db, dshape, dblock, act_quant, "none")
+
+
+IMPLS["bsr_int8_ffn"] = _bsr_int8_ffn_cuda
+
 for _op, _impl in IMPLS.items():
     torch.library.register_kernel(f"sparsebert::{_op}", "cuda", _impl)

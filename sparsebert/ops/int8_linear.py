@@ -1,4 +1,5 @@
-"""``sparsebert::int8_linear`` and ``sparsebert::bsr_int8_linear``: dynamic INT8 linear layers.
+"""``sparsebert::int8_linear`` and ``sparsebert::bsr_int8_linear``: dynamic INT8 linear layers;
+``sparsebert::bsr_int8_ffn``: two of them one after the other (a transformer FFN) as one op.
 
 ``y = act((x_q @ W_q.T) * x_scale[:, None] * weight_scale[None, :] + bias)`` where ``x_q,
 x_scale`` quantize ``x`` inside the op (:func:`sparsebert.ops.int8_format.quantize_activations`,
@@ -22,6 +23,7 @@ from .int8_format import ACT_QUANT_MODES, DENSE_BLOCK_ROWS, quantize_activations
 __all__ = [
     "ACTIVATIONS", "int8_linear", "bsr_int8_linear", "int8_weight_only_linear",
     "int8_linear_reference", "bsr_int8_linear_reference", "int8_weight_only_linear_reference",
+    "bsr_int8_ffn", "bsr_int8_ffn_reference", "FFN_ACT_QUANT_MODES",
 ]
 
 
@@ -45,6 +47,47 @@ def bsr_int8_linear(x: Tensor, values: Tensor, weight_scale: Tensor, weight_sum:
     return torch.ops.sparsebert.bsr_int8_linear.default(
         x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, list(shape),
         list(check_block_size(block_size)), act_quant, activation)
+
+
+# The activation quantizations bsr_int8_ffn fuses: per token (each row of the hidden activation is
+# quantized as soon as it is computed; a per-tensor range would need all of them first).
+FFN_ACT_QUANT_MODES = ("per_token", "per_token_asym")
+
+
+def bsr_int8_ffn(x: Tensor, up: tuple, down: tuple, act_quant: str = "per_token", activation: str = "gelu") -> Tensor:
+    """``bsr_int8_linear(bsr_int8_linear(x, *up, activation=activation), *down)`` as one op: a
+    transformer FFN, up projection, activation, down projection. ``up`` and ``down`` are each
+    ``(values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape, block_size)`` as
+    :func:`bsr_int8_linear` takes them; ``act_quant`` one of :data:`FFN_ACT_QUANT_MODES`. The
+    numbers are those of the two ops; on CPU each thread runs both layers over a few rows at a
+    time, so the hidden activation stays in its core's caches."""
+    if act_quant not in FFN_ACT_QUANT_MODES:
+        raise ValueError(f"act_quant={act_quant!r} is not fused by bsr_int8_ffn; use one of {FFN_ACT_QUANT_MODES}")
+    uv, us, usum, ucrow, ucol, ub, ushape, ublock = up
+    dv, ds, dsum, dcrow, dcol, db, dshape, dblock = down
+    return torch.ops.sparsebert.bsr_int8_ffn.default(
+        x, uv, us, usum, ucrow, ucol, ub, list(ushape), list(check_block_size(ublock)),
+        dv, ds, dsum, dcrow, dcol, db, list(dshape), list(check_block_size(dblock)), act_quant, activation)
+
+
+def bsr_int8_ffn_reference(x, up_values, up_weight_scale, up_weight_sum, up_crow_indices, up_col_indices, up_bias,
+                           up_shape, up_block_size, down_values, down_weight_scale, down_weight_sum,
+                           down_crow_indices, down_col_indices, down_bias, down_shape, down_block_size,
+                           act_quant="per_token", activation="gelu"):
+    """The definition: the two INT8 linears one after the other (the hidden activation rounded to
+    x's dtype in between, as the first op's output is)."""
+    _check_ffn(up_shape, down_shape, act_quant)
+    h = bsr_int8_linear_reference(x, up_values, up_weight_scale, up_weight_sum, up_crow_indices, up_col_indices,
+                                  up_bias, up_shape, up_block_size, act_quant, activation)
+    return bsr_int8_linear_reference(h, down_values, down_weight_scale, down_weight_sum, down_crow_indices,
+                                     down_col_indices, down_bias, down_shape, down_block_size, act_quant)
+
+
+def _check_ffn(up_shape, down_shape, act_quant) -> None:
+    if act_quant not in FFN_ACT_QUANT_MODES:
+        raise ValueError(f"act_quant={act_quant!r} is not fused by bsr_int8_ffn; use one of {FFN_ACT_QUANT_MODES}")
+    if down_shape[1] != up_shape[0]:
+        raise ValueError(f"down's in_features ({down_shape[1]}) must equal up's out_features ({up_shape[0]})")
 
 
 def int8_weight_only_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | None,
@@ -140,5 +183,17 @@ def _bsr_int8_linear_fake(x, values, weight_scale, weight_sum, crow_indices, col
     return _check_fake(x, weight_scale, weight_sum, bias, n, k, act_quant, activation)
 
 
-for _op in ("int8_linear", "int8_weight_only_linear", "bsr_int8_linear"):
+@torch.library.register_fake("sparsebert::bsr_int8_ffn")
+def _bsr_int8_ffn_fake(x, up_values, up_weight_scale, up_weight_sum, up_crow_indices, up_col_indices, up_bias,
+                       up_shape, up_block_size, down_values, down_weight_scale, down_weight_sum, down_crow_indices,
+                       down_col_indices, down_bias, down_shape, down_block_size, act_quant="per_token",
+                       activation="gelu"):
+    _check_ffn(up_shape, down_shape, act_quant)
+    h = _bsr_int8_linear_fake(x, up_values, up_weight_scale, up_weight_sum, up_crow_indices, up_col_indices, up_bias,
+                              up_shape, up_block_size, act_quant, activation)
+    return _bsr_int8_linear_fake(h, down_values, down_weight_scale, down_weight_sum, down_crow_indices,
+                                 down_col_indices, down_bias, down_shape, down_block_size, act_quant)
+
+
+for _op in ("int8_linear", "int8_weight_only_linear", "bsr_int8_linear", "bsr_int8_ffn"):
     register_inference_only(_op)
