@@ -333,7 +333,10 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
   TORCH_CHECK_VALUE(!up.aq.per_tensor, "act_quant='", std::string(act_quant),
                     "' is not fused by bsr_int8_ffn; use per_token or per_token_asym");
   const int64_t M = up.call.args.M, N = down_shape[0];
-  const bool fused = M > 0 && H > 0 && N > 0 && up.kern.vnni &&
+  // down's kernel for M rows (AMX takes a layer by its blocks and rows: it may take one of the two)
+  down.call.args.M = M;
+  down.kern = select_int8(down.isa, x.scalar_type() == at::kFloat, down.call.args);
+  const bool fused = M > 0 && H > 0 && N > 0 && up.kern.vnni && down.kern.vnni &&
                      !rows_kernel_eligible(up.isa, up_block[0], up_block[1]) &&
                      !rows_kernel_eligible(up.isa, down_block[0], down_block[1]) &&
                      row_pipelined(M, up_values.numel() + down_values.numel());
@@ -344,11 +347,6 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
     return int8_core(h, down_values, down_weight_scale, down_weight_sum, down_crow.contiguous(),
                      down_col.contiguous(), down_bias, N, H, down_block[0], down_block[1], act_quant, "none");
   }
-  // The down kernel as AMX would take it for M rows (the VNNI one here: up's is, on the same level).
-  down.call.args.M = M;
-  down.kern = select_int8(down.isa, x.scalar_type() == at::kFloat, down.call.args);
-  TORCH_INTERNAL_ASSERT(down.kern.vnni);
-
   std::vector<int64_t> out_sizes = up.call.out_sizes;
   out_sizes.back() = N;
   at::Tensor y = at::empty({M, N}, x.options());
