@@ -30,13 +30,15 @@ TORCH_LIBRARY(sparsebert, m) {
       "Tensor crow_indices, Tensor col_indices, Tensor? bias, int[2] shape, int[2] block_size, "
       "str act_quant=\"per_token\", str activation=\"none\") -> Tensor");
   // A transformer FFN as one op: bsr_int8_linear(bsr_int8_linear(x, up..., activation=activation),
-  // down..., activation="none"), both layers with act_quant; same numbers as the two ops.
+  // down..., activation="none"), both layers with act_quant; same numbers as the two ops. With
+  // norm_weight and norm_bias: add_layer_norm(that, x, norm_weight, norm_bias, norm_eps).
   m.def(
       "bsr_int8_ffn(Tensor x, Tensor up_values, Tensor up_weight_scale, Tensor up_weight_sum, "
       "Tensor up_crow_indices, Tensor up_col_indices, Tensor? up_bias, int[2] up_shape, int[2] up_block_size, "
       "Tensor down_values, Tensor down_weight_scale, Tensor down_weight_sum, Tensor down_crow_indices, "
       "Tensor down_col_indices, Tensor? down_bias, int[2] down_shape, int[2] down_block_size, "
-      "str act_quant=\"per_token\", str activation=\"gelu\") -> Tensor");
+      "str act_quant=\"per_token\", str activation=\"gelu\", Tensor? norm_weight=None, Tensor? norm_bias=None, "
+      "float norm_eps=1e-12) -> Tensor");
   // The dense case: weight [ceil(N/32), ceil(K/4), 32, 4], the k-quad packing of 32-output rows.
   m.def(
       "int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_sum, Tensor? bias, "

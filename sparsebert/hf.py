@@ -368,16 +368,22 @@ def fused_layer_norms(model: nn.Module) -> list[str]:
 def _fused_ffn_forward(self, attention_output: Tensor) -> Tensor:
     """``BertLayer.feed_forward_chunk`` with the FFN's up projection, activation and down projection
     as one ``sparsebert::bsr_int8_ffn`` (:func:`sparsebert.nn.int8_ffn`), then ``BertOutput``'s
-    dropout, residual add and LayerNorm (as one op when :func:`fuse_layer_norms` fused them).
+    dropout, residual add and LayerNorm: in the same op when :func:`fuse_layer_norms` fused them
+    (and dropout is off, the up projection has no SmoothQuant factors, the LayerNorm is in the
+    activations' dtype), else as before.
     Where gradients are needed, or the layer no longer qualifies (a projection replaced, the
     activation unfused, hooks added since :func:`fuse_ffn`), transformers' forward."""
     inter, out = self.intermediate, self.output
     if (torch.is_grad_enabled() and attention_output.requires_grad) or _ffn_mismatch(self) is not None:
         return out(inter(attention_output), attention_output)
-    h = out.dropout(_int8_ffn(attention_output, inter.dense, out.dense))
+    ln = out.LayerNorm
     if _is_norm_fused(out):
-        return _add_norm(out.LayerNorm, h, attention_output)
-    return out.LayerNorm(h + attention_output)
+        if (not (out.training and out.dropout.p > 0) and inter.dense.smooth is None
+                and ln.weight.dtype == ln.bias.dtype == attention_output.dtype):
+            # the add + LayerNorm in the same op, on each chunk of rows while it is in L1
+            return _int8_ffn(attention_output, inter.dense, out.dense, ln)
+        return _add_norm(ln, out.dropout(_int8_ffn(attention_output, inter.dense, out.dense)), attention_output)
+    return ln(out.dropout(_int8_ffn(attention_output, inter.dense, out.dense)) + attention_output)
 
 
 def _is_norm_fused(module: nn.Module) -> bool:

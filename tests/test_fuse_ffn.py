@@ -16,7 +16,7 @@ from model_helpers import first_output, tiny_bert, tiny_inputs
 from sparsebert import CompressConfig
 from sparsebert.hf import ffn_fusable, fuse_ffn, fused_ffn, unfuse_ffn
 from sparsebert.nn import Int8Linear, SparseInt8Linear, ffn_mismatch, int8_ffn
-from sparsebert.ops import bsr_int8_ffn, bsr_int8_ffn_reference, bsr_int8_linear
+from sparsebert.ops import add_layer_norm, bsr_int8_ffn, bsr_int8_ffn_reference, bsr_int8_linear
 from sparsebert.prune import block_magnitude_mask
 from sparsebert.serialize import MANIFEST
 
@@ -73,6 +73,23 @@ def test_the_op_is_the_two_linears_bit_for_bit(two_threads, rows, act_quant, dty
     assert (one.float() - ref.float()).abs().max().item() <= 0.02 * scale
 
 
+@pytest.mark.parametrize("rows", [5, 200])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_residual_add_and_layer_norm_are_add_layer_norm_bit_for_bit(two_threads, rows, dtype):
+    up, down = _pair(dtype=dtype)
+    ln = nn.LayerNorm(HIDDEN, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(rows, HIDDEN).to(dtype)
+    with torch.inference_mode():
+        out = int8_ffn(x, up, down, ln)
+        assert torch.equal(out, add_layer_norm(down(up(x)), x, ln.weight, ln.bias, ln.eps))
+        ref = bsr_int8_ffn_reference(x, *_args(up), *_args(down), "per_token", "gelu", ln.weight, ln.bias, ln.eps)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref.float(), rtol=0, atol=0.05)  # LayerNorm'd: unit scale
+
+
 def test_leading_dimensions_and_an_activation_of_none(two_threads):
     up, down = _pair()
     up.activation = "none"
@@ -111,6 +128,27 @@ def test_what_the_op_does_not_fuse_is_refused():
         bsr_int8_ffn(x, _args(up), _args(wrong))
     with pytest.raises(ValueError, match="in_features=64"):
         bsr_int8_ffn(torch.randn(4, HIDDEN + 1), _args(up), _args(down))
+
+
+def test_a_norm_the_op_cannot_take_is_refused():
+    up, down = _pair()
+    x = torch.randn(4, HIDDEN)
+    ln = nn.LayerNorm(HIDDEN)
+    with pytest.raises(ValueError, match="together or not at all"):
+        torch.ops.sparsebert.bsr_int8_ffn(x, *_args(up)[:6], list(up.shape), list(up.block_size), *_args(down)[:6],
+                                          list(down.shape), list(down.block_size), "per_token", "gelu", ln.weight,
+                                          None)
+    with pytest.raises(ValueError, match="must have x's dtype"):
+        bsr_int8_ffn(x, _args(up), _args(down), norm=(ln.weight.double(), ln.bias.double(), 1e-5))
+    with pytest.raises(ValueError, match="norm must be an nn.LayerNorm over the last dim"):
+        int8_ffn(x, up, down, nn.LayerNorm(HIDDEN + 1))
+    wide = _layer(INNER, 2 * HIDDEN, 3)
+    with pytest.raises(ValueError, match="the residual add needs down's out_features"):
+        bsr_int8_ffn(x, _args(up), _args(wide), norm=(torch.ones(2 * HIDDEN), torch.zeros(2 * HIDDEN), 1e-5))
+    torch.manual_seed(0)
+    smoothed = SparseInt8Linear.from_dense(nn.Linear(HIDDEN, INNER), (32, 32), act_absmax=torch.rand(HIDDEN) + 0.5)
+    with pytest.raises(ValueError, match="SmoothQuant factors, so its input is not the residual"):
+        int8_ffn(x, smoothed, down, ln)
 
 
 def test_what_the_module_function_does_not_fuse_is_named():

@@ -18,6 +18,7 @@
 #include "bsr_common.h"
 #include "bsr_linear_kernel.h"
 #include "isa.h"
+#include "layer_norm.h"
 
 namespace sparsebert {
 namespace {
@@ -308,7 +309,8 @@ constexpr int64_t kFfnChunkRows = 2 * kVnniTileRows;
 // after the other: the same quantizers and kernels on the same rows. Taken where the row-pipelined
 // split would be taken for both layers at once (their weights together in L2, VNNI kernels);
 // otherwise the two ops run one after the other. Per-token quantization only (a per-tensor range
-// would need every hidden row first).
+// would need every hidden row first). With norm_weight and norm_bias, each chunk's rows then go
+// through add_layer_norm's row kernel with x as the residual (BERT's BertOutput), while in L1.
 at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, const at::Tensor& up_weight_scale,
                             const at::Tensor& up_weight_sum, const at::Tensor& up_crow, const at::Tensor& up_col,
                             const std::optional<at::Tensor>& up_bias, at::IntArrayRef up_shape,
@@ -316,7 +318,9 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
                             const at::Tensor& down_weight_scale, const at::Tensor& down_weight_sum,
                             const at::Tensor& down_crow, const at::Tensor& down_col,
                             const std::optional<at::Tensor>& down_bias, at::IntArrayRef down_shape,
-                            at::IntArrayRef down_block, c10::string_view act_quant, c10::string_view activation) {
+                            at::IntArrayRef down_block, c10::string_view act_quant, c10::string_view activation,
+                            const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
+                            double norm_eps) {
   for (const auto& [name, v] : {std::pair<const char*, at::IntArrayRef>{"up_shape", up_shape}, {"down_shape", down_shape}})
     TORCH_CHECK_VALUE(v.size() == 2 && v[0] >= 0 && v[1] >= 0, name, " must be (out_features, in_features) >= 0, got ", v);
   for (const auto& [name, v] : {std::pair<const char*, at::IntArrayRef>{"up_block", up_block}, {"down_block", down_block}})
@@ -333,6 +337,16 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
   TORCH_CHECK_VALUE(!up.aq.per_tensor, "act_quant='", std::string(act_quant),
                     "' is not fused by bsr_int8_ffn; use per_token or per_token_asym");
   const int64_t M = up.call.args.M, N = down_shape[0];
+  const bool norm = norm_weight.has_value() && norm_weight->defined();
+  TORCH_CHECK_VALUE(norm == (norm_bias.has_value() && norm_bias->defined()),
+                    "norm_weight and norm_bias are given together or not at all");
+  if (norm) {
+    TORCH_CHECK_VALUE(N == up_shape[1], "the residual add needs down's out_features (", N,
+                      ") to equal up's in_features (", up_shape[1], ")");
+    // The rest (dtypes, shapes, eps) as add_layer_norm checks it, on a row of no data.
+    add_layer_norm_cpu(at::empty({0, N}, x.options()), at::empty({0, N}, x.options()), *norm_weight, *norm_bias,
+                       norm_eps);
+  }
   // down's kernel for M rows (AMX takes a layer by its blocks and rows: it may take one of the two)
   down.call.args.M = M;
   down.kern = select_int8(down.isa, x.scalar_type() == at::kFloat, down.call.args);
@@ -344,17 +358,33 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
     const at::Tensor h = int8_core(x, up_values, up_weight_scale, up_weight_sum, up_crow.contiguous(),
                                    up_col.contiguous(), up_bias, H, up_shape[1], up_block[0], up_block[1], act_quant,
                                    activation);
-    return int8_core(h, down_values, down_weight_scale, down_weight_sum, down_crow.contiguous(),
-                     down_col.contiguous(), down_bias, N, H, down_block[0], down_block[1], act_quant, "none");
+    const at::Tensor y = int8_core(h, down_values, down_weight_scale, down_weight_sum, down_crow.contiguous(),
+                                   down_col.contiguous(), down_bias, N, H, down_block[0], down_block[1], act_quant,
+                                   "none");
+    return norm ? add_layer_norm_cpu(y, x, *norm_weight, *norm_bias, norm_eps) : y;
   }
   std::vector<int64_t> out_sizes = up.call.out_sizes;
   out_sizes.back() = N;
   at::Tensor y = at::empty({M, N}, x.options());
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   const int64_t xbytes = bf16 ? 2 : 4;
-  const void* xp = up.call.x2.data_ptr();
-  const int64_t lda = up.call.x2.stride(0), K = up_shape[1];
-  const bool stream = M * N * xbytes >= kPipelineStreamYBytes;
+  // The residual rows are x's: contiguous for the row kernel of the add + LayerNorm.
+  const at::Tensor x2 = norm ? up.call.x2.contiguous() : up.call.x2;
+  const void* xp = x2.data_ptr();
+  const int64_t lda = x2.stride(0), K = up_shape[1];
+  const bool stream = !norm && M * N * xbytes >= kPipelineStreamYBytes;
+  cpu::AddLayerNormArgs ln{};
+  at::Tensor ln_w, ln_b;
+  if (norm) {
+    ln_w = norm_weight->to(at::kFloat).contiguous();
+    ln_b = norm_bias->to(at::kFloat).contiguous();
+    ln.bf16 = bf16;
+    ln.weight = ln_w.data_ptr<float>();
+    ln.bias = ln_b.data_ptr<float>();
+    ln.eps = static_cast<float>(norm_eps);
+    ln.n = N;
+  }
+  const cpu::AddLayerNormFn ln_rows = norm ? select_add_layer_norm() : nullptr;
   // Rows whose x (bad_x) or hidden activation (bad_h) cannot be quantized: computed as zeros,
   // the call raises once every thread is done.
   std::atomic<int64_t> bad_x{M}, bad_h{M};
@@ -366,12 +396,13 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
   const int64_t chunk = kFfnChunkRows;
   at::parallel_for(0, M, chunk, [&](int64_t b, int64_t e) {
     thread_local std::vector<uint8_t> qx, qh;
-    thread_local std::vector<char> hbuf;
+    thread_local std::vector<char> hbuf, ybuf;
     thread_local std::vector<float> sx, sh;
     thread_local std::vector<int32_t> zx, zh;
     qx.resize(chunk * up.ldq);
     qh.resize(chunk * down.ldq);
     hbuf.resize(chunk * H * xbytes);
+    if (norm) ybuf.resize(chunk * N * xbytes);
     sx.resize(chunk);
     sh.resize(chunk);
     zx.resize(chunk);
@@ -408,12 +439,20 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
       a2.x = qh.data();
       a2.lda = down.ldq;
       a2.M = rows;
-      a2.y = static_cast<char*>(y.data_ptr()) + c0 * N * xbytes;
+      char* yrows = static_cast<char*>(y.data_ptr()) + c0 * N * xbytes;
+      a2.y = norm ? ybuf.data() : yrows;
       a2.ldy = N;
       a2.row_scale = sh.data();
       a2.row_zero = zh.data();
       a2.stream_y = stream;
       down.kern.gemm(a2, 0, down.nb, 0, rows);
+      if (norm) {
+        cpu::AddLayerNormArgs l = ln;
+        l.x = ybuf.data();
+        l.residual = static_cast<const char*>(xp) + c0 * K * xbytes;
+        l.out = yrows;
+        ln_rows(l, 0, rows);
+      }
     }
   });
   TORCH_CHECK_VALUE(bad_x.load() == M, "x holds Inf or NaN in row ", bad_x.load(), " (of the input flattened to [", M,

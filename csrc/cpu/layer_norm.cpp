@@ -9,12 +9,12 @@
 #include <utility>
 
 #include "isa.h"
+#include "layer_norm.h"
 #include "layer_norm_kernel.h"
 
 namespace sparsebert {
-namespace {
 
-cpu::AddLayerNormFn select_kernel() {
+cpu::AddLayerNormFn select_add_layer_norm() {
   switch (active_isa()) {
     case Isa::kAmx:
     case Isa::kAvx512Bf16:
@@ -60,14 +60,13 @@ at::Tensor add_layer_norm_cpu(const at::Tensor& x, const at::Tensor& residual, c
   a.bias = b.data_ptr<float>();
   a.eps = static_cast<float>(eps);
   a.n = n;
-  const cpu::AddLayerNormFn fn = select_kernel();
+  const cpu::AddLayerNormFn fn = select_add_layer_norm();
   // ~32 KiB of each input per task: small batches stay on one thread, large ones split evenly.
   const int64_t grain = std::max<int64_t>(1, 8192 / n);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { fn(a, begin, end); });
   return out;
 }
 
-}  // namespace
 }  // namespace sparsebert
 
 TORCH_LIBRARY_IMPL(sparsebert, CPU, m) { m.impl("add_layer_norm", &sparsebert::add_layer_norm_cpu); }

@@ -395,19 +395,26 @@ def ffn_mismatch(up: nn.Module, down: nn.Module) -> str | None:
     return None
 
 
-def int8_ffn(x: Tensor, up: SparseInt8Linear, down: SparseInt8Linear) -> Tensor:
+def int8_ffn(x: Tensor, up: SparseInt8Linear, down: SparseInt8Linear, norm: nn.LayerNorm | None = None) -> Tensor:
     """``down(up(x))`` as one ``sparsebert::bsr_int8_ffn``: the same numbers, with the hidden
     activation kept in each core's caches (see :func:`sparsebert.ops.bsr_int8_ffn`). ``up``'s
-    activation (``up.activation``) runs between them. Raises ValueError where
-    :func:`ffn_mismatch` names a reason."""
+    activation (``up.activation``) runs between them. ``norm``: then ``norm(down(up(x)) + x)`` in
+    the same pass (``sparsebert.ops.add_layer_norm``'s numbers), an ``nn.LayerNorm`` over the last
+    dim with weight and bias in x's dtype. Raises ValueError where :func:`ffn_mismatch` names a
+    reason."""
     why = ffn_mismatch(up, down)
     if why is not None:
         raise ValueError(f"int8_ffn cannot fuse these layers: {why}")
-    return _int8_ffn(x, up, down)
+    if norm is not None and not (isinstance(norm, nn.LayerNorm) and norm.weight is not None and norm.bias is not None
+                                 and tuple(norm.normalized_shape) == (down.out_features,)):
+        raise ValueError(f"norm must be an nn.LayerNorm over the last dim ({down.out_features}) with weight and "
+                         f"bias, got {norm!r}")
+    return _int8_ffn(x, up, down, norm)
 
 
-def _int8_ffn(x: Tensor, up: SparseInt8Linear, down: SparseInt8Linear) -> Tensor:
+def _int8_ffn(x: Tensor, up: SparseInt8Linear, down: SparseInt8Linear, norm: nn.LayerNorm | None = None) -> Tensor:
     """:func:`int8_ffn` for layers :func:`ffn_mismatch` has passed."""
+    residual = x
     x, up_bias, u = up._prepare(x)
     d = down._buffers
     down_bias = d["bias"]
@@ -416,4 +423,12 @@ def _int8_ffn(x: Tensor, up: SparseInt8Linear, down: SparseInt8Linear) -> Tensor
     return _BSR_INT8_FFN(x, u["values"], u["weight_scale"], u["weight_sum"], u["crow_indices"], u["col_indices"],
                          up_bias, up._op_shape, up._op_block, d["values"], d["weight_scale"], d["weight_sum"],
                          d["crow_indices"], d["col_indices"], down_bias, down._op_shape, down._op_block,
-                         up.act_quant, up._activation)
+                         up.act_quant, up._activation, *_norm_args(norm, residual, x))
+
+
+def _norm_args(norm: nn.LayerNorm | None, residual: Tensor, x: Tensor) -> tuple:
+    if norm is None:
+        return ()
+    if residual is not x:
+        raise ValueError("int8_ffn with norm: up has SmoothQuant factors, so its input is not the residual")
+    return norm.weight, norm.bias, norm.eps

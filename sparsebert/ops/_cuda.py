@@ -34,14 +34,18 @@ IMPLS = {op: _launcher(op, name) for op, name in LAUNCHERS.items()}
 
 
 def _bsr_int8_ffn_cuda(x, uv, us, usum, ucrow, ucol, ub, ushape, ublock, dv, ds, dsum, dcrow, dcol, db, dshape,
-                       dblock, act_quant="per_token", activation="gelu"):
-    """The two INT8 linear kernels one after the other (their definition)."""
+                       dblock, act_quant="per_token", activation="gelu", norm_weight=None, norm_bias=None,
+                       norm_eps=1e-12):
+    """The two INT8 linear kernels one after the other, then add + LayerNorm (their definition)."""
     from .int8_linear import _check_ffn
 
-    _check_ffn(ushape, dshape, act_quant)
+    _check_ffn(ushape, dshape, act_quant, norm_weight, norm_bias)
     op = torch.ops.sparsebert.bsr_int8_linear.default
     h = op(x, uv, us, usum, ucrow, ucol, ub, ushape, ublock, act_quant, activation)
-    return op(h, dv, ds, dsum, dcrow, dcol, db, dshape, dblock, act_quant, "none")
+    y = op(h, dv, ds, dsum, dcrow, dcol, db, dshape, dblock, act_quant, "none")
+    if norm_weight is None:
+        return y
+    return torch.ops.sparsebert.add_layer_norm.default(y, x, norm_weight, norm_bias, norm_eps)
 
 
 IMPLS["bsr_int8_ffn"] = _bsr_int8_ffn_cuda

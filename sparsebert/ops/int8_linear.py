@@ -54,40 +54,55 @@ def bsr_int8_linear(x: Tensor, values: Tensor, weight_scale: Tensor, weight_sum:
 FFN_ACT_QUANT_MODES = ("per_token", "per_token_asym")
 
 
-def bsr_int8_ffn(x: Tensor, up: tuple, down: tuple, act_quant: str = "per_token", activation: str = "gelu") -> Tensor:
+def bsr_int8_ffn(x: Tensor, up: tuple, down: tuple, act_quant: str = "per_token", activation: str = "gelu",
+                 norm: tuple | None = None) -> Tensor:
     """``bsr_int8_linear(bsr_int8_linear(x, *up, activation=activation), *down)`` as one op: a
     transformer FFN, up projection, activation, down projection. ``up`` and ``down`` are each
     ``(values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape, block_size)`` as
-    :func:`bsr_int8_linear` takes them; ``act_quant`` one of :data:`FFN_ACT_QUANT_MODES`. The
-    numbers are those of the two ops; on CPU each thread runs both layers over a few rows at a
-    time, so the hidden activation stays in its core's caches."""
+    :func:`bsr_int8_linear` takes them; ``act_quant`` one of :data:`FFN_ACT_QUANT_MODES`.
+    ``norm=(weight, bias, eps)``: then ``add_layer_norm(that, x, weight, bias, eps)``, the residual
+    add and LayerNorm after the FFN (BERT's ``BertOutput``). The numbers are those of the ops one
+    after the other; on CPU each thread runs the whole chain over a few rows at a time, so the
+    hidden activation stays in its core's caches."""
     if act_quant not in FFN_ACT_QUANT_MODES:
         raise ValueError(f"act_quant={act_quant!r} is not fused by bsr_int8_ffn; use one of {FFN_ACT_QUANT_MODES}")
     uv, us, usum, ucrow, ucol, ub, ushape, ublock = up
     dv, ds, dsum, dcrow, dcol, db, dshape, dblock = down
+    nw, nb, eps = norm if norm is not None else (None, None, 1e-12)
     return torch.ops.sparsebert.bsr_int8_ffn.default(
         x, uv, us, usum, ucrow, ucol, ub, list(ushape), list(check_block_size(ublock)),
-        dv, ds, dsum, dcrow, dcol, db, list(dshape), list(check_block_size(dblock)), act_quant, activation)
+        dv, ds, dsum, dcrow, dcol, db, list(dshape), list(check_block_size(dblock)), act_quant, activation,
+        nw, nb, float(eps))
 
 
 def bsr_int8_ffn_reference(x, up_values, up_weight_scale, up_weight_sum, up_crow_indices, up_col_indices, up_bias,
                            up_shape, up_block_size, down_values, down_weight_scale, down_weight_sum,
                            down_crow_indices, down_col_indices, down_bias, down_shape, down_block_size,
-                           act_quant="per_token", activation="gelu"):
+                           act_quant="per_token", activation="gelu", norm_weight=None, norm_bias=None,
+                           norm_eps=1e-12):
     """The definition: the two INT8 linears one after the other (the hidden activation rounded to
-    x's dtype in between, as the first op's output is)."""
-    _check_ffn(up_shape, down_shape, act_quant)
+    x's dtype in between, as the first op's output is), then the residual add and LayerNorm when
+    ``norm_weight`` and ``norm_bias`` are given."""
+    from .layer_norm import add_layer_norm_reference
+
+    _check_ffn(up_shape, down_shape, act_quant, norm_weight, norm_bias)
     h = bsr_int8_linear_reference(x, up_values, up_weight_scale, up_weight_sum, up_crow_indices, up_col_indices,
                                   up_bias, up_shape, up_block_size, act_quant, activation)
-    return bsr_int8_linear_reference(h, down_values, down_weight_scale, down_weight_sum, down_crow_indices,
-                                     down_col_indices, down_bias, down_shape, down_block_size, act_quant)
+    y = bsr_int8_linear_reference(h, down_values, down_weight_scale, down_weight_sum, down_crow_indices,
+                                  down_col_indices, down_bias, down_shape, down_block_size, act_quant)
+    return y if norm_weight is None else add_layer_norm_reference(y, x, norm_weight, norm_bias, norm_eps)
 
 
-def _check_ffn(up_shape, down_shape, act_quant) -> None:
+def _check_ffn(up_shape, down_shape, act_quant, norm_weight=None, norm_bias=None) -> None:
     if act_quant not in FFN_ACT_QUANT_MODES:
         raise ValueError(f"act_quant={act_quant!r} is not fused by bsr_int8_ffn; use one of {FFN_ACT_QUANT_MODES}")
     if down_shape[1] != up_shape[0]:
         raise ValueError(f"down's in_features ({down_shape[1]}) must equal up's out_features ({up_shape[0]})")
+    if (norm_weight is None) != (norm_bias is None):
+        raise ValueError("norm_weight and norm_bias are given together or not at all")
+    if norm_weight is not None and down_shape[0] != up_shape[1]:
+        raise ValueError(f"the residual add needs down's out_features ({down_shape[0]}) to equal up's "
+                         f"in_features ({up_shape[1]})")
 
 
 def int8_weight_only_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | None,
@@ -187,12 +202,16 @@ def _bsr_int8_linear_fake(x, values, weight_scale, weight_sum, crow_indices, col
 def _bsr_int8_ffn_fake(x, up_values, up_weight_scale, up_weight_sum, up_crow_indices, up_col_indices, up_bias,
                        up_shape, up_block_size, down_values, down_weight_scale, down_weight_sum, down_crow_indices,
                        down_col_indices, down_bias, down_shape, down_block_size, act_quant="per_token",
-                       activation="gelu"):
-    _check_ffn(up_shape, down_shape, act_quant)
+                       activation="gelu", norm_weight=None, norm_bias=None, norm_eps=1e-12):
+    _check_ffn(up_shape, down_shape, act_quant, norm_weight, norm_bias)
     h = _bsr_int8_linear_fake(x, up_values, up_weight_scale, up_weight_sum, up_crow_indices, up_col_indices, up_bias,
                               up_shape, up_block_size, act_quant, activation)
-    return _bsr_int8_linear_fake(h, down_values, down_weight_scale, down_weight_sum, down_crow_indices,
-                                 down_col_indices, down_bias, down_shape, down_block_size, act_quant)
+    y = _bsr_int8_linear_fake(h, down_values, down_weight_scale, down_weight_sum, down_crow_indices,
+                              down_col_indices, down_bias, down_shape, down_block_size, act_quant)
+    if norm_weight is not None and not (norm_weight.shape == norm_bias.shape == (down_shape[0],)
+                                        and norm_weight.dtype == norm_bias.dtype == x.dtype):
+        raise ValueError(f"norm_weight and norm_bias must be [{down_shape[0]}] in {x.dtype}")
+    return y
 
 
 for _op in ("int8_linear", "int8_weight_only_linear", "bsr_int8_linear", "bsr_int8_ffn"):
