@@ -54,7 +54,10 @@ inline void zero_2x2() {
   _tile_zero(3);
 }
 
-void run_task_amx(const AttentionArgs& a, int64_t task, AmxScratch& w, Scratch& blocks) {
+// noipa: compiled on its own, never inlined or cloned for the caller's thread_local scratch (a
+// clone re-derives the scratch's address with __tls_get_addr calls in the inner loops, which
+// clobber every vector register; see attention_int8_avx512vnni.cpp).
+__attribute__((noipa)) void run_task_amx(const AttentionArgs& a, int64_t task, AmxScratch& w, Scratch& blocks) {
   const TaskView t = task_view(a, task);
   if (t.lq == 0) return;
   const int64_t D = a.D, dp = round_up(D, 32), dp2 = dp / 2;

@@ -173,7 +173,11 @@ inline void pv_cols_i8(const uint8_t* p, int64_t pstride, const uint32_t* vw, in
   for (int r0 = 0; r0 < nrr; r0 += RR) pv_tile_i8<NC>(p, pstride, vw, dp, blocks, nkb, cols, sv, l, o, r0, c0);
 }
 
-void run_task_i8(const AttentionArgs& a, int64_t task, I8Scratch& w, Scratch& blocks) {
+// Compiled on its own (noipa: neither inlined nor cloned for its caller's arguments): w and blocks
+// are thread_local there, and a clone specialized for them re-derived their address with a call to
+// __tls_get_addr inside the softmax loop, which clobbers every vector register (the row sum then
+// lived on the stack).
+__attribute__((noipa)) void run_task_i8(const AttentionArgs& a, int64_t task, I8Scratch& w, Scratch& blocks) {
   const TaskView t = task_view(a, task);
   if (t.lq == 0) return;
   const int64_t D = a.D, dp = round_up(D, 16), nq = (D + 3) / 4, nqp = round_up(nq, 16);

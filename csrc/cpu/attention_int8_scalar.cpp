@@ -43,7 +43,10 @@ inline float quantize(const float* x, int64_t n, int64_t stride, T* q) {
   return nan ? std::numeric_limits<float>::quiet_NaN() : amax / 127.f;
 }
 
-void run_task_i8(const AttentionArgs& a, int64_t task, I8Rows& w, Scratch& blocks) {
+// noipa: compiled on its own, never inlined or cloned for the caller's thread_local scratch (a
+// clone re-derives the scratch's address with __tls_get_addr calls in the inner loops, which
+// clobber every vector register; see attention_int8_avx512vnni.cpp).
+__attribute__((noipa)) void run_task_i8(const AttentionArgs& a, int64_t task, I8Rows& w, Scratch& blocks) {
   const TaskView t = task_view(a, task);
   if (t.lq == 0) return;
   const int64_t D = a.D, lk = t.lk;
