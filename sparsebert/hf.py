@@ -29,6 +29,7 @@ Attention weights are never materialized: ``output_attentions=True`` raises ``Va
 
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -247,6 +248,7 @@ def _key_padding(mask: Tensor | None, batch: int, seq: int, device) -> Tensor:
     )
 
 
+@functools.cache
 def _bert_classes() -> tuple:
     from transformers.models.bert import modeling_bert as mb
 
@@ -267,11 +269,15 @@ def _lean_path_applies(encoder: nn.Module, kwargs: dict) -> bool:
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         return False
     layer_cls, attn_cls, self_cls, self_out_cls, inter_cls, out_cls = _bert_classes()
-    for layer in encoder.layer:
-        if type(layer) is not layer_cls or layer.chunk_size_feed_forward or hasattr(layer, "crossattention"):
+    # Submodules through _modules: nn.Module.__getattr__ costs about as much as the check (this
+    # runs on every forward).
+    for layer in encoder._modules["layer"]:
+        if type(layer) is not layer_cls or layer.chunk_size_feed_forward or "crossattention" in layer._modules:
             return False
-        parts = ((layer, layer_cls), (layer.attention, attn_cls), (layer.attention.self, self_cls),
-                 (layer.attention.output, self_out_cls), (layer.intermediate, inter_cls), (layer.output, out_cls))
+        lm = layer._modules
+        attn = lm["attention"]
+        parts = ((layer, layer_cls), (attn, attn_cls), (attn._modules["self"], self_cls),
+                 (attn._modules["output"], self_out_cls), (lm["intermediate"], inter_cls), (lm["output"], out_cls))
         for module, cls in parts:
             if type(module) is not cls or module._forward_hooks or module._forward_pre_hooks:
                 return False
@@ -281,18 +287,20 @@ def _lean_path_applies(encoder: nn.Module, kwargs: dict) -> bool:
 def _lean_bert_layer(layer: nn.Module, x: Tensor, cu: Tensor, max_len: int, precision: str) -> Tensor:
     """One BERT layer in inference on packed tokens ``x [tokens, hidden]``: what ``BertLayer``'s
     forward computes (dropout is the identity in eval mode), module by module."""
-    sa = layer.attention.self
+    attn = layer._modules["attention"]._modules
+    sa = attn["self"]
+    sm = sa._modules
     t = x.shape[0]
     hd = sa.attention_head_size
-    qkv = sa._modules.get(QKV_ATTR)
+    qkv = sm.get(QKV_ATTR)
     if qkv is not None and _is_fused_qkv(sa):
         q, k, v = (p.view(t, -1, hd) for p in qkv(x).split(sa._sparsebert_qkv_sizes, -1))
     else:
-        q = sa.query(x).view(t, -1, hd)
-        k = sa.key(x).view(t, -1, hd)
-        v = sa.value(x).view(t, -1, hd)
+        q = sm["query"](x).view(t, -1, hd)
+        k = sm["key"](x).view(t, -1, hd)
+        v = sm["value"](x).view(t, -1, hd)
     ctx = attention_varlen(q, k, v, cu, max_len, sa.scaling, precision).view(t, -1)
-    a = layer.attention.output(ctx, x)
+    a = attn["output"](ctx, x)
     return layer.feed_forward_chunk(a)  # transformers': output(intermediate(a), a); fuse_ffn's when fused
 
 
@@ -308,7 +316,20 @@ def _output_classes() -> tuple:
 def _fused_output_forward(self, hidden_states: Tensor, input_tensor: Tensor) -> Tensor:
     """``BertSelfOutput`` / ``BertOutput`` forward with the residual add and the LayerNorm as one
     ``sparsebert.ops.add_layer_norm`` (:func:`_add_norm`)."""
-    return _add_norm(self.LayerNorm, self.dropout(self.dense(hidden_states)), input_tensor)
+    m = self._modules
+    return _add_norm(m["LayerNorm"], _dropout(m["dropout"], m["dense"](hidden_states)), input_tensor)
+
+
+def _dropout(module: nn.Module, h: Tensor) -> Tensor:
+    """``module(h)``, skipped where it is the identity (a module call costs microseconds, several
+    per layer)."""
+    return h if _no_dropout(module) else module(h)
+
+
+def _no_dropout(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Dropout`` that returns its input: eval mode or p=0, no hooks."""
+    return type(module) is nn.Dropout and not (module.training and module.p > 0) and not (
+        module._forward_hooks or module._forward_pre_hooks)
 
 
 def _add_norm(ln: nn.LayerNorm, h: Tensor, input_tensor: Tensor) -> Tensor:
@@ -373,17 +394,18 @@ def _fused_ffn_forward(self, attention_output: Tensor) -> Tensor:
     activations' dtype), else as before.
     Where gradients are needed, or the layer no longer qualifies (a projection replaced, the
     activation unfused, hooks added since :func:`fuse_ffn`), transformers' forward."""
-    inter, out = self.intermediate, self.output
+    inter, out = self._modules["intermediate"], self._modules["output"]
     if (torch.is_grad_enabled() and attention_output.requires_grad) or _ffn_mismatch(self) is not None:
         return out(inter(attention_output), attention_output)
-    ln = out.LayerNorm
+    om = out._modules
+    ln, drop, up, down = om["LayerNorm"], om["dropout"], inter._modules["dense"], om["dense"]
     if _is_norm_fused(out):
-        if (not (out.training and out.dropout.p > 0) and inter.dense.smooth is None
+        if (_no_dropout(drop) and up._buffers["smooth"] is None
                 and ln.weight.dtype == ln.bias.dtype == attention_output.dtype):
             # the add + LayerNorm in the same op, on each chunk of rows while it is in L1
-            return _int8_ffn(attention_output, inter.dense, out.dense, ln)
-        return _add_norm(ln, out.dropout(_int8_ffn(attention_output, inter.dense, out.dense)), attention_output)
-    return ln(out.dropout(_int8_ffn(attention_output, inter.dense, out.dense)) + attention_output)
+            return _int8_ffn(attention_output, up, down, ln)
+        return _add_norm(ln, _dropout(drop, _int8_ffn(attention_output, up, down)), attention_output)
+    return ln(_dropout(drop, _int8_ffn(attention_output, up, down)) + attention_output)
 
 
 def _is_norm_fused(module: nn.Module) -> bool:
@@ -410,13 +432,13 @@ def _ffn_mismatch(layer: nn.Module) -> str | None:
     inter, out = layer._modules.get("intermediate"), layer._modules.get("output")
     if type(inter) is not inter_cls or type(out) is not out_cls:
         return "its intermediate or output is not transformers' BertIntermediate / BertOutput"
-    if any(m._forward_hooks or m._forward_pre_hooks for m in (inter, out)):
+    if inter._forward_hooks or inter._forward_pre_hooks or out._forward_hooks or out._forward_pre_hooks:
         return "its intermediate or output has hooks (they would no longer run)"
-    if not isinstance(inter.intermediate_act_fn, nn.Identity):
+    if not isinstance(inter._modules.get("intermediate_act_fn"), nn.Identity):
         return "its activation is a module of its own (fuse_activations moves a GELU into the up projection)"
     if "forward" in out.__dict__ and not _is_norm_fused(out):
         return "its output's forward is replaced"
-    return ffn_mismatch(inter.dense, out.dense)
+    return ffn_mismatch(inter._modules.get("dense"), out._modules.get("dense"))
 
 
 def fuse_ffn(model: nn.Module) -> list[str]:
@@ -599,7 +621,7 @@ def _unpadded_encoder_forward(
     if _lean_path_applies(self, kwargs):
         x = x[0]
         precision = attention_precision(getattr(self, "config", None))
-        for layer in self.layer:
+        for layer in self._modules["layer"]:
             x = _lean_bert_layer(layer, x, cu, max_len, precision)
     else:
         varlen = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}
