@@ -1120,8 +1120,13 @@ def plot(rows: list[dict], shapes, path: str, title: str) -> None:
 # dispatcher above them, hooks) is the wall time of the unprofiled forward minus the replayed
 # sum: the "Python/dispatch overhead" row.
 
+FFN_OP = "sparsebert::bsr_int8_ffn"
+FFN_GEMM = "GEMM in sparsebert::bsr_int8_ffn (its two projections replayed alone)"
+FFN_REST = "GELU, add + LayerNorm in sparsebert::bsr_int8_ffn (the rest of its time)"
 PARTS = [
     ("GEMM sparsebert::bsr_int8_linear", ("sparsebert::bsr_int8_linear",)),
+    (FFN_GEMM, ()),
+    (FFN_REST, ()),
     ("GEMM sparsebert::int8_linear", ("sparsebert::int8_linear",)),
     ("GEMM sparsebert::int8_weight_only_linear", ("sparsebert::int8_weight_only_linear",)),
     ("GEMM sparsebert::bsr_linear", ("sparsebert::bsr_linear",)),
@@ -1165,6 +1170,25 @@ def record_calls(model: nn.Module, inputs: dict) -> list:
     with torch.inference_mode(), rec:
         model(**inputs)
     return rec.calls
+
+
+def ffn_probes(call) -> list:
+    """The two projections of a recorded ``sparsebert::bsr_int8_ffn`` call as separate
+    ``bsr_int8_linear`` calls (up without its activation; down on up's real output): replayed
+    beside the fused op, they split its time into the GEMMs (their activation quantization
+    included, as every GEMM row's) and the rest (the GELU, the residual add and LayerNorm)."""
+    func, args, kwargs, _ = call
+    bound = func._schema.arguments
+    values = {a.name: (args[i] if i < len(args) else kwargs.get(a.name, a.default_value)) for i, a in enumerate(bound)}
+    lin = torch.ops.sparsebert.bsr_int8_linear.default
+    up = [values[f"up_{n}"] for n in ("values", "weight_scale", "weight_sum", "crow_indices", "col_indices", "bias",
+                                      "shape", "block_size")]
+    down = [values[f"down_{n}"] for n in ("values", "weight_scale", "weight_sum", "crow_indices", "col_indices",
+                                          "bias", "shape", "block_size")]
+    with torch.inference_mode():
+        hidden = lin(values["x"], *up, values["act_quant"], values["activation"])
+    return [(lin, (values["x"], *up, values["act_quant"], "none"), {}, False),
+            (lin, (hidden, *down, values["act_quant"], "none"), {}, False)]
 
 
 def replay_times(calls: list, rounds: int) -> list[float]:
@@ -1217,12 +1241,21 @@ def run_profile(args, shapes) -> None:
                 walls.append(time.perf_counter() - t0)
         wall = statistics.median(walls) * 1e6
         calls = record_calls(model, inputs)
-        times = replay_times(calls, args.profile_iters)
+        probes = {i: ffn_probes(c) for i, c in enumerate(calls) if c[0]._schema.name == FFN_OP}
+        extra_calls = [p for i in sorted(probes) for p in probes[i]]
+        times = replay_times(calls + extra_calls, args.profile_iters)
+        probe_times = dict(zip(sorted(probes), zip(times[len(calls)::2], times[len(calls) + 1::2])))
+        times = times[:len(calls)]
         parts = {p: 0.0 for p, _ in PARTS}
         parts[OTHER] = 0.0
         others: dict[str, float] = {}
-        for (func, *_), t in zip(calls, times):
+        for i, ((func, *_), t) in enumerate(zip(calls, times)):
             name = func._schema.name
+            if name == FFN_OP:
+                gemm = min(t, sum(probe_times[i]))
+                parts[FFN_GEMM] += gemm * 1e6
+                parts[FFN_REST] += (t - gemm) * 1e6
+                continue
             part = _part_of(name)
             parts[part] += t * 1e6
             if part == OTHER:

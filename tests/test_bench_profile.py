@@ -26,16 +26,26 @@ def test_recorded_calls_are_the_forward(bench_e2e):
     linears = sum(type(m).__name__ == "SparseInt8Linear" for m in model.modules())
     layers = model.config.num_hidden_layers
     assert linears == 4 * layers  # query, key and value as one layer
-    assert names.count("sparsebert::bsr_int8_linear") == linears
+    # compress runs each FFN (up projection, GELU, down projection, residual add and LayerNorm)
+    # as one op: no aten::gelu, and the other two projections stay bsr_int8_linear
+    assert names.count("sparsebert::bsr_int8_ffn") == layers
+    assert names.count("sparsebert::bsr_int8_linear") == linears - 2 * layers
     assert names.count("sparsebert::attention_varlen") == layers
-    # compress fuses the FFN's GELU into the up projection: no aten::gelu is left
     assert names.count("aten::gelu") == 0
-    gelu = [args for (_, args, *_), n in zip(calls, names)
-            if n == "sparsebert::bsr_int8_linear" and any(isinstance(a, str) and a == "gelu" for a in args)]
-    assert len(gelu) == layers
-    # and each block's residual add + LayerNorm into one op; the embeddings' LayerNorm stays
-    assert names.count("sparsebert::add_layer_norm") == 2 * layers
+    ffn = [args for (_, args, *_), n in zip(calls, names) if n == "sparsebert::bsr_int8_ffn"]
+    assert all("gelu" in args for args in ffn)
+    # the attention block's residual add + LayerNorm is one op; the FFN's is inside bsr_int8_ffn;
+    # the embeddings' LayerNorm stays
+    assert names.count("sparsebert::add_layer_norm") == layers
     assert names.count("aten::layer_norm") + names.count("aten::native_layer_norm") >= 1
+    # The profile splits the fused FFN with its two projections as separate ops, which compute
+    # its hidden activation and output again
+    up, down = bench_e2e.ffn_probes(calls[names.index("sparsebert::bsr_int8_ffn")])
+    func, args, kwargs, _ = calls[names.index("sparsebert::bsr_int8_ffn")]
+    with torch.inference_mode():
+        hidden = up[0](*up[1], **up[2])
+        assert hidden.shape[-1] == model.config.intermediate_size
+        assert torch.equal(down[0](*down[1]), torch.ops.sparsebert.bsr_int8_ffn.default(*args[:19]))
     # Replaying a call computes what the forward computed: the first linear's output again.
     i = names.index("sparsebert::bsr_int8_linear")
     func, args, kwargs, mutable = calls[i]
@@ -49,7 +59,7 @@ def test_recorded_calls_are_the_forward(bench_e2e):
     assert sum(t for t, n in zip(times, names) if n == "sparsebert::bsr_int8_linear") > 0.0
 
 
-def test_profile_table_adds_up(tmp_path):
+def test_profile_table_adds_up(tmp_path, bench_e2e):
     out = tmp_path / "profile.json"
     r = subprocess.run([sys.executable, str(BENCH / "bench_e2e.py"), "--profile", "--model", "tiny", "--shapes",
                         "1x16,2x16-mixed", "--profile-iters", "2", "--json", str(out)],
@@ -63,6 +73,7 @@ def test_profile_table_adds_up(tmp_path):
         # replayed sum, so no part is negative).
         assert sum(parts.values()) == pytest.approx(row["wall_us"], rel=1e-9)
         assert parts["GEMM sparsebert::bsr_int8_linear"] > 0 and parts["attention"] > 0
+        assert parts[bench_e2e.FFN_GEMM] > 0
         assert row["ops"] > 50
     assert "non-GEMM share" in r.stdout and "| LayerNorm |" in r.stdout and "| GELU |" not in r.stdout
     assert "| add + LayerNorm (fused) |" in r.stdout
