@@ -407,45 +407,40 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
     sh.resize(chunk);
     zx.resize(chunk);
     zh.resize(chunk);
+    // Rows [c0, c0 + rows) of src into p's quantized layout; a row that cannot be quantized is
+    // noted in bad and multiplied as zeros.
+    const auto quantize = [&](const Int8Prep& p, const void* src, int64_t ld, int64_t k, uint8_t* q, float* sc,
+                              int32_t* zp, int64_t c0, int64_t rows, std::atomic<int64_t>& bad) {
+      p.kern.quantize(src, ld, bf16, 0, rows, k, q, p.ldq, sc, zp, p.aq.asymmetric, nullptr);
+      for (int64_t r = 0; r < rows; ++r)
+        if (std::isnan(sc[r])) {
+          note(bad, c0 + r);
+          zp[r] = 0;
+          std::memset(q + r * p.ldq, 0, p.ldq);
+        }
+    };
+    // p's layer on `rows` quantized rows q, every block row, into out (ldy apart).
+    const auto gemm = [](const Int8Prep& p, const uint8_t* q, float* sc, int32_t* zp, int64_t rows, void* out,
+                         int64_t ldy, bool stream_out) {
+      cpu::BsrLinearArgs a = p.call.args;
+      a.x = q;
+      a.lda = p.ldq;
+      a.M = rows;
+      a.y = out;
+      a.ldy = ldy;
+      a.row_scale = sc;
+      a.row_zero = zp;
+      a.stream_y = stream_out;
+      p.kern.gemm(a, 0, p.nb, 0, rows);
+    };
     for (int64_t c0 = b; c0 < e; c0 += chunk) {
       const int64_t rows = std::min(chunk, e - c0);
-      up.kern.quantize(static_cast<const char*>(xp) + c0 * lda * xbytes, lda, bf16, 0, rows, K, qx.data(), up.ldq,
-                       sx.data(), zx.data(), up.aq.asymmetric, nullptr);
-      for (int64_t r = 0; r < rows; ++r)
-        if (std::isnan(sx[r])) {
-          note(bad_x, c0 + r);
-          zx[r] = 0;
-          std::memset(qx.data() + r * up.ldq, 0, up.ldq);
-        }
-      cpu::BsrLinearArgs a1 = up.call.args;
-      a1.x = qx.data();
-      a1.lda = up.ldq;
-      a1.M = rows;
-      a1.y = hbuf.data();
-      a1.ldy = H;
-      a1.row_scale = sx.data();
-      a1.row_zero = zx.data();
-      a1.stream_y = false;
-      up.kern.gemm(a1, 0, up.nb, 0, rows);
-      down.kern.quantize(hbuf.data(), H, bf16, 0, rows, H, qh.data(), down.ldq, sh.data(), zh.data(),
-                         down.aq.asymmetric, nullptr);
-      for (int64_t r = 0; r < rows; ++r)
-        if (std::isnan(sh[r])) {
-          note(bad_h, c0 + r);
-          zh[r] = 0;
-          std::memset(qh.data() + r * down.ldq, 0, down.ldq);
-        }
-      cpu::BsrLinearArgs a2 = down.call.args;
-      a2.x = qh.data();
-      a2.lda = down.ldq;
-      a2.M = rows;
+      quantize(up, static_cast<const char*>(xp) + c0 * lda * xbytes, lda, K, qx.data(), sx.data(), zx.data(), c0,
+               rows, bad_x);
+      gemm(up, qx.data(), sx.data(), zx.data(), rows, hbuf.data(), H, false);
+      quantize(down, hbuf.data(), H, H, qh.data(), sh.data(), zh.data(), c0, rows, bad_h);
       char* yrows = static_cast<char*>(y.data_ptr()) + c0 * N * xbytes;
-      a2.y = norm ? ybuf.data() : yrows;
-      a2.ldy = N;
-      a2.row_scale = sh.data();
-      a2.row_zero = zh.data();
-      a2.stream_y = stream;
-      down.kern.gemm(a2, 0, down.nb, 0, rows);
+      gemm(down, qh.data(), sh.data(), zh.data(), rows, norm ? static_cast<void*>(ybuf.data()) : yrows, N, stream);
       if (norm) {
         cpu::AddLayerNormArgs l = ln;
         l.x = ybuf.data();
