@@ -29,7 +29,6 @@ Attention weights are never materialized: ``output_attentions=True`` raises ``Va
 
 from __future__ import annotations
 
-import functools
 import types
 
 import torch
@@ -37,6 +36,7 @@ from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert import modeling_bert as _mb
 from transformers.models.bert.modeling_bert import eager_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, bidirectional_mask_function, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
@@ -248,12 +248,12 @@ def _key_padding(mask: Tensor | None, batch: int, seq: int, device) -> Tensor:
     )
 
 
-@functools.cache
-def _bert_classes() -> tuple:
-    from transformers.models.bert import modeling_bert as mb
+_BERT_CLASSES = (_mb.BertLayer, _mb.BertAttention, _mb.BertSelfAttention, _mb.BertSelfOutput, _mb.BertIntermediate,
+                 _mb.BertOutput)
 
-    return (mb.BertLayer, mb.BertAttention, mb.BertSelfAttention, mb.BertSelfOutput, mb.BertIntermediate,
-            mb.BertOutput)
+
+def _bert_classes() -> tuple:
+    return _BERT_CLASSES
 
 
 def _lean_path_applies(encoder: nn.Module, kwargs: dict) -> bool:
