@@ -227,14 +227,14 @@ def _with_threads(threads, fn):
         torch.set_num_threads(old)
 
 
-# The row-pipelined split (VNNI kernels, two or more threads, at least 128 rows, outputs at most
-# three times the inputs, weights up to 1 MiB): each thread quantizes and multiplies its own rows a
-# chunk at a time. K = 1536 gives chunks of 36 rows, so each thread runs several and a short last
-# one (K = 256: 192 rows); one thread takes the default split, and the two must agree bit for bit.
+# The row-pipelined split (VNNI kernels, two or more threads, at least 128 rows, weights up to
+# 1 MiB): each thread quantizes and multiplies its own rows a chunk at a time. K = 1536 gives
+# chunks of 120 rows, so a thread's share of 601 rows runs several and a short last one (K = 256:
+# 612 rows, one); one thread takes the default split, and the two must agree bit for bit.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", ["per_token", "per_token_asym", "per_tensor"])
 @pytest.mark.parametrize("block_size", [None, (32, 32), (16, 4)])
-@pytest.mark.parametrize("m", [128, 301])
+@pytest.mark.parametrize("m", [128, 301, 601])
 @pytest.mark.parametrize("n,k", [(96, 1536), (768, 256)])
 def test_row_pipelined(isa, dtype, mode, block_size, m, n, k):
     x = (torch.randn(m, k) * torch.logspace(-2, 0.5, m)[:, None]).to(dtype)
