@@ -57,6 +57,7 @@ from sparsebert import CompressConfig  # noqa: E402
 WORKER = HERE / "engines" / "worker.py"
 DEFAULT_ENGINES_DIR = ROOT / "build" / "engines"
 DEFAULT_WORK_DIR = ROOT / "build" / "bench_e2e"
+GOMP_SPINCOUNT = "10000"  # every worker's libgomp idle spin (see Worker); GOMP_SPINCOUNT in the environment wins
 HOLD_ENV = "SPARSEBERT_BENCH_HOLD_GIB"  # worker.py: GiB of other arrays a method's process holds
 RECIPE = 2  # part of the prepared-files directory name: bump when export or quantization changes
 INPUT_NAMES = ["input_ids", "attention_mask"]
@@ -378,6 +379,12 @@ class Worker:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, **(env or {}))
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+        # libgomp's idle threads spin for 300,000 iterations (milliseconds) after each parallel
+        # region, so a torch process keeps both cores busy after its call returns and slows the
+        # method timed next, as ONNX Runtime's spinning does (turned off in worker.py). MiniLM at
+        # 1x128, the 90% model after the dense INT8 one: 2.9-4.4 ms a call with this, 6-11 without.
+        # 10,000 iterations still spin through the gaps between the ops of one forward.
+        env.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
         if name.startswith(("hello-", "tools-")):
             env.pop(HOLD_ENV, None)  # only the timed methods hold the memory
         self._log_file = open(log_path, "w")
@@ -971,7 +978,9 @@ def bench_header(args, state, shapes) -> str:
         "inputs": ", ".join(shape_title(s) for s in shapes) + "; mixed: lengths spread evenly from seq/4 to seq, "
                   "padded, the attention mask marks the padding; "
                   + ("real sentences" if state["sentences"] else "random token ids"),
-        "threads": f"{args.threads} per method; every method in a process of its own, timed there around the call",
+        "threads": f"{args.threads} per method; every method in a process of its own, timed there around the call; "
+                   f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', GOMP_SPINCOUNT)} (an idle OpenMP thread stops "
+                   "spinning soon after a call, instead of taking the cores from the method timed next)",
         "runtimes": "; ".join(runtimes),
     }
     if args.baseline:
