@@ -193,13 +193,11 @@ Int8Prep prepare_int8(const at::Tensor& x, const at::Tensor& values, const at::T
   return p;
 }
 
-at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
-                     const at::Tensor& weight_sum, const at::Tensor& crow, const at::Tensor& col,
-                     const std::optional<at::Tensor>& bias, int64_t N, int64_t K, int64_t br, int64_t bc,
-                     c10::string_view act_quant, c10::string_view activation) {
-  Int8Prep prep = prepare_int8(x, values, weight_scale, weight_sum, crow, col, bias, N, K, br, bc, act_quant,
-                               activation);
+// A validated INT8 linear (prepare_int8) on its x.
+at::Tensor run_int8(Int8Prep& prep) {
   LinearCall& call = prep.call;
+  const at::Tensor& x = call.x2;
+  const int64_t N = call.args.N, K = call.args.K, br = call.args.br, bc = call.args.bc;
   const ActQuant aq = prep.aq;
   const Isa isa = prep.isa;
   const Int8Kernels kern = prep.kern;
@@ -207,7 +205,7 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   if (call.empty()) return call.result();
   const int64_t M = call.args.M;
 
-  const bool pipelined = kern.vnni && !rows_kernel_eligible(isa, br, bc) && row_pipelined(M, values.numel());
+  const bool pipelined = kern.vnni && !rows_kernel_eligible(isa, br, bc) && row_pipelined(M, call.values.numel());
   at::Tensor q = at::empty({pipelined ? 0 : M, ldq}, x.options().dtype(at::kByte));
   at::Tensor row_scale = at::empty({M}, x.options().dtype(at::kFloat));
   at::Tensor row_zero = at::empty({M}, x.options().dtype(at::kInt));
@@ -300,6 +298,15 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   return call.result();
 }
 
+at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
+                     const at::Tensor& weight_sum, const at::Tensor& crow, const at::Tensor& col,
+                     const std::optional<at::Tensor>& bias, int64_t N, int64_t K, int64_t br, int64_t bc,
+                     c10::string_view act_quant, c10::string_view activation) {
+  Int8Prep prep = prepare_int8(x, values, weight_scale, weight_sum, crow, col, bias, N, K, br, bc, act_quant,
+                               activation);
+  return run_int8(prep);
+}
+
 // Rows of the FFN's hidden activation one thread computes and quantizes at a time in the fused
 // FFN: two register tiles of rows, [24, hidden] fp32 (288 KiB for BERT-base), stay in L2 between
 // the up projection that writes them and the quantizer that reads them. 6 to 48 rows gave the
@@ -360,9 +367,7 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
                      !rows_kernel_eligible(up.isa, down_block[0], down_block[1]) &&
                      row_pipelined(M, up_values.numel() + down_values.numel());
   if (!fused) {
-    const at::Tensor h = int8_core(x, up_values, up_weight_scale, up_weight_sum, up_crow.contiguous(),
-                                   up_col.contiguous(), up_bias, H, up_shape[1], up_block[0], up_block[1], act_quant,
-                                   activation);
+    const at::Tensor h = run_int8(up);  // validated above
     const at::Tensor y = int8_core(h, down_values, down_weight_scale, down_weight_sum, down_crow.contiguous(),
                                    down_col.contiguous(), down_bias, N, H, down_block[0], down_block[1], act_quant,
                                    "none");

@@ -64,11 +64,10 @@ def bsr_int8_ffn(x: Tensor, up: tuple, down: tuple, act_quant: str = "per_token"
     add and LayerNorm after the FFN (BERT's ``BertOutput``). The numbers are those of the ops one
     after the other; on CPU each thread runs the whole chain over a few rows at a time, so the
     hidden activation stays in its core's caches."""
-    if act_quant not in FFN_ACT_QUANT_MODES:
-        raise ValueError(f"act_quant={act_quant!r} is not fused by bsr_int8_ffn; use one of {FFN_ACT_QUANT_MODES}")
     uv, us, usum, ucrow, ucol, ub, ushape, ublock = up
     dv, ds, dsum, dcrow, dcol, db, dshape, dblock = down
     nw, nb, eps = norm if norm is not None else (None, None, 1e-12)
+    _check_ffn(ushape, dshape, act_quant, nw, nb)
     return torch.ops.sparsebert.bsr_int8_ffn.default(
         x, uv, us, usum, ucrow, ucol, ub, list(ushape), list(check_block_size(ublock)),
         dv, ds, dsum, dcrow, dcol, db, list(dshape), list(check_block_size(dblock)), act_quant, activation,
