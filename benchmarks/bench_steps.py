@@ -12,6 +12,8 @@ block's residual add + LayerNorm as one op). Configurations:
 - ``no fused add + LayerNorm``: ``sparsebert.hf.unfuse_layer_norms``;
 - ``no fused GELU``: ``sparsebert.unfuse_activations``;
 - ``no fused QKV``: ``sparsebert.hf.unfuse_qkv`` (query, key and value as three layers);
+- ``no fused FFN``: ``sparsebert.hf.unfuse_ffn`` (the FFN's two projections and its add + LayerNorm
+  as separate ops);
 - ``+ bf16 attention``: ``set_attention_precision(model, "bf16")``;
 - ``+ int8 attention``: ``set_attention_precision(model, "int8")``.
 
@@ -36,11 +38,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sparsebert  # noqa: E402
 from common import Method, fmt_ms, header, markdown_table, time_methods, write_json  # noqa: E402
 from sparsebert.hf import (  # noqa: E402
-    fuse_layer_norms, fuse_qkv, set_attention_precision, unfuse_layer_norms, unfuse_qkv,
+    fuse_ffn, fuse_layer_norms, fuse_qkv, set_attention_precision, unfuse_ffn, unfuse_layer_norms, unfuse_qkv,
 )
 
-CONFIGS = ("all", "no lean layers", "no fused add + LayerNorm", "no fused GELU", "no fused QKV", "+ bf16 attention",
-           "+ int8 attention")
+CONFIGS = ("all", "no lean layers", "no fused add + LayerNorm", "no fused GELU", "no fused QKV", "no fused FFN",
+           "+ bf16 attention", "+ int8 attention")
 
 
 class Switch:
@@ -60,6 +62,7 @@ class Switch:
         fuse_layer_norms(m)
         sparsebert.fuse_activations(m)
         fuse_qkv(m)
+        fuse_ffn(m)
         set_attention_precision(m, "fp32")
         # then the one change
         if config == "no lean layers":
@@ -70,6 +73,8 @@ class Switch:
             sparsebert.unfuse_activations(m)
         elif config == "no fused QKV":
             unfuse_qkv(m)
+        elif config == "no fused FFN":
+            unfuse_ffn(m)
         elif config == "+ bf16 attention":
             set_attention_precision(m, "bf16")
         elif config == "+ int8 attention":
