@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,11 @@ void check_weight_scale(const at::Tensor& weight_scale, int64_t N) {
                     " of shape ", weight_scale.sizes());
   const at::Tensor s = weight_scale.contiguous();
   const float* p = s.data_ptr<float>();
+  // Every call checks every scale: one branch-free pass the compiler vectorizes (NaN fails both
+  // comparisons), and only a rejected tensor is walked again for the first bad value.
+  int bad = 0;
+  for (int64_t n = 0; n < N; ++n) bad |= !((p[n] >= 0.f) & (p[n] <= std::numeric_limits<float>::max()));
+  if (!bad) return;
   for (int64_t n = 0; n < N; ++n)
     TORCH_CHECK_VALUE(std::isfinite(p[n]) && p[n] >= 0.f, "weight_scale[", n, "]=", p[n],
                       " is not a finite non-negative number");
