@@ -29,7 +29,9 @@ Attention weights are never materialized: ``output_attentions=True`` raises ``Va
 
 from __future__ import annotations
 
+import operator
 import types
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +45,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 
 from .ops.attention import attention, attention_reference, attention_varlen, attention_varlen_reference
 from .ops.layer_norm import add_layer_norm
-from .nn.int8_linear import _int8_ffn, ffn_mismatch
+from .nn.int8_linear import _int8_ffn, bound_int8_ffn, ffn_mismatch
 
 __all__ = ["ATTN_IMPLEMENTATION", "sparsebert_attention_forward", "use_unpadded", "register", "encoder_of",
            "mark_compressed", "unmark_compressed", "QUANT_METHOD", "set_attention_precision", "attention_precision",
@@ -286,7 +288,12 @@ def _lean_path_applies(encoder: nn.Module, kwargs: dict) -> bool:
 
 def _lean_bert_layer(layer: nn.Module, x: Tensor, cu: Tensor, max_len: int, precision: str) -> Tensor:
     """One BERT layer in inference on packed tokens ``x [tokens, hidden]``: what ``BertLayer``'s
-    forward computes (dropout is the identity in eval mode), module by module."""
+    forward computes (dropout is the identity in eval mode), module by module; through the
+    layer's plan (:func:`_layer_plan`) where it has one."""
+    if _LAYER_PLANS:
+        plan = _layer_plan(layer, x.dtype)
+        if plan is not None:
+            return _run_plan(plan, x, cu, max_len, precision)
     attn = layer._modules["attention"]._modules
     sa = attn["self"]
     sm = sa._modules
@@ -302,6 +309,116 @@ def _lean_bert_layer(layer: nn.Module, x: Tensor, cu: Tensor, max_len: int, prec
     ctx = attention_varlen(q, k, v, cu, max_len, sa.scaling, precision).view(t, -1)
     a = attn["output"](ctx, x)
     return layer.feed_forward_chunk(a)  # transformers': output(intermediate(a), a); fuse_ffn's when fused
+
+
+# --- a layer's ops with their arguments read once -------------------------------------------------
+#
+# In the lean path a BERT layer is five ops (the QKV projection, attention, the output projection,
+# its add + LayerNorm, the FFN), but reaching them through the modules (module calls, the fused
+# forwards' checks, reading buffers) cost about 40 us of Python a layer on top of the ops: 0.5 ms
+# of a BERT-base forward at 1x128 (AMD Zen 4). A layer plan holds the five calls with their
+# arguments bound, and is used while everything it was built from is the same object: the state
+# (:func:`_layer_state`, about 100 reads) is taken on every forward and compared item by item by
+# identity, so a module replaced, a buffer reassigned, an attribute set, a hook added or a fused
+# forward undone sends the layer back through its modules (and a new plan is built where one
+# applies). Bit for bit the module path: the same ops on the same arguments.
+
+_LAYER_PLANS = True  # off: every layer runs through its modules (tests and bench_steps compare)
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _func(module: nn.Module, name: str):
+    """The function behind a method patched on ``module`` (None where the class's own runs); the
+    function, not the bound method, so that a plan never holds its layer."""
+    return getattr(module.__dict__.get(name), "__func__", module.__dict__.get(name))
+
+
+def _linear_state(m) -> tuple:
+    call_state = getattr(m, "_call_state", None)
+    return (m,) if call_state is None else call_state()
+
+
+def _norm_state(ln) -> tuple:
+    p = getattr(ln, "_parameters", {})
+    w, b = p.get("weight"), p.get("bias")
+    return (ln, w, b, None if w is None else w.dtype, None if b is None else b.dtype, getattr(ln, "eps", None))
+
+
+def _layer_state(layer: nn.Module, dtype: torch.dtype) -> tuple:
+    """Everything a plan of ``layer`` for inputs of ``dtype`` is built from (see above)."""
+    lm = layer._modules
+    am = lm["attention"]._modules
+    sa, so, inter, out = am["self"], am["output"], lm["intermediate"], lm["output"]
+    sm, som, im, om = sa._modules, so._modules, inter._modules, out._modules
+    sd = sa.__dict__
+    return (dtype, sa, so, inter, out, _func(sa, "forward"), _func(so, "forward"), _func(inter, "forward"), _func(out, "forward"),
+            _func(layer, "feed_forward_chunk"), im.get("intermediate_act_fn"), _no_dropout(som["dropout"]),
+            _no_dropout(om["dropout"]), sd.get("_sparsebert_qkv_sizes"), sd.get("scaling"),
+            sd.get("attention_head_size"), *_linear_state(sm.get(QKV_ATTR)), *_linear_state(som["dense"]),
+            *_linear_state(im["dense"]), *_linear_state(om["dense"]), *_norm_state(som["LayerNorm"]),
+            *_norm_state(om["LayerNorm"]))
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+def _layer_plan(layer: nn.Module, dtype: torch.dtype) -> tuple | None:
+    """``layer``'s plan for inputs of ``dtype``, built again when its state changed; None where
+    the layer is not in a configuration a plan covers."""
+    state = _layer_state(layer, dtype)
+    entry = _PLANS.get(layer)
+    if entry is None or not _same(entry[0], state):
+        entry = (state, _build_plan(layer, dtype))
+        _PLANS[layer] = entry
+    return entry[1]
+
+
+def _build_plan(layer: nn.Module, dtype: torch.dtype) -> tuple | None:
+    """The configuration ``compress`` gives INT8 models: query, key and value fused
+    (:func:`fuse_qkv`), both add + LayerNorms fused (:func:`fuse_layer_norms`), eval-mode
+    dropout, every projection an INT8 layer whose forward is its op alone
+    (``_bound_forward``), and either the FFN as one op (:func:`fuse_ffn`, its LayerNorm inside)
+    or the GELU fused into the up projection (:func:`sparsebert.fuse_activations`)."""
+    lm = layer._modules
+    am = lm["attention"]._modules
+    sa, so, inter, out = am["self"], am["output"], lm["intermediate"], lm["output"]
+    som, im, om = so._modules, inter._modules, out._modules
+    if (_func(sa, "forward") is not _fused_qkv_forward or _func(so, "forward") is not _fused_output_forward
+            or _func(out, "forward") is not _fused_output_forward or _func(inter, "forward") is not None
+            or not (_no_dropout(som["dropout"]) and _no_dropout(om["dropout"]))):
+        return None
+    ln1, ln2 = som["LayerNorm"], om["LayerNorm"]
+    norms = []
+    for ln in (ln1, ln2):
+        if not (type(ln) is nn.LayerNorm and ln.weight is not None and ln.bias is not None
+                and ln.weight.dtype == ln.bias.dtype == dtype and len(ln.normalized_shape) == 1):
+            return None
+        norms.append((ln.weight, ln.bias, ln.eps))
+    qkv = sa._modules.get(QKV_ATTR)
+    bound = [getattr(m, "_bound_forward", lambda _: None)(dtype) for m in (qkv, som["dense"])]
+    if None in bound:
+        return None
+    ffnf = _func(layer, "feed_forward_chunk")
+    if ffnf is _fused_ffn_forward:
+        ffn = None if _ffn_mismatch(layer) is not None else bound_int8_ffn(im["dense"], om["dense"], ln2, dtype)
+    elif ffnf is None and type(im.get("intermediate_act_fn")) is nn.Identity:
+        up, down = (getattr(m, "_bound_forward", lambda _: None)(dtype) for m in (im["dense"], om["dense"]))
+        w2, b2, eps2 = norms[1]
+        ffn = None if up is None or down is None else (lambda a: add_layer_norm(down(up(a)), a, w2, b2, eps2))
+    else:
+        return None
+    if ffn is None:
+        return None
+    return (bound[0], sa._sparsebert_qkv_sizes, sa.attention_head_size, sa.scaling, bound[1], norms[0], ffn)
+
+
+def _run_plan(plan: tuple, x: Tensor, cu: Tensor, max_len: int, precision: str) -> Tensor:
+    qkv, sizes, hd, scaling, out, norm, ffn = plan
+    t = x.shape[0]
+    q, k, v = qkv(x).split(sizes, -1)
+    ctx = attention_varlen(q.view(t, -1, hd), k.view(t, -1, hd), v.view(t, -1, hd), cu, max_len, scaling, precision)
+    return ffn(add_layer_norm(out(ctx.view(t, -1)), x, *norm))
 
 
 # --- residual add + LayerNorm in one op -----------------------------------------------------------

@@ -133,6 +133,40 @@ class _Int8Base(nn.Module):
             bias = bias.to(x.dtype)
         return x, bias, b
 
+    def _call_state(self) -> tuple:
+        """Everything :meth:`_bound_forward` reads, for a comparison by identity (``is``, item by
+        item): a bound forward is current while every item is the same object. Buffers replaced
+        (``load_state_dict`` into other shapes, ``.to()``), attributes set, hooks added or a
+        forward patched on the instance all change an item; values written into the same tensors
+        do not, and need not (the bound call reads them)."""
+        b = self._buffers
+        bias = b["bias"]
+        return (self, *b.values(), None if bias is None else bias.dtype, self.act_quant, self._activation,
+                self._op_shape, self.__dict__.get("_op_block"), self.__dict__.get("weight_only"),
+                bool(self._forward_hooks or self._forward_pre_hooks), self.__dict__.get("forward"))
+
+    def _bound_forward(self, dtype: torch.dtype):
+        """``self.forward`` for inputs of ``dtype`` as a function of ``x`` alone, its op's other
+        arguments read now (see :meth:`_call_state` for when to read them again); None where
+        forward does more than call its op: SmoothQuant factors, a bias in another dtype, hooks,
+        a forward replaced on the instance, a subclass."""
+        b = self._buffers
+        bias = b["bias"]
+        if (type(self) not in (Int8Linear, SparseInt8Linear) or b["smooth"] is not None
+                or (bias is not None and bias.dtype != dtype) or self._forward_hooks or self._forward_pre_hooks
+                or "forward" in self.__dict__):
+            return None
+        if type(self) is SparseInt8Linear:
+            op, args = _BSR_INT8_LINEAR, (b["values"], b["weight_scale"], b["weight_sum"], b["crow_indices"],
+                                          b["col_indices"], bias, self._op_shape, self._op_block, self.act_quant,
+                                          self._activation)
+        elif self.weight_only:
+            op, args = _WEIGHT_ONLY_LINEAR, (b["weight"], b["weight_scale"], bias, self._op_shape)
+        else:
+            op, args = _INT8_LINEAR, (b["weight"], b["weight_scale"], b["weight_sum"], bias, self._op_shape,
+                                      self.act_quant, self._activation)
+        return lambda x: op(x, *args)
+
     def _effective(self, q: Tensor) -> Tensor:
         """The float [N, K] weight the layer multiplies x by: dequantized, smoothing undone."""
         w = q.float() * self.weight_scale[:, None]
@@ -424,6 +458,28 @@ def _int8_ffn(x: Tensor, up: SparseInt8Linear, down: SparseInt8Linear, norm: nn.
                          up_bias, up._op_shape, up._op_block, d["values"], d["weight_scale"], d["weight_sum"],
                          d["crow_indices"], d["col_indices"], down_bias, down._op_shape, down._op_block,
                          up.act_quant, up._activation, *_norm_args(norm, residual, x))
+
+
+def bound_int8_ffn(up: SparseInt8Linear, down: SparseInt8Linear, norm: nn.LayerNorm, dtype: torch.dtype):
+    """``int8_ffn(x, up, down, norm)`` for inputs of ``dtype`` as a function of ``x`` alone, the
+    op's other arguments read now (current while ``up._call_state()``, ``down._call_state()`` and
+    ``norm``'s parameters and ``eps`` stay the same objects); None where :func:`ffn_mismatch`
+    names a reason, ``up`` has SmoothQuant factors, or a bias or ``norm``'s parameters are in
+    another dtype or shape."""
+    if ffn_mismatch(up, down) is not None or up._buffers["smooth"] is not None or type(norm) is not nn.LayerNorm:
+        return None
+    u, d = up._buffers, down._buffers
+    w, b = norm._parameters.get("weight"), norm._parameters.get("bias")
+    if (w is None or b is None or w.dtype != dtype or b.dtype != dtype or w.shape != (down.out_features,)
+            or b.shape != (down.out_features,) or tuple(norm.normalized_shape) != (down.out_features,)):
+        return None
+    if any(t is not None and t.dtype != dtype for t in (u["bias"], d["bias"])):
+        return None
+    args = (u["values"], u["weight_scale"], u["weight_sum"], u["crow_indices"], u["col_indices"], u["bias"],
+            up._op_shape, up._op_block, d["values"], d["weight_scale"], d["weight_sum"], d["crow_indices"],
+            d["col_indices"], d["bias"], down._op_shape, down._op_block, up.act_quant, up._activation, w, b,
+            norm.eps)
+    return lambda x: _BSR_INT8_FFN(x, *args)
 
 
 def _norm_args(norm: nn.LayerNorm | None, residual: Tensor, x: Tensor) -> tuple:
