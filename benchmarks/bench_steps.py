@@ -12,6 +12,9 @@ block's residual add + LayerNorm as one op). Configurations:
 - ``no fused add + LayerNorm``: ``sparsebert.hf.unfuse_layer_norms``;
 - ``no fused GELU``: ``sparsebert.unfuse_activations``;
 - ``no fused QKV``: ``sparsebert.hf.unfuse_qkv`` (query, key and value as three layers);
+- ``no layer plans``: the lean path reaches each layer's ops through its modules (the private
+  switch ``sparsebert.hf._LAYER_PLANS`` off; a plan holds a layer's five ops with their arguments
+  bound, see ``sparsebert/hf.py``);
 - ``no fused FFN``: ``sparsebert.hf.unfuse_ffn`` (the FFN's two projections and its add + LayerNorm
   as separate ops);
 - ``+ bf16 attention``: ``set_attention_precision(model, "bf16")``;
@@ -41,7 +44,7 @@ from sparsebert.hf import (  # noqa: E402
     fuse_ffn, fuse_layer_norms, fuse_qkv, set_attention_precision, unfuse_ffn, unfuse_layer_norms, unfuse_qkv,
 )
 
-CONFIGS = ("all", "no lean layers", "no fused add + LayerNorm", "no fused GELU", "no fused QKV", "no fused FFN",
+CONFIGS = ("all", "no lean layers", "no layer plans", "no fused add + LayerNorm", "no fused GELU", "no fused QKV", "no fused FFN",
            "+ bf16 attention", "+ int8 attention")
 
 
@@ -64,9 +67,12 @@ class Switch:
         fuse_qkv(m)
         fuse_ffn(m)
         set_attention_precision(m, "fp32")
+        sparsebert.hf._LAYER_PLANS = True
         # then the one change
         if config == "no lean layers":
             self.hook = m.encoder.layer[0].register_forward_hook(lambda *a: None)
+        elif config == "no layer plans":
+            sparsebert.hf._LAYER_PLANS = False
         elif config == "no fused add + LayerNorm":
             unfuse_layer_norms(m)
         elif config == "no fused GELU":
