@@ -39,6 +39,13 @@ TORCH_LIBRARY(sparsebert, m) {
       "Tensor down_col_indices, Tensor? down_bias, int[2] down_shape, int[2] down_block_size, "
       "str act_quant=\"per_token\", str activation=\"gelu\", Tensor? norm_weight=None, Tensor? norm_bias=None, "
       "float norm_eps=1e-12) -> Tensor");
+  // A projection and the residual add + LayerNorm after it (BERT's BertSelfOutput) as one op:
+  // add_layer_norm(bsr_int8_linear(x, ..., act_quant, "none"), residual, norm_weight, norm_bias,
+  // norm_eps); same numbers as the two ops.
+  m.def(
+      "bsr_int8_linear_add_layer_norm(Tensor x, Tensor values, Tensor weight_scale, Tensor weight_sum, "
+      "Tensor crow_indices, Tensor col_indices, Tensor? bias, int[2] shape, int[2] block_size, str act_quant, "
+      "Tensor residual, Tensor norm_weight, Tensor norm_bias, float norm_eps) -> Tensor");
   // The dense case: weight [ceil(N/32), ceil(K/4), 32, 4], the k-quad packing of 32-output rows.
   m.def(
       "int8_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_sum, Tensor? bias, "

@@ -199,8 +199,25 @@ Int8Prep prepare_int8(const at::Tensor& x, const at::Tensor& values, const at::T
   return p;
 }
 
-// A validated INT8 linear (prepare_int8) on its x.
-at::Tensor run_int8(Int8Prep& prep) {
+// The residual add + LayerNorm after an INT8 linear (bsr_int8_linear_add_layer_norm): its
+// tensors as the op got them (validated), and the row kernel's arguments but for the rows, with
+// the residual contiguous in x's dtype.
+struct NormEpilogue {
+  at::Tensor residual, weight, bias;
+  double eps = 0.0;
+  cpu::AddLayerNormArgs ln{};
+  cpu::AddLayerNormFn rows = nullptr;
+  const char* residual_rows = nullptr;
+};
+
+// Rows the pipelined path multiplies at a time when a LayerNorm follows: the chunk's outputs go
+// to a buffer of the thread's own ([24, N] fp32, 72 KiB for BERT-base's 768), and through the
+// add + LayerNorm row kernel into y while they are in L1/L2, as in the fused FFN.
+constexpr int64_t kNormChunkRows = 2 * 12;
+
+// A validated INT8 linear (prepare_int8) on its x; with norm, its rows then go through the
+// residual add + LayerNorm, in the same pass where the rows are pipelined.
+at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
   LinearCall& call = prep.call;
   const at::Tensor& x = call.x2;
   const int64_t N = call.args.N, K = call.args.K, br = call.args.br, bc = call.args.bc;
@@ -208,7 +225,13 @@ at::Tensor run_int8(Int8Prep& prep) {
   const Isa isa = prep.isa;
   const Int8Kernels kern = prep.kern;
   const int64_t nb = prep.nb, ldq = prep.ldq;
-  if (call.empty()) return call.result();
+  // Where the rows are not pipelined, the add + LayerNorm runs after the linear, as its own op
+  // would: the same row kernel on the same values.
+  const auto finish = [&] {
+    return norm ? add_layer_norm_cpu(call.result(), norm->residual, norm->weight, norm->bias, norm->eps)
+                : call.result();
+  };
+  if (call.empty()) return finish();
   const int64_t M = call.args.M;
 
   const bool pipelined = kern.vnni && !rows_kernel_eligible(isa, br, bc) && row_pipelined(M, call.values.numel());
@@ -260,22 +283,33 @@ at::Tensor run_int8(Int8Prep& prep) {
     // Each chunk is a call of its own on rows [c0, c0 + rows): x from the thread's buffer, y,
     // the row scales and zero points offset to those rows; a row that cannot be quantized is
     // multiplied as zeros and the call raises once every thread is done, as below.
-    const int64_t chunk = pipeline_chunk_rows(ldq, kVnniTileRows);
-    const bool stream = M * N * static_cast<int64_t>(call.y.element_size()) >= kPipelineStreamYBytes;
+    const int64_t chunk = norm ? kNormChunkRows : pipeline_chunk_rows(ldq, kVnniTileRows);
+    const int64_t ysz = static_cast<int64_t>(call.y.element_size());
+    const bool stream = !norm && M * N * ysz >= kPipelineStreamYBytes;
     at::parallel_for(0, M, kVnniTileRows, [&](int64_t b, int64_t e) {
       thread_local std::vector<uint8_t> qbuf;
+      thread_local std::vector<char> ybuf;
       qbuf.resize(chunk * ldq);
+      if (norm) ybuf.resize(chunk * N * ysz);
       for (int64_t c0 = b; c0 < e; c0 += chunk) {
         const int64_t rows = std::min(chunk, e - c0);
         quantize_rows(c0, c0 + rows, qbuf.data());
         cpu::BsrLinearArgs sub = args;
+        char* yrows = static_cast<char*>(args.y) + c0 * args.ldy * ysz;
         sub.x = qbuf.data();
         sub.M = rows;
-        sub.y = static_cast<char*>(args.y) + c0 * args.ldy * static_cast<int64_t>(call.y.element_size());
+        sub.y = norm ? static_cast<void*>(ybuf.data()) : yrows;
         sub.row_scale = sp + c0;
         sub.row_zero = zp + c0;
         sub.stream_y = stream;
         kern.gemm(sub, 0, nb, 0, rows);
+        if (norm) {
+          cpu::AddLayerNormArgs l = norm->ln;
+          l.x = ybuf.data();
+          l.residual = norm->residual_rows + c0 * N * ysz;
+          l.out = yrows;
+          norm->rows(l, 0, rows);
+        }
       }
     });
     check_quantized();
@@ -286,7 +320,7 @@ at::Tensor run_int8(Int8Prep& prep) {
     // multiplied as zeros and the call raises before anything is returned.
     run_bsr_tasks_after(args, nb, kern.gemm, quantize);
     check_quantized();
-    return call.result();
+    return finish();
   }
   // One-output blocks: quantize, transpose to quad-major order, then the kernel vectorized over rows.
   at::parallel_for(0, M, 16, quantize);
@@ -301,7 +335,7 @@ at::Tensor run_int8(Int8Prep& prep) {
   args.lda = ldx;
   run_bsr_tasks(args, nb, x.scalar_type() == at::kFloat ? cpu::bsr_int8_linear_rows_f32_avx512vnni
                                                         : cpu::bsr_int8_linear_rows_bf16_avx512vnni);
-  return call.result();
+  return finish();
 }
 
 at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
@@ -473,6 +507,48 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
   return y.view(out_sizes);
 }
 
+// add_layer_norm(bsr_int8_linear(x, ...), residual, norm_weight, norm_bias, norm_eps) in one pass
+// where the rows are pipelined (run_int8): each thread's chunk of rows goes through the add +
+// LayerNorm while it is in cache. Bit for bit the two ops.
+at::Tensor bsr_int8_linear_add_layer_norm_cpu(const at::Tensor& x, const at::Tensor& values,
+                                              const at::Tensor& weight_scale, const at::Tensor& weight_sum,
+                                              const at::Tensor& crow_indices, const at::Tensor& col_indices,
+                                              const std::optional<at::Tensor>& bias, at::IntArrayRef shape,
+                                              at::IntArrayRef block_size, c10::string_view act_quant,
+                                              const at::Tensor& residual, const at::Tensor& norm_weight,
+                                              const at::Tensor& norm_bias, double norm_eps) {
+  TORCH_CHECK_VALUE(block_size.size() == 2 && block_size[0] > 0 && block_size[1] > 0,
+                    "block_size must be a pair of positive ints, got ", block_size);
+  TORCH_CHECK_VALUE(shape.size() == 2 && shape[0] >= 0 && shape[1] >= 0,
+                    "shape must be (out_features, in_features) >= 0, got ", shape);
+  const int64_t N = shape[0];
+  Int8Prep prep = prepare_int8(x, values, weight_scale, weight_sum, crow_indices.contiguous(),
+                               col_indices.contiguous(), bias, N, shape[1], block_size[0], block_size[1], act_quant,
+                               "none");
+  TORCH_CHECK_VALUE(residual.sizes() == at::IntArrayRef(prep.call.out_sizes),
+                    "bsr_int8_linear_add_layer_norm: residual must have the linear's output shape ",
+                    at::IntArrayRef(prep.call.out_sizes), ", got ", residual.sizes());
+  // The rest (dtypes, devices, weight and bias shapes, eps) as add_layer_norm checks it, on rows of
+  // no data.
+  add_layer_norm_cpu(at::empty({0, N}, x.options()), residual.reshape({-1, N}).narrow(0, 0, 0), norm_weight,
+                     norm_bias, norm_eps);
+  NormEpilogue norm;
+  norm.residual = residual;
+  norm.weight = norm_weight;
+  norm.bias = norm_bias;
+  norm.eps = norm_eps;
+  const at::Tensor rc = residual.contiguous(), w = norm_weight.to(at::kFloat).contiguous(),
+                   b = norm_bias.to(at::kFloat).contiguous();
+  norm.residual_rows = static_cast<const char*>(rc.data_ptr());
+  norm.ln.bf16 = x.scalar_type() == at::kBFloat16;
+  norm.ln.weight = w.data_ptr<float>();
+  norm.ln.bias = b.data_ptr<float>();
+  norm.ln.eps = static_cast<float>(norm_eps);
+  norm.ln.n = N;
+  norm.rows = select_add_layer_norm();
+  return run_int8(prep, &norm);
+}
+
 at::Tensor bsr_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& weight_scale,
                                const at::Tensor& weight_sum, const at::Tensor& crow_indices,
                                const at::Tensor& col_indices, const std::optional<at::Tensor>& bias,
@@ -556,4 +632,5 @@ TORCH_LIBRARY_IMPL(sparsebert, CPU, m) {
   m.impl("int8_linear", &sparsebert::int8_linear_cpu);
   m.impl("int8_weight_only_linear", &sparsebert::int8_weight_only_linear_cpu);
   m.impl("bsr_int8_ffn", &sparsebert::bsr_int8_ffn_cpu);
+  m.impl("bsr_int8_linear_add_layer_norm", &sparsebert::bsr_int8_linear_add_layer_norm_cpu);
 }

@@ -15,6 +15,8 @@ from .int8_linear import (
     bsr_int8_ffn,
     bsr_int8_ffn_reference,
     bsr_int8_linear,
+    bsr_int8_linear_add_layer_norm,
+    bsr_int8_linear_add_layer_norm_reference,
     bsr_int8_linear_reference,
     int8_linear,
     int8_linear_reference,
@@ -29,6 +31,7 @@ __all__ = [
     "int8_linear", "int8_linear_reference", "bsr_int8_linear", "bsr_int8_linear_reference",
     "int8_weight_only_linear", "int8_weight_only_linear_reference",
     "bsr_int8_ffn", "bsr_int8_ffn_reference", "FFN_ACT_QUANT_MODES",
+    "bsr_int8_linear_add_layer_norm", "bsr_int8_linear_add_layer_norm_reference",
     "attention", "attention_reference", "attention_varlen", "attention_varlen_reference",
     "add_layer_norm", "add_layer_norm_reference",
 ]

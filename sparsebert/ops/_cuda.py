@@ -50,5 +50,16 @@ def _bsr_int8_ffn_cuda(x, uv, us, usum, ucrow, ucol, ub, ushape, ublock, dv, ds,
 
 IMPLS["bsr_int8_ffn"] = _bsr_int8_ffn_cuda
 
+
+def _bsr_int8_linear_add_layer_norm_cuda(x, values, scale, wsum, crow, col, bias, shape, block, act_quant, residual,
+                                         norm_weight, norm_bias, norm_eps):
+    """The INT8 linear kernel, then add + LayerNorm (the definition)."""
+    y = torch.ops.sparsebert.bsr_int8_linear.default(x, values, scale, wsum, crow, col, bias, shape, block, act_quant,
+                                                     "none")
+    return torch.ops.sparsebert.add_layer_norm.default(y, residual, norm_weight, norm_bias, norm_eps)
+
+
+IMPLS["bsr_int8_linear_add_layer_norm"] = _bsr_int8_linear_add_layer_norm_cuda
+
 for _op, _impl in IMPLS.items():
     torch.library.register_kernel(f"sparsebert::{_op}", "cuda", _impl)

@@ -1,5 +1,6 @@
 """``sparsebert::int8_linear`` and ``sparsebert::bsr_int8_linear``: dynamic INT8 linear layers;
-``sparsebert::bsr_int8_ffn``: two of them one after the other (a transformer FFN) as one op.
+``sparsebert::bsr_int8_ffn``: two of them one after the other (a transformer FFN) as one op;
+``sparsebert::bsr_int8_linear_add_layer_norm``: one with the residual add + LayerNorm after it.
 
 ``y = act((x_q @ W_q.T) * x_scale[:, None] * weight_scale[None, :] + bias)`` where ``x_q,
 x_scale`` quantize ``x`` inside the op (:func:`sparsebert.ops.int8_format.quantize_activations`,
@@ -24,6 +25,7 @@ __all__ = [
     "ACTIVATIONS", "int8_linear", "bsr_int8_linear", "int8_weight_only_linear",
     "int8_linear_reference", "bsr_int8_linear_reference", "int8_weight_only_linear_reference",
     "bsr_int8_ffn", "bsr_int8_ffn_reference", "FFN_ACT_QUANT_MODES",
+    "bsr_int8_linear_add_layer_norm", "bsr_int8_linear_add_layer_norm_reference",
 ]
 
 
@@ -47,6 +49,34 @@ def bsr_int8_linear(x: Tensor, values: Tensor, weight_scale: Tensor, weight_sum:
     return torch.ops.sparsebert.bsr_int8_linear.default(
         x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, list(shape),
         list(check_block_size(block_size)), act_quant, activation)
+
+
+def bsr_int8_linear_add_layer_norm(x: Tensor, linear: tuple, act_quant: str, residual: Tensor,
+                                   norm: tuple) -> Tensor:
+    """``add_layer_norm(bsr_int8_linear(x, *linear, act_quant), residual, *norm)`` as one op: a
+    projection, then the residual add and LayerNorm (BERT's ``BertSelfOutput``). ``linear`` is
+    ``(values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape, block_size)`` as
+    :func:`bsr_int8_linear` takes them, ``residual`` has the output's shape, ``norm`` is
+    ``(weight, bias, eps)``; every tensor in x's dtype. The numbers are those of the two ops; on
+    CPU, where the rows are split between threads (weights that fit in L2, 128 rows and more),
+    each thread normalizes its rows a few at a time, right after computing them."""
+    values, weight_scale, weight_sum, crow, col, bias, shape, block = linear
+    weight, nbias, eps = norm
+    return torch.ops.sparsebert.bsr_int8_linear_add_layer_norm.default(
+        x, values, weight_scale, weight_sum, crow, col, bias, list(shape), list(check_block_size(block)), act_quant,
+        residual, weight, nbias, float(eps))
+
+
+def bsr_int8_linear_add_layer_norm_reference(x, values, weight_scale, weight_sum, crow_indices, col_indices, bias,
+                                             shape, block_size, act_quant, residual, norm_weight, norm_bias,
+                                             norm_eps):
+    """The definition: :func:`bsr_int8_linear_reference` (no activation), then
+    :func:`~sparsebert.ops.add_layer_norm_reference`."""
+    from .layer_norm import add_layer_norm_reference
+
+    y = bsr_int8_linear_reference(x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape,
+                                  block_size, act_quant)
+    return add_layer_norm_reference(y, residual, norm_weight, norm_bias, norm_eps)
 
 
 # The activation quantizations bsr_int8_ffn fuses: per token (each row of the hidden activation is
@@ -213,5 +243,19 @@ def _bsr_int8_ffn_fake(x, up_values, up_weight_scale, up_weight_sum, up_crow_ind
     return y
 
 
-for _op in ("int8_linear", "int8_weight_only_linear", "bsr_int8_linear", "bsr_int8_ffn"):
+@torch.library.register_fake("sparsebert::bsr_int8_linear_add_layer_norm")
+def _bsr_int8_linear_add_layer_norm_fake(x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape,
+                                         block_size, act_quant, residual, norm_weight, norm_bias, norm_eps):
+    y = _bsr_int8_linear_fake(x, values, weight_scale, weight_sum, crow_indices, col_indices, bias, shape, block_size,
+                              act_quant)
+    if residual.shape != y.shape or residual.dtype != x.dtype:
+        raise ValueError(f"bsr_int8_linear_add_layer_norm: residual must be {list(y.shape)} in {x.dtype}, got "
+                         f"{list(residual.shape)} in {residual.dtype}")
+    if not (norm_weight.shape == norm_bias.shape == (shape[0],) and norm_weight.dtype == norm_bias.dtype == x.dtype):
+        raise ValueError(f"norm_weight and norm_bias must be [{shape[0]}] in {x.dtype}")
+    return y
+
+
+for _op in ("int8_linear", "int8_weight_only_linear", "bsr_int8_linear", "bsr_int8_ffn",
+            "bsr_int8_linear_add_layer_norm"):
     register_inference_only(_op)
