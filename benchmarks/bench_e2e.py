@@ -1129,6 +1129,7 @@ def plot(rows: list[dict], shapes, path: str, title: str) -> None:
 # dispatcher above them, hooks) is the wall time of the unprofiled forward minus the replayed
 # sum: the "Python/dispatch overhead" row.
 
+LINEAR_NORM_OP = "sparsebert::bsr_int8_linear_add_layer_norm"
 FFN_OP = "sparsebert::bsr_int8_ffn"
 FFN_GEMM = "GEMM in sparsebert::bsr_int8_ffn (its two projections replayed alone)"
 FFN_REST = "GELU, add + LayerNorm in sparsebert::bsr_int8_ffn (the rest of its time)"
@@ -1149,6 +1150,9 @@ PARTS = [
     ("adds (residual, embeddings)", ("aten::add", "aten::add_")),
     ("packing/unpacking", ("aten::index_select", "aten::index_copy", "aten::index_copy_", "aten::nonzero")),
 ]
+# bsr_int8_linear_add_layer_norm: its projection (replayed alone) counts as a bsr_int8_linear GEMM,
+# the rest of its time as the add + LayerNorm.
+LINEAR_NORM_PARTS = ("GEMM sparsebert::bsr_int8_linear", "add + LayerNorm (fused)")
 OTHER = "other aten ops"
 OVERHEAD = "Python/dispatch overhead"
 
@@ -1198,6 +1202,19 @@ def ffn_probes(call) -> list:
         hidden = lin(values["x"], *up, values["act_quant"], values["activation"])
     return [(lin, (values["x"], *up, values["act_quant"], "none"), {}, False),
             (lin, (hidden, *down, values["act_quant"], "none"), {}, False)]
+
+
+def linear_norm_probes(call) -> list:
+    """The projection of a recorded ``sparsebert::bsr_int8_linear_add_layer_norm`` call as a
+    separate ``bsr_int8_linear`` call: replayed beside the op, it splits its time into the GEMM (its
+    activation quantization included) and the residual add + LayerNorm."""
+    func, args, kwargs, _ = call
+    bound = func._schema.arguments
+    values = {a.name: (args[i] if i < len(args) else kwargs.get(a.name, a.default_value)) for i, a in enumerate(bound)}
+    lin = torch.ops.sparsebert.bsr_int8_linear.default
+    names = ("x", "values", "weight_scale", "weight_sum", "crow_indices", "col_indices", "bias", "shape",
+             "block_size", "act_quant")
+    return [(lin, (*(values[n] for n in names), "none"), {}, False)]
 
 
 def replay_times(calls: list, rounds: int) -> list[float]:
@@ -1250,20 +1267,25 @@ def run_profile(args, shapes) -> None:
                 walls.append(time.perf_counter() - t0)
         wall = statistics.median(walls) * 1e6
         calls = record_calls(model, inputs)
-        probes = {i: ffn_probes(c) for i, c in enumerate(calls) if c[0]._schema.name == FFN_OP}
+        probe_of = {FFN_OP: ffn_probes, LINEAR_NORM_OP: linear_norm_probes}
+        probes = {i: probe_of[c[0]._schema.name](c) for i, c in enumerate(calls) if c[0]._schema.name in probe_of}
         extra_calls = [p for i in sorted(probes) for p in probes[i]]
         times = replay_times(calls + extra_calls, args.profile_iters)
-        probe_times = dict(zip(sorted(probes), zip(times[len(calls)::2], times[len(calls) + 1::2])))
+        probe_times, pos = {}, len(calls)
+        for i in sorted(probes):
+            probe_times[i] = times[pos:pos + len(probes[i])]
+            pos += len(probes[i])
         times = times[:len(calls)]
         parts = {p: 0.0 for p, _ in PARTS}
         parts[OTHER] = 0.0
         others: dict[str, float] = {}
         for i, ((func, *_), t) in enumerate(zip(calls, times)):
             name = func._schema.name
-            if name == FFN_OP:
+            if name in probe_of:
                 gemm = min(t, sum(probe_times[i]))
-                parts[FFN_GEMM] += gemm * 1e6
-                parts[FFN_REST] += (t - gemm) * 1e6
+                gemm_part, rest_part = (FFN_GEMM, FFN_REST) if name == FFN_OP else LINEAR_NORM_PARTS
+                parts[gemm_part] += gemm * 1e6
+                parts[rest_part] += (t - gemm) * 1e6
                 continue
             part = _part_of(name)
             parts[part] += t * 1e6

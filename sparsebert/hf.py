@@ -45,7 +45,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 
 from .ops.attention import attention, attention_reference, attention_varlen, attention_varlen_reference
 from .ops.layer_norm import add_layer_norm
-from .nn.int8_linear import _int8_ffn, bound_int8_ffn, ffn_mismatch
+from .nn.int8_linear import _int8_ffn, bound_add_layer_norm, bound_int8_ffn, ffn_mismatch
 
 __all__ = ["ATTN_IMPLEMENTATION", "sparsebert_attention_forward", "use_unpadded", "register", "encoder_of",
            "mark_compressed", "unmark_compressed", "QUANT_METHOD", "set_attention_precision", "attention_precision",
@@ -410,15 +410,18 @@ def _build_plan(layer: nn.Module, dtype: torch.dtype) -> tuple | None:
         return None
     if ffn is None:
         return None
-    return (bound[0], sa._sparsebert_qkv_sizes, sa.attention_head_size, sa.scaling, bound[1], norms[0], ffn)
+    out, (w1, b1, eps1) = bound[1], norms[0]
+    # the output projection and its add + LayerNorm as one op where it is block-sparse INT8
+    out_norm = bound_add_layer_norm(som["dense"], ln1, dtype) or (lambda h, r: add_layer_norm(out(h), r, w1, b1, eps1))
+    return (bound[0], sa._sparsebert_qkv_sizes, sa.attention_head_size, sa.scaling, out_norm, ffn)
 
 
 def _run_plan(plan: tuple, x: Tensor, cu: Tensor, max_len: int, precision: str) -> Tensor:
-    qkv, sizes, hd, scaling, out, norm, ffn = plan
+    qkv, sizes, hd, scaling, out_norm, ffn = plan
     t = x.shape[0]
     q, k, v = qkv(x).split(sizes, -1)
     ctx = attention_varlen(q.view(t, -1, hd), k.view(t, -1, hd), v.view(t, -1, hd), cu, max_len, scaling, precision)
-    return ffn(add_layer_norm(out(ctx.view(t, -1)), x, *norm))
+    return ffn(out_norm(ctx.view(t, -1), x))
 
 
 # --- residual add + LayerNorm in one op -----------------------------------------------------------

@@ -29,14 +29,16 @@ def test_recorded_calls_are_the_forward(bench_e2e):
     # compress runs each FFN (up projection, GELU, down projection, residual add and LayerNorm)
     # as one op: no aten::gelu, and the other two projections stay bsr_int8_linear
     assert names.count("sparsebert::bsr_int8_ffn") == layers
-    assert names.count("sparsebert::bsr_int8_linear") == linears - 2 * layers
+    # the attention output projection and its residual add + LayerNorm are one op (the lean
+    # encoder's layer plans); the QKV projection stays bsr_int8_linear
+    assert names.count("sparsebert::bsr_int8_linear_add_layer_norm") == layers
+    assert names.count("sparsebert::bsr_int8_linear") == linears - 3 * layers
     assert names.count("sparsebert::attention_varlen") == layers
     assert names.count("aten::gelu") == 0
     ffn = [args for (_, args, *_), n in zip(calls, names) if n == "sparsebert::bsr_int8_ffn"]
     assert all("gelu" in args for args in ffn)
-    # the attention block's residual add + LayerNorm is one op; the FFN's is inside bsr_int8_ffn;
-    # the embeddings' LayerNorm stays
-    assert names.count("sparsebert::add_layer_norm") == layers
+    # the FFN's add + LayerNorm is inside bsr_int8_ffn; the embeddings' LayerNorm stays
+    assert names.count("sparsebert::add_layer_norm") == 0
     assert names.count("aten::layer_norm") + names.count("aten::native_layer_norm") >= 1
     # The profile splits the fused FFN with its two projections as separate ops, which compute
     # its hidden activation and output again
@@ -46,6 +48,13 @@ def test_recorded_calls_are_the_forward(bench_e2e):
         hidden = up[0](*up[1], **up[2])
         assert hidden.shape[-1] == model.config.intermediate_size
         assert torch.equal(down[0](*down[1]), torch.ops.sparsebert.bsr_int8_ffn.default(*args[:19]))
+    # ... and the attention output projection with its add + LayerNorm as the projection alone
+    call = calls[names.index("sparsebert::bsr_int8_linear_add_layer_norm")]
+    (lin, lin_args, _, _), = bench_e2e.linear_norm_probes(call)
+    func, args, kwargs, _ = call
+    with torch.inference_mode():
+        y = lin(*lin_args)
+        assert torch.equal(torch.ops.sparsebert.add_layer_norm.default(y, *args[10:]), func(*args, **kwargs))
     # Replaying a call computes what the forward computed: the first linear's output again.
     i = names.index("sparsebert::bsr_int8_linear")
     func, args, kwargs, mutable = calls[i]

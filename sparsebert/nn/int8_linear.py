@@ -70,6 +70,7 @@ _INT8_LINEAR = torch.ops.sparsebert.int8_linear.default
 _BSR_INT8_LINEAR = torch.ops.sparsebert.bsr_int8_linear.default
 _WEIGHT_ONLY_LINEAR = torch.ops.sparsebert.int8_weight_only_linear.default
 _BSR_INT8_FFN = torch.ops.sparsebert.bsr_int8_ffn.default
+_BSR_INT8_LINEAR_ADD_LAYER_NORM = torch.ops.sparsebert.bsr_int8_linear_add_layer_norm.default
 
 
 class _Int8Base(nn.Module):
@@ -480,6 +481,27 @@ def bound_int8_ffn(up: SparseInt8Linear, down: SparseInt8Linear, norm: nn.LayerN
             d["col_indices"], d["bias"], down._op_shape, down._op_block, up.act_quant, up._activation, w, b,
             norm.eps)
     return lambda x: _BSR_INT8_FFN(x, *args)
+
+
+def bound_add_layer_norm(linear: nn.Module, norm: nn.Module, dtype: torch.dtype):
+    """``add_layer_norm(linear(x), residual, norm.weight, norm.bias, norm.eps)`` for inputs of
+    ``dtype`` as a function of ``(x, residual)``, one ``sparsebert::bsr_int8_linear_add_layer_norm``
+    with its other arguments read now (current while ``linear._call_state()`` and ``norm``'s
+    parameters and ``eps`` stay the same objects); None unless ``linear`` is a
+    :class:`SparseInt8Linear` whose forward is its op alone (``_bound_forward``) with no
+    activation and ``norm`` an ``nn.LayerNorm`` over its outputs with weight and bias in ``dtype``."""
+    if type(linear) is not SparseInt8Linear or linear._bound_forward(dtype) is None or linear.activation != "none":
+        return None
+    if type(norm) is not nn.LayerNorm or tuple(norm.normalized_shape) != (linear.out_features,):
+        return None
+    w, b = norm._parameters.get("weight"), norm._parameters.get("bias")
+    if w is None or b is None or w.dtype != dtype or b.dtype != dtype:
+        return None
+    buf = linear._buffers
+    args = (buf["values"], buf["weight_scale"], buf["weight_sum"], buf["crow_indices"], buf["col_indices"],
+            buf["bias"], linear._op_shape, linear._op_block, linear.act_quant)
+    eps = norm.eps
+    return lambda x, residual: _BSR_INT8_LINEAR_ADD_LAYER_NORM(x, *args, residual, w, b, eps)
 
 
 def _norm_args(norm: nn.LayerNorm | None, residual: Tensor, x: Tensor) -> tuple:
