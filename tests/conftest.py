@@ -38,6 +38,16 @@ def isa(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture
+def two_threads():
+    """torch on 2 threads for the test: the fused INT8 paths (row-pipelined layers, bsr_int8_ffn,
+    bsr_int8_linear_add_layer_norm) split rows between threads and run from 2 on."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

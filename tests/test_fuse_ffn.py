@@ -43,14 +43,6 @@ def _args(layer):
             layer.shape, layer.block_size)
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # the fused path splits rows between threads
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("rows", [1, 37, 128, 300])
 @pytest.mark.parametrize("act_quant", ["per_token", "per_token_asym"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

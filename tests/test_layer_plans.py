@@ -22,14 +22,6 @@ SPARSE = dict(sparsity=0.75, block_size=(32, 32), int8="dynamic", kernel="sparse
 DENSE = dict(int8="dynamic", kernel="dense", attention="unpadded")
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def _compressed(cfg=SPARSE, **kw):
     return sparsebert.compress(tiny_bert(intermediate_size=INNER, **kw), CompressConfig(**cfg), cache=False)
 

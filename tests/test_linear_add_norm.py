@@ -17,14 +17,6 @@ from sparsebert.prune import block_magnitude_mask
 K, N = 96, 64
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def _layer(dtype=torch.float32, act_quant="per_token") -> SparseInt8Linear:
     torch.manual_seed(0)
     lin = nn.Linear(K, N)
