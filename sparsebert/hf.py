@@ -351,12 +351,12 @@ def _layer_state(layer: nn.Module, dtype: torch.dtype) -> tuple:
     sa, so, inter, out = am["self"], am["output"], lm["intermediate"], lm["output"]
     sm, som, im, om = sa._modules, so._modules, inter._modules, out._modules
     sd = sa.__dict__
-    return (dtype, sa, so, inter, out, _func(sa, "forward"), _func(so, "forward"), _func(inter, "forward"), _func(out, "forward"),
-            _func(layer, "feed_forward_chunk"), im.get("intermediate_act_fn"), _no_dropout(som["dropout"]),
-            _no_dropout(om["dropout"]), sd.get("_sparsebert_qkv_sizes"), sd.get("scaling"),
-            sd.get("attention_head_size"), *_linear_state(sm.get(QKV_ATTR)), *_linear_state(som["dense"]),
-            *_linear_state(im["dense"]), *_linear_state(om["dense"]), *_norm_state(som["LayerNorm"]),
-            *_norm_state(om["LayerNorm"]))
+    return (dtype, sa, so, inter, out, _func(sa, "forward"), _func(so, "forward"), _func(inter, "forward"),
+            _func(out, "forward"), _func(layer, "feed_forward_chunk"), im.get("intermediate_act_fn"),
+            _no_dropout(som["dropout"]), _no_dropout(om["dropout"]), sd.get("_sparsebert_qkv_sizes"),
+            sd.get("scaling"), sd.get("attention_head_size"), *_linear_state(sm.get(QKV_ATTR)),
+            *_linear_state(som["dense"]), *_linear_state(im["dense"]), *_linear_state(om["dense"]),
+            *_norm_state(som["LayerNorm"]), *_norm_state(om["LayerNorm"]))
 
 
 def _same(a: tuple, b: tuple) -> bool:
