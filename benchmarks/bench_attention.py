@@ -140,6 +140,16 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    for flag, text in (("dtypes", args.dtypes), ("encoder-dtypes", args.encoder_dtypes)):
+        bad = [v for v in text.split(",") if v not in DTYPES and (v or flag == "dtypes")]
+        if bad:
+            p.error(f"--{flag}: {bad[0]!r} is not one of {', '.join(DTYPES)}")
+    for flag, text in (("batches", args.batches), ("seqs", args.seqs)):
+        for v in text.split(","):
+            if not (v.isdigit() and int(v) >= 1):
+                p.error(f"--{flag}: {v!r} is not a positive int")
+    if args.threads < 1:
+        p.error(f"--threads: {args.threads} is not a positive number of threads")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtypes = args.dtypes.split(",")

@@ -57,8 +57,29 @@ def parse_list(text, conv):
     return [conv(v) for v in text.split(",") if v]
 
 
+def checked_list(parser, flag: str, text: str, conv, ok=lambda v: True, what: str = "a valid value") -> list:
+    """The comma-separated values of ``--flag`` through ``conv``; an argparse error (exit 2) naming
+    the first one that does not convert or that ``ok`` refuses, or saying that none was given."""
+    values = []
+    for raw in text.split(","):
+        if not raw:
+            continue
+        try:
+            v = conv(raw)
+        except (ValueError, KeyError):
+            parser.error(f"--{flag}: {raw!r} is not {what}")
+        if not ok(v):
+            parser.error(f"--{flag}: {raw!r} is not {what}")
+        values.append(v)
+    if not values:
+        parser.error(f"--{flag}: no value given")
+    return values
+
+
 def parse_block(text):
     r, c = text.lower().split("x")
+    if int(r) < 1 or int(c) < 1:
+        raise ValueError(f"block {text!r} has a side below 1")
     return int(r), int(c)
 
 
@@ -309,13 +330,17 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="write the rows to this JSON file")
     args = p.parse_args(argv)
 
-    shapes = [s for text in parse_list(args.shapes, str) for s in parse_shape(text)]
-    ms = parse_list(args.m, int)
-    sparsities = parse_list(args.sparsity, float)
-    blocks = parse_list(args.blocks, parse_block)
-    dtypes = parse_list(args.dtypes, str)
-    threads = parse_list(args.threads, int)
-    caches = parse_list(args.cache, str)
+    models = ", ".join(f"{m} (layers {', '.join(layers)})" for m, layers in SHAPES.items())
+    shapes = [s for group in checked_list(p, "shapes", args.shapes, parse_shape, what=f"model[:layer] of {models}")
+              for s in group]
+    ms = checked_list(p, "m", args.m, int, lambda v: v >= 1, "a positive number of tokens")
+    sparsities = checked_list(p, "sparsity", args.sparsity, float, lambda v: 0.0 <= v < 1.0, "a sparsity in [0, 1)")
+    blocks = checked_list(p, "blocks", args.blocks, parse_block, what="a block size RxC of positive ints")
+    if args.pack is not None:
+        checked_list(p, "pack", args.pack, parse_block, what="a block size RxC of positive ints")
+    dtypes = checked_list(p, "dtypes", args.dtypes, str, lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}")
+    threads = checked_list(p, "threads", args.threads, int, lambda v: v >= 1, "a positive number of threads")
+    caches = checked_list(p, "cache", args.cache, str, lambda v: v in ("hot", "cold"), "hot or cold")
     cold_bytes = (args.cold_mb << 20) if args.cold_mb else min(2 * l3_bytes(), 1 << 30)
     argv_list = argv if argv is not None else sys.argv[1:]
     if args.suite == "int8":
