@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -199,21 +200,48 @@ Int8Prep prepare_int8(const at::Tensor& x, const at::Tensor& values, const at::T
   return p;
 }
 
-// The residual add + LayerNorm after an INT8 linear (bsr_int8_linear_add_layer_norm): its
-// tensors as the op got them (validated), and the row kernel's arguments but for the rows, with
-// the residual contiguous in x's dtype.
-struct NormEpilogue {
-  at::Tensor residual, weight, bias;
-  double eps = 0.0;
-  cpu::AddLayerNormArgs ln{};
-  cpu::AddLayerNormFn rows = nullptr;
-  const char* residual_rows = nullptr;
+// The residual add + LayerNorm after an INT8 layer (bsr_int8_linear_add_layer_norm, and
+// bsr_int8_ffn with norm_weight): add_layer_norm(y, residual, weight, bias, eps) on rows of y as
+// they are computed (apply), or on the whole of y where the rows are not pipelined (whole). The
+// tensors are validated by the caller; rows are n elements of the residual's dtype.
+class NormEpilogue {
+ public:
+  NormEpilogue(const at::Tensor& residual, const at::Tensor& weight, const at::Tensor& bias, double eps, int64_t n)
+      : residual_(residual), weight_(weight), bias_(bias), eps_(eps), rc_(residual.contiguous()),
+        w_(weight.to(at::kFloat).contiguous()), b_(bias.to(at::kFloat).contiguous()),
+        rows_(select_add_layer_norm()), esz_(static_cast<int64_t>(residual.element_size())) {
+    ln_.bf16 = residual.scalar_type() == at::kBFloat16;
+    ln_.weight = w_.data_ptr<float>();
+    ln_.bias = b_.data_ptr<float>();
+    ln_.eps = static_cast<float>(eps);
+    ln_.n = n;
+  }
+
+  // Rows [r0, r0 + rows) of the result: y's rows (x, n apart) plus the residual's, into out.
+  void apply(const void* x, int64_t r0, int64_t rows, void* out) const {
+    cpu::AddLayerNormArgs l = ln_;
+    l.x = x;
+    l.residual = static_cast<const char*>(rc_.data_ptr()) + r0 * ln_.n * esz_;
+    l.out = out;
+    rows_(l, 0, rows);
+  }
+
+  // The whole of y (the residual's shape) through add_layer_norm, as its own op would run it.
+  at::Tensor whole(const at::Tensor& y) const { return add_layer_norm_cpu(y, residual_, weight_, bias_, eps_); }
+
+ private:
+  at::Tensor residual_, weight_, bias_;
+  double eps_;
+  at::Tensor rc_, w_, b_;
+  cpu::AddLayerNormArgs ln_{};
+  cpu::AddLayerNormFn rows_;
+  int64_t esz_;
 };
 
 // Rows the pipelined path multiplies at a time when a LayerNorm follows: the chunk's outputs go
 // to a buffer of the thread's own ([24, N] fp32, 72 KiB for BERT-base's 768), and through the
 // add + LayerNorm row kernel into y while they are in L1/L2, as in the fused FFN.
-constexpr int64_t kNormChunkRows = 2 * 12;
+constexpr int64_t kNormChunkRows = 2 * kVnniTileRows;
 
 // A validated INT8 linear (prepare_int8) on its x; with norm, its rows then go through the
 // residual add + LayerNorm, in the same pass where the rows are pipelined.
@@ -228,8 +256,7 @@ at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
   // Where the rows are not pipelined, the add + LayerNorm runs after the linear, as its own op
   // would: the same row kernel on the same values.
   const auto finish = [&] {
-    return norm ? add_layer_norm_cpu(call.result(), norm->residual, norm->weight, norm->bias, norm->eps)
-                : call.result();
+    return norm ? norm->whole(call.result()) : call.result();
   };
   if (call.empty()) return finish();
   const int64_t M = call.args.M;
@@ -303,13 +330,7 @@ at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
         sub.row_zero = zp + c0;
         sub.stream_y = stream;
         kern.gemm(sub, 0, nb, 0, rows);
-        if (norm) {
-          cpu::AddLayerNormArgs l = norm->ln;
-          l.x = ybuf.data();
-          l.residual = norm->residual_rows + c0 * N * ysz;
-          l.out = yrows;
-          norm->rows(l, 0, rows);
-        }
+        if (norm) norm->apply(ybuf.data(), c0, rows, yrows);
       }
     });
     check_quantized();
@@ -392,12 +413,14 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
   const bool norm = norm_weight.has_value() && norm_weight->defined();
   TORCH_CHECK_VALUE(norm == (norm_bias.has_value() && norm_bias->defined()),
                     "norm_weight and norm_bias are given together or not at all");
+  std::optional<NormEpilogue> ep;
   if (norm) {
     TORCH_CHECK_VALUE(N == up_shape[1], "the residual add needs down's out_features (", N,
                       ") to equal up's in_features (", up_shape[1], ")");
     // The rest (dtypes, shapes, eps) as add_layer_norm checks it, on a row of no data.
     add_layer_norm_cpu(at::empty({0, N}, x.options()), at::empty({0, N}, x.options()), *norm_weight, *norm_bias,
                        norm_eps);
+    ep.emplace(x, *norm_weight, *norm_bias, norm_eps, N);  // x is the residual
   }
   // down's kernel for M rows (AMX takes a layer by its blocks and rows: it may take one of the two)
   down.call.args.M = M;
@@ -411,30 +434,17 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
     const at::Tensor y = int8_core(h, down_values, down_weight_scale, down_weight_sum, down_crow.contiguous(),
                                    down_col.contiguous(), down_bias, N, H, down_block[0], down_block[1], act_quant,
                                    "none");
-    return norm ? add_layer_norm_cpu(y, x, *norm_weight, *norm_bias, norm_eps) : y;
+    return norm ? ep->whole(y) : y;
   }
   std::vector<int64_t> out_sizes = up.call.out_sizes;
   out_sizes.back() = N;
   at::Tensor y = at::empty({M, N}, x.options());
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   const int64_t xbytes = bf16 ? 2 : 4;
-  // The residual rows are x's: contiguous for the row kernel of the add + LayerNorm.
-  const at::Tensor x2 = norm ? up.call.x2.contiguous() : up.call.x2;
+  const at::Tensor& x2 = up.call.x2;
   const void* xp = x2.data_ptr();
   const int64_t lda = x2.stride(0), K = up_shape[1];
   const bool stream = !norm && M * N * xbytes >= kPipelineStreamYBytes;
-  cpu::AddLayerNormArgs ln{};
-  at::Tensor ln_w, ln_b;
-  if (norm) {
-    ln_w = norm_weight->to(at::kFloat).contiguous();
-    ln_b = norm_bias->to(at::kFloat).contiguous();
-    ln.bf16 = bf16;
-    ln.weight = ln_w.data_ptr<float>();
-    ln.bias = ln_b.data_ptr<float>();
-    ln.eps = static_cast<float>(norm_eps);
-    ln.n = N;
-  }
-  const cpu::AddLayerNormFn ln_rows = norm ? select_add_layer_norm() : nullptr;
   // Rows whose x (bad_x) or hidden activation (bad_h) cannot be quantized: computed as zeros,
   // the call raises once every thread is done.
   std::atomic<int64_t> bad_x{M}, bad_h{M};
@@ -491,13 +501,7 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
       quantize(down, hbuf.data(), H, H, qh.data(), sh.data(), zh.data(), c0, rows, bad_h);
       char* yrows = static_cast<char*>(y.data_ptr()) + c0 * N * xbytes;
       gemm(down, qh.data(), sh.data(), zh.data(), rows, norm ? static_cast<void*>(ybuf.data()) : yrows, N, stream);
-      if (norm) {
-        cpu::AddLayerNormArgs l = ln;
-        l.x = ybuf.data();
-        l.residual = static_cast<const char*>(xp) + c0 * K * xbytes;
-        l.out = yrows;
-        ln_rows(l, 0, rows);
-      }
+      if (norm) ep->apply(ybuf.data(), c0, rows, yrows);
     }
   });
   TORCH_CHECK_VALUE(bad_x.load() == M, "x holds Inf or NaN in row ", bad_x.load(), " (of the input flattened to [", M,
@@ -532,20 +536,7 @@ at::Tensor bsr_int8_linear_add_layer_norm_cpu(const at::Tensor& x, const at::Ten
   // no data.
   add_layer_norm_cpu(at::empty({0, N}, x.options()), residual.reshape({-1, N}).narrow(0, 0, 0), norm_weight,
                      norm_bias, norm_eps);
-  NormEpilogue norm;
-  norm.residual = residual;
-  norm.weight = norm_weight;
-  norm.bias = norm_bias;
-  norm.eps = norm_eps;
-  const at::Tensor rc = residual.contiguous(), w = norm_weight.to(at::kFloat).contiguous(),
-                   b = norm_bias.to(at::kFloat).contiguous();
-  norm.residual_rows = static_cast<const char*>(rc.data_ptr());
-  norm.ln.bf16 = x.scalar_type() == at::kBFloat16;
-  norm.ln.weight = w.data_ptr<float>();
-  norm.ln.bias = b.data_ptr<float>();
-  norm.ln.eps = static_cast<float>(norm_eps);
-  norm.ln.n = N;
-  norm.rows = select_add_layer_norm();
+  const NormEpilogue norm(residual, norm_weight, norm_bias, norm_eps, N);
   return run_int8(prep, &norm);
 }
 
