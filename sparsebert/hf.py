@@ -374,6 +374,12 @@ def _layer_plan(layer: nn.Module, dtype: torch.dtype) -> tuple | None:
     return entry[1]
 
 
+def _bound(m, dtype: torch.dtype):
+    """``m``'s forward with its arguments bound (``_bound_forward`` of the INT8 layers), or None."""
+    bound_forward = getattr(m, "_bound_forward", None)
+    return None if bound_forward is None else bound_forward(dtype)
+
+
 def _build_plan(layer: nn.Module, dtype: torch.dtype) -> tuple | None:
     """The configuration ``compress`` gives INT8 models: query, key and value fused
     (:func:`fuse_qkv`), both add + LayerNorms fused (:func:`fuse_layer_norms`), eval-mode
@@ -396,14 +402,14 @@ def _build_plan(layer: nn.Module, dtype: torch.dtype) -> tuple | None:
             return None
         norms.append((ln.weight, ln.bias, ln.eps))
     qkv = sa._modules.get(QKV_ATTR)
-    bound = [getattr(m, "_bound_forward", lambda _: None)(dtype) for m in (qkv, som["dense"])]
+    bound = [_bound(m, dtype) for m in (qkv, som["dense"])]
     if None in bound:
         return None
     ffnf = _func(layer, "feed_forward_chunk")
     if ffnf is _fused_ffn_forward:
         ffn = None if _ffn_mismatch(layer) is not None else bound_int8_ffn(im["dense"], om["dense"], ln2, dtype)
     elif ffnf is None and type(im.get("intermediate_act_fn")) is nn.Identity:
-        up, down = (getattr(m, "_bound_forward", lambda _: None)(dtype) for m in (im["dense"], om["dense"]))
+        up, down = (_bound(m, dtype) for m in (im["dense"], om["dense"]))
         w2, b2, eps2 = norms[1]
         ffn = None if up is None or down is None else (lambda a: add_layer_norm(down(up(a)), a, w2, b2, eps2))
     else:
