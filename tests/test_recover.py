@@ -11,8 +11,8 @@ import torch
 
 import sparsebert
 from sparsebert import cli, prune
-from sparsebert.recover import (IGNORE_LABEL, Recipe, TimeLimitReached, accuracy, activation_absmax, collate,
-                                cubic_sparsity, mask_tokens, recover)
+from sparsebert.recover import (GROUP_WINDOW, IGNORE_LABEL, Recipe, TimeLimitReached, accuracy, activation_absmax,
+                                collate, cubic_sparsity, epoch_order, mask_tokens, recover)
 from model_helpers import tiny_bert
 
 BLOCK = (16, 16)
@@ -70,6 +70,8 @@ def test_recipe_round_trip_and_ramp():
     ("temperature", 0, "temperature must be a number in \\(0.0, inf\\]"),
     ("lr", float("nan"), "lr must be a number"),
     ("batch_size", 2.5, "batch_size must be an int"),
+    ("group_by_length", 1, "group_by_length must be True or False, got 1"),
+    ("bf16", "yes", "bf16 must be True or False, got 'yes'"),
 ])
 def test_bad_recipe(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -129,6 +131,49 @@ def test_training_learns_and_distillation_pulls_to_the_teacher():
     recover(s2, t2, data, _recipe(sparsity=None, task_weight=0, steps=60, lr=2e-3), progress=False)
     with torch.no_grad():
         assert gap() < 0.5 * g0
+
+
+def test_epoch_order_groups_by_length():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 60, (GROUP_WINDOW * 8 * 2 + 5,), generator=g).tolist()  # two windows + 5
+    plain = epoch_order(lengths, 8, torch.Generator().manual_seed(1), group_by_length=False)
+    grouped = epoch_order(lengths, 8, torch.Generator().manual_seed(1))
+    again = epoch_order(lengths, 8, torch.Generator().manual_seed(1))
+    assert torch.equal(grouped, again)  # seeded
+    assert sorted(grouped.tolist()) == list(range(len(lengths)))  # every example once
+
+    def padded(order):  # tokens of the batches padded to their longest example
+        return sum(8 * max(lengths[i] for i in order[b:b + 8].tolist()) for b in range(0, len(order) - 5, 8))
+    assert padded(grouped) < 0.7 * padded(plain)
+    # inside a batch the lengths come from one window's sorted run: no batch spans a wide range
+    spans = [max(lengths[i] for i in grouped[b:b + 8].tolist()) - min(lengths[i] for i in grouped[b:b + 8].tolist())
+             for b in range(0, len(grouped) - 5, 8)]
+    assert max(spans) <= 8
+    # the 5 left over (no full batch) come last; the full batches are shuffled, not longest first
+    firsts = [max(lengths[i] for i in grouped[b:b + 8].tolist()) for b in range(0, len(grouped) - 5, 8)]
+    assert firsts != sorted(firsts, reverse=True)
+
+
+def test_teacher_runs_once_per_example():
+    # distill_weight only: the teacher's logits are cached, so three epochs run it on each
+    # example once; with hidden_weight the teacher runs every step.
+    data = _data(16)
+    for hidden, epochs_of_teacher in ((0.0, 1), (0.5, 3)):
+        student, teacher = _student_teacher()
+        seen = []
+        teacher.register_forward_hook(lambda m, a, kw, out: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+        recover(student, teacher, data, _recipe(steps=6, batch_size=8, hidden_weight=hidden), progress=False)
+        assert sum(seen) == epochs_of_teacher * len(data)
+
+
+def test_bf16_autocast_trains_fp32_weights():
+    data = _data(48)
+    student, _ = _student_teacher()
+    before = accuracy(student, data)
+    recover(student, None, data, _recipe(sparsity=None, steps=40, distill_weight=0, lr=2e-3, bf16=True),
+            progress=False)
+    assert accuracy(student, data) > before + 20
+    assert {p.dtype for p in student.parameters()} == {torch.float32}
 
 
 def test_mask_tokens():
