@@ -347,7 +347,8 @@ def recover_cmd(args) -> int:
         teacher_dir = os.path.join(out, "teacher")
         key = {"model_dir": os.path.abspath(args.model_dir), "train": os.path.abspath(args.train),
                "train_mtime": os.path.getmtime(args.train), "labels": names, "epochs": args.epochs,
-               "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "max_length": args.max_length}
+               "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "max_length": args.max_length,
+               "bf16": args.bf16}
         key_file = os.path.join(teacher_dir, "sparsebert_teacher.json")
         cached = os.path.isfile(key_file) and json.load(open(key_file)) == key
         if cached:
@@ -359,7 +360,7 @@ def recover_cmd(args) -> int:
             teacher = AutoModelForSequenceClassification.from_pretrained(args.model_dir, config=config)
             try:
                 recover(teacher, None, train, Recipe(sparsity=None, steps=steps, batch_size=args.batch_size,
-                                                     lr=args.lr, distill_weight=0.0, seed=args.seed))
+                                                     lr=args.lr, distill_weight=0.0, seed=args.seed, bf16=args.bf16))
             except FloatingPointError as e:
                 raise CliError(f"fine-tuning the dense teacher: {_first_line(e)}") from None
             teacher.save_pretrained(teacher_dir)
@@ -370,7 +371,7 @@ def recover_cmd(args) -> int:
     dense_accuracy = accuracy(teacher, evals)
 
     recipe = Recipe(sparsity=args.sparsity, block_size=args.block, method=args.method, steps=steps,
-                    batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, bf16=args.bf16)
     student = copy.deepcopy(teacher)
     try:
         recover(student, teacher, train, recipe, checkpoint=os.path.join(out, "recover.pt"))
@@ -487,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--max-length", type=_positive_int, default=128, help="tokens per text (default 128)")
+    p.add_argument("--bf16", action="store_true",
+                   help="train under bfloat16 autocast (about 1.5x faster on CPUs with AVX512-BF16 or AMX, slower "
+                        "without)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory (sparsebert.save + results.json)")
     p.add_argument("--overwrite", action="store_true")

@@ -100,3 +100,30 @@ def test_augment_and_activation_scores(bench_accuracy, tmp_path, capsys, monkeyp
     keys = [r["key"] for r in json.loads((tmp_path / "rows.json").read_text())["rows"]]
     assert any(k.startswith("recover-") and "-activation-" in k and k.endswith("-aug2") for k in keys)
     assert any(k.startswith("oneshot0-") and k.endswith("-activation") for k in keys)
+
+
+def test_epochs_and_bf16_set_the_recipe(bench_accuracy, monkeypatch):
+    import math
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake_run(args):
+        seen["args"] = args
+        raise Stop
+
+    monkeypatch.setattr(bench_accuracy, "run", fake_run)
+    with pytest.raises(Stop):
+        bench_accuracy.main(["--epochs", "2.5", "--bf16", "--dataset", "amazon"])
+    args = seen["args"]
+    epoch = math.ceil(round(0.8 * len(bench_accuracy.DATASETS["amazon"]())) / 32)
+    assert args.steps == round(2.5 * epoch)
+    recipe = bench_accuracy.recipe_for(args, sparsity=0.5)
+    assert recipe.bf16 and recipe.group_by_length and recipe.steps == args.steps
+    for bad, match in ((["--epochs", "0"], "--epochs must be a positive number, got 0.0"),
+                       (["--epochs", "nan"], "--epochs must be a positive number, got nan"),
+                       (["--steps", "3", "--epochs", "1"], "give --steps or --epochs, not both")):
+        with pytest.raises(SystemExit, match=match):
+            bench_accuracy.main(bad)

@@ -411,9 +411,10 @@ def test_cli_recover_end_to_end(tmp_path, head, capsys):
     out = tmp_path / "out"
     args = ["recover", str(d), "--train", str(train), "--eval", str(ev), "--sparsity", "0.5", "--block", "16x16",
             "--epochs", "2", "--batch-size", "16", "--seed", "1", "--out", str(out), "--lr", "1e-3"]
-    assert cli.main(args + (["--int8", "dynamic"] if head else [])) == 0
+    assert cli.main(args + (["--int8", "dynamic"] if head else ["--bf16"])) == 0
     res = json.loads((out / "results.json").read_text())
     assert {"dense_accuracy", "accuracy", "sparsity", "recipe", "labels"} <= set(res)
+    assert res["recipe"]["bf16"] is (not head) and res["recipe"]["group_by_length"] is True
     assert res["sparsity"] == pytest.approx(0.5, abs=0.02) and res["recipe"]["sparsity"] == 0.5
     assert (out / "teacher").is_dir() != head  # a head-less model gets a fine-tuned teacher first
     model = sparsebert.load(out)
