@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import sys
 
@@ -272,6 +273,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _tsv_line(path: str, index: int) -> int:
     """The line number of the ``index``-th (0-based) non-blank line of ``path``."""
     with open(path, encoding="utf-8") as f:
@@ -347,7 +358,7 @@ def recover_cmd(args) -> int:
         teacher_dir = os.path.join(out, "teacher")
         key = {"model_dir": os.path.abspath(args.model_dir), "train": os.path.abspath(args.train),
                "train_mtime": os.path.getmtime(args.train), "labels": names, "epochs": args.epochs,
-               "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "max_length": args.max_length,
+               "batch_size": args.batch_size, "lr": args.teacher_lr, "seed": args.seed, "max_length": args.max_length,
                "bf16": args.bf16}
         key_file = os.path.join(teacher_dir, "sparsebert_teacher.json")
         cached = os.path.isfile(key_file) and json.load(open(key_file)) == key
@@ -360,7 +371,8 @@ def recover_cmd(args) -> int:
             teacher = AutoModelForSequenceClassification.from_pretrained(args.model_dir, config=config)
             try:
                 recover(teacher, None, train, Recipe(sparsity=None, steps=steps, batch_size=args.batch_size,
-                                                     lr=args.lr, distill_weight=0.0, seed=args.seed, bf16=args.bf16))
+                                                     lr=args.teacher_lr, distill_weight=0.0, seed=args.seed,
+                                                     bf16=args.bf16))
             except FloatingPointError as e:
                 raise CliError(f"fine-tuning the dense teacher: {_first_line(e)}") from None
             teacher.save_pretrained(teacher_dir)
@@ -484,9 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="magnitude", choices=list(RECOVER_METHODS),
                    help="how blocks are ranked: weight magnitude, movement (-w * grad) or activation (weight times "
                         "input feature norm)")
-    p.add_argument("--epochs", type=_positive_int, default=1, help="passes over --train (default 1)")
+    p.add_argument("--epochs", type=_positive_int, default=3,
+                   help="passes over --train, for the teacher's fine-tuning and for the recovery each (default 3)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=_positive_float, default=1e-4, help="peak learning rate of the recovery (default 1e-4)")
+    p.add_argument("--teacher-lr", type=_positive_float, default=5e-5,
+                   help="peak learning rate of the dense teacher's fine-tuning, when the model has no head "
+                        "(default 5e-5)")
     p.add_argument("--max-length", type=_positive_int, default=128, help="tokens per text (default 128)")
     p.add_argument("--bf16", action="store_true",
                    help="train under bfloat16 autocast (about 1.5x faster on CPUs with AVX512-BF16 or AMX, slower "

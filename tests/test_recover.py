@@ -410,7 +410,8 @@ def test_cli_recover_end_to_end(tmp_path, head, capsys):
     train, ev = _tsv(tmp_path / "train.tsv", 64, 0), _tsv(tmp_path / "eval.tsv", 32, 1)
     out = tmp_path / "out"
     args = ["recover", str(d), "--train", str(train), "--eval", str(ev), "--sparsity", "0.5", "--block", "16x16",
-            "--epochs", "2", "--batch-size", "16", "--seed", "1", "--out", str(out), "--lr", "1e-3"]
+            "--epochs", "2", "--batch-size", "16", "--seed", "1", "--out", str(out), "--lr", "1e-3",
+            "--teacher-lr", "1e-3"]
     assert cli.main(args + (["--int8", "dynamic"] if head else ["--bf16"])) == 0
     res = json.loads((out / "results.json").read_text())
     assert {"dense_accuracy", "accuracy", "sparsity", "recipe", "labels"} <= set(res)
@@ -447,6 +448,10 @@ def test_cli_recover_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["recover", str(d), "--train", str(train), "--eval", str(train), "--out", "x", "--sparsity", "2"])
     assert e.value.code == 2
+    for flag, value in (("--lr", "0"), ("--teacher-lr", "nan"), ("--lr", "fast")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(base + ["--train", str(train), flag, value])
+        assert e.value.code == 2 and f"expected a positive number, got '{value}'" in capsys.readouterr().err
 
 
 # --- quantization-aware training ------------------------------------------------------------------
