@@ -13,6 +13,11 @@ with masks recomputed every ``prune_every`` steps (block magnitude, or movement 
 is ``task_weight * cross-entropy + distill_weight * T^2 * KL(teacher || student at temperature
 T) + hidden_weight * MSE(hidden states)``; AdamW with linear warm-up and linear decay.
 
+Cost: a step is the student's forward and backward on one batch; batches are grouped by length
+(little padding), the teacher runs once per example (its logits are kept for later epochs
+unless hidden states are distilled), AdamW is the fused one, and ``Recipe.bf16`` autocasts the
+student to bfloat16 (``benchmarks/bench_recover.py`` times each).
+
 On return the model holds plain ``nn.Linear`` layers with zeros in place, which
 ``sparsebert.compress`` turns into block-sparse kernels.
 
