@@ -161,17 +161,27 @@ class Runner:
         self.check_budget(60)
         model = build()
         ckpt = self.cache / f"{d.name}.ckpt.pt"
+        spent = self.cache / f"{d.name}.minutes"  # minutes of the earlier slices of a resumed training
+        before = float(spent.read_text()) if ckpt.is_file() and spent.is_file() else 0.0
         print(f"training {key}: {recipe.steps} steps", file=sys.stderr)
         t0 = time.perf_counter()
         try:
             recover(model, teacher, self.train if data is None else data, recipe, checkpoint=ckpt, checkpoint_every=25,
                     time_limit=None if self.budget is None else max(1.0, self.left() - 20))
         except TimeLimitReached:
+            spent.write_text(str(before + (time.perf_counter() - t0) / 60))
             raise OutOfBudget() from None
         model.save_pretrained(d)
         ckpt.unlink(missing_ok=True)
-        self.log_minutes(key, (time.perf_counter() - t0) / 60)
+        spent.unlink(missing_ok=True)
+        self.log_minutes(key, before + (time.perf_counter() - t0) / 60)
         return model
+
+    def minutes(self, key: str) -> float | None:
+        """Minutes that training ``key`` took on this machine (None: not trained here, or untrained)."""
+        f = self.cache / "train_minutes.json"
+        data = json.loads(f.read_text()) if f.is_file() else {}
+        return data.get(f"{self.args.dataset}-{key}-seed{self.args.seed}")
 
     def log_minutes(self, key: str, minutes: float) -> None:
         f = self.cache / "train_minutes.json"
@@ -208,7 +218,7 @@ class Runner:
             name = f"{name} ({attn} attention)"
         row = {"name": name, "key": key, "int8": int8, "accuracy": acc, "block_sparsity": sparsity,
                "block": list(block) if block else None, "speedup": speedup, "ms": ms, "ms_dense": ms_dense,
-               "bytes": size, "formats": formats}
+               "bytes": size, "formats": formats, "train_minutes": self.minutes(key)}
         if not self.fresh:
             self.results[row_key] = row
             self.results_file.write_text(json.dumps(self.results, indent=1))
@@ -421,10 +431,11 @@ def table(rows: list[dict]) -> str:
                     f"{r['speedup']:.2f}x",
                     f"{fmt_ms(r['ms'] / 1e3)} ({fmt_ms(r['ms_dense'] / 1e3)})" if r["ms"] else "-",
                     f"{r['bytes'] / 2**20:.1f} ({r['bytes'] / dense_bytes:.2f}x)",
-                    ", ".join(f"{k} {v}" for k, v in sorted(r["formats"].items())) or "-"])
+                    ", ".join(f"{k} {v}" for k, v in sorted(r["formats"].items())) or "-",
+                    f"{r['train_minutes']:.1f}" if r.get("train_minutes") else "-"])
     return markdown_table(["model", "test accuracy %", "block sparsity", "speedup vs dense fp32",
                            "ms / batch of 32 (dense fp32 same run)",
-                           "weights MiB (vs dense)", "encoder layer formats"], out)
+                           "weights MiB (vs dense)", "encoder layer formats", "training minutes"], out)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -36,6 +36,10 @@ def test_quick_profile_trains_caches_and_reruns(bench_accuracy, tmp_path, capsys
     for r in rows:
         assert 0.0 <= r["accuracy"] <= 100.0 and r["speedup"] > 0
     assert by["dense fp32"]["speedup"] == 1.0 and by["dense fp32"]["block_sparsity"] == 0.0
+    # the minutes each trained model took, in its rows and the table's last column
+    assert by["dense fp32"]["train_minutes"] > 0 and by["50% 32x32 recovered + INT8"]["train_minutes"] > 0
+    assert by["50% 32x32 one-shot, no fine-tuning"]["train_minutes"] is None
+    assert "| training minutes |" in out
     # Recovery reached the target on the 32x32 grid of the encoder's linears; INT8 shrinks the weights.
     assert by["50% 32x32 recovered"]["block_sparsity"] == pytest.approx(0.5, abs=0.02)
     assert by["50% 32x32 recovered + INT8"]["bytes"] < by["50% 32x32 recovered"]["bytes"] < by["dense fp32"]["bytes"]
@@ -127,3 +131,33 @@ def test_epochs_and_bf16_set_the_recipe(bench_accuracy, monkeypatch):
                        (["--steps", "3", "--epochs", "1"], "give --steps or --epochs, not both")):
         with pytest.raises(SystemExit, match=match):
             bench_accuracy.main(bad)
+
+
+def test_training_minutes_add_up_over_budget_slices(bench_accuracy, tmp_path, monkeypatch):
+    # A training stopped by the budget and resumed by the next run is logged with the minutes of
+    # both slices (make bench-accuracy runs in slices), and its rows carry them.
+    from model_helpers import tiny_bert
+
+    from sparsebert.recover import TimeLimitReached
+
+    clock = iter(range(0, 10_000, 60))  # every reading of the clock is a minute later
+    monkeypatch.setattr(bench_accuracy.time, "perf_counter", lambda: float(next(clock)))
+    calls = []
+
+    def fake_recover(model, teacher, data, recipe, checkpoint, **kw):
+        calls.append(checkpoint)
+        if len(calls) == 1:
+            checkpoint.write_bytes(b"state")
+            raise TimeLimitReached(5, recipe.steps, checkpoint)
+        return model
+
+    monkeypatch.setattr(bench_accuracy, "recover", fake_recover)
+    args = bench_accuracy.parser().parse_args(["--cache-dir", str(tmp_path), "--test-limit", "8"])
+    recipe = bench_accuracy.recipe_for(args.__class__(**{**vars(args), "steps": 10, "bf16": False}))
+    build = lambda: tiny_bert("BertForSequenceClassification")  # noqa: E731
+    with pytest.raises(bench_accuracy.OutOfBudget):
+        bench_accuracy.make_runner(args).trained("k", build, None, recipe)
+    runner = bench_accuracy.make_runner(args)
+    runner.trained("k", build, None, recipe)
+    assert len(calls) == 2 and runner.minutes("k") == 2.0  # one minute in each slice
+    assert not list(tmp_path.glob("*.minutes")) and runner.minutes("other") is None
