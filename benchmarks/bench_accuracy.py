@@ -249,7 +249,7 @@ class Runner:
 
 def recipe_for(args, **kw) -> Recipe:
     base = dict(steps=args.steps, batch_size=32, lr=args.lr, seed=args.seed, block_size=(32, 32), scope=args.scope,
-                method=args.method, bf16=args.bf16)
+                method=args.method, bf16=args.bf16, allocation=args.allocation)
     base.update(kw)
     return Recipe(**base)
 
@@ -291,8 +291,11 @@ def run(args) -> list[dict]:
     rows.append(runner.evaluate("dense fp32, unpadded encoder", dense_key, dense, None, False, dense, True))
     rows.append(runner.evaluate("dense", dense_key, dense, None, True, dense))
 
-    tag = f"{steps}-{args.scope}-lr{args.lr}" + (f"-{args.method}" if args.method != "magnitude" else "") + train_tag
-    how = f", {args.method} scores" if args.method != "magnitude" else ""
+    sens = args.allocation == "sensitivity"
+    tag = f"{steps}-{args.scope}-lr{args.lr}" + (f"-{args.method}" if args.method != "magnitude" else "") \
+        + ("-sens" if sens else "") + train_tag
+    how = (f", {args.method} scores" if args.method != "magnitude" else "") \
+        + (", per-layer shares by sensitivity" if sens else "")
     ramp = f"-ramp{args.ramp_end}" if args.ramp_end != 0.7 else ""
     kd = f"kd{args.distill}-h{args.hidden}" + (f"-aug{args.augment}" if args.augment else "")
     # The distilled models' data: the labelled sentences plus, with --augment, unlabelled copies
@@ -313,18 +316,24 @@ def run(args) -> list[dict]:
                 rows.append(runner.evaluate(label, key, model, block, int8, dense))
         for s in args.oneshot:
             shot = copy.deepcopy(dense)
-            if args.method == "activation":  # input norms over the first 8 batches, as recover takes them
-                calib = [collate(train[i:i + 32]) for i in range(0, 256, 32)]
-                prune.prune_model(shot, s, block, method="activation", scope=args.scope,
-                                  scores=prune.input_norms(dense, calib))
+            # input norms and sensitivity over the first 8 batches, as recover takes them
+            calib = [collate(train[i:i + 32]) for i in range(0, 256, 32)]
+            share = prune.allocate_sparsity(shot, prune.layer_sensitivity(shot, calib, block_size=block), s,
+                                            block) if sens else s
+            if args.method == "activation":
+                prune.apply_masks(shot, prune.model_masks(shot, share, block, method="activation", scope=args.scope,
+                                                          scores=prune.input_norms(dense, calib)))
             else:
-                prune.prune_model(shot, s, block, scope=args.scope)
+                prune.apply_masks(shot, prune.model_masks(shot, share, block, scope=args.scope))
             rows.append(runner.evaluate(f"{s:.0%} {bname} one-shot{how}, no fine-tuning",
                                         f"oneshot0-{bname}-{s}-{args.scope}-{dense_key}"
-                                        + (f"-{args.method}" if how else ""), shot, block, False, dense))
+                                        + (f"-{args.method}" if args.method != "magnitude" else "")
+                                        + ("-sens" if sens else ""), shot, block, False, dense))
             key = f"oneshot-ft-{bname}-{s}-{tag}"
+            # the masks are in place: the fine-tuning keeps them (no allocation of its own)
             model = runner.trained(key, lambda: copy.deepcopy(shot), None,
-                                   recipe_for(args, sparsity=s, block_size=block, ramp_end=0.0, distill_weight=0.0))
+                                   recipe_for(args, sparsity=s, block_size=block, ramp_end=0.0, distill_weight=0.0,
+                                              allocation="uniform"))
             rows.append(runner.evaluate(f"{s:.0%} {bname} one-shot{how} + fine-tuning", key, model, block, False,
                                         dense))
 
@@ -454,6 +463,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the pruned models' training")
     p.add_argument("--dense-lr", type=float, default=5e-5, help="peak learning rate of the dense fine-tuning")
     p.add_argument("--scope", default="layer", choices=["layer", "global"], help="where the pruned blocks go")
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
+                   help="per-layer shares: the same in every layer, or by each layer's sensitivity (Recipe.allocation; "
+                        "the one-shot rows get the same shares)")
     p.add_argument("--distill", type=float, default=1.0, help="weight of the soft-logit distillation loss")
     p.add_argument("--hidden", type=float, default=0.0, help="weight of the hidden-state MSE loss")
     p.add_argument("--method", default="magnitude", choices=["magnitude", "activation"],
@@ -519,7 +531,8 @@ def main(argv=None):
                     f"{', bf16 autocast' if args.bf16 else ''}), AdamW peak lr {args.dense_lr} "
                     f"(dense) / {args.lr} (pruned), 10% warm-up then linear decay; cubic ramp over the first "
                     f"{args.ramp_end:.0%}, "
-                    f"masks every 10 steps, {args.scope} scope, {args.method} scores; distillation weight {args.distill} (T=2), hidden "
+                    f"masks every 10 steps, {args.scope} scope, {args.method} scores, {args.allocation} allocation; "
+                    f"distillation weight {args.distill} (T=2), hidden "
                     f"MSE weight {args.hidden}"
                     + (f"; transfer set: {args.augment} masked copies per sentence (15%)" if args.augment else ""),
         "speed": "3 batches of 32 length-sorted test sentences; compressed models unpadded; same-run ratio",

@@ -43,7 +43,8 @@ __all__ = [
     "block_magnitude_mask", "magnitude_mask", "movement_mask", "block_scores", "block_sparsity", "encoder_linears",
     "model_masks", "apply_masks", "prune_model", "model_block_sparsity", "rounding_slack", "head_importance",
     "heads_to_prune", "prune_heads", "neuron_importance", "neurons_to_prune", "prune_neurons", "drop_layers", "restructure",
-    "from_pretrained", "input_norms", "METHODS", "SCOPES",
+    "from_pretrained", "input_norms", "layer_sensitivity", "allocate_sparsity", "SENSITIVITY_LEVELS", "METHODS",
+    "SCOPES",
 ]
 
 METHODS = ("block_magnitude", "magnitude", "movement", "activation")
@@ -219,10 +220,13 @@ def _effective_weight(module: nn.Linear) -> Tensor:
     return w * mask if isinstance(mask, Tensor) else w
 
 
-def model_masks(model: nn.Module, sparsity: float, block_size=(32, 32), method: str = "block_magnitude",
-                scope: str = "layer", scores: Mapping[str, Tensor] | None = None,
+def model_masks(model: nn.Module, sparsity: float | Mapping[str, float], block_size=(32, 32),
+                method: str = "block_magnitude", scope: str = "layer", scores: Mapping[str, Tensor] | None = None,
                 filter_fn: Callable | None = None) -> dict[str, Tensor]:
     """``{name: bool mask}`` for every encoder ``nn.Linear``.
+
+    ``sparsity``: one share for the model, or ``{layer name: share}`` for every layer (as
+    :func:`allocate_sparsity` gives them; ``scope="layer"`` only).
 
     ``method``: ``"block_magnitude"`` (blocks of ``block_size`` by L2 norm), ``"magnitude"``
     (unstructured, ignores ``block_size``), ``"movement"`` (blocks by summed ``scores[name]``) or
@@ -240,13 +244,23 @@ def model_masks(model: nn.Module, sparsity: float, block_size=(32, 32), method: 
     ``attention.output.dense`` and ``output.dense`` (their weights are the smallest), and the model
     fell to chance (benchmarks/bench_accuracy.py).
     """
-    sparsity = _check_fraction("sparsity", sparsity)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     block_size = (1, 1) if method == "magnitude" else check_block_size(block_size)
     linears = encoder_linears(model, filter_fn)
+    if isinstance(sparsity, Mapping):
+        if scope != "layer":
+            raise ValueError("per-layer sparsities (a mapping) need scope='layer'")
+        shares = {n: _check_fraction(f"sparsity[{n!r}]", v) for n, v in sparsity.items()}
+        missing, extra = [n for n in linears if n not in shares], [n for n in shares if n not in linears]
+        if missing or extra:
+            raise ValueError(f"per-layer sparsities must name every encoder nn.Linear: missing {missing[:3]}, "
+                             f"not encoder linears {extra[:3]}")
+    else:
+        sparsity = _check_fraction("sparsity", sparsity)
+        shares = {n: sparsity for n in linears}
     if method in ("movement", "activation"):
         what = "accumulated -weight * grad" if method == "movement" else "input feature L2 norms (input_norms)"
         if scores is None:
@@ -269,7 +283,7 @@ def model_masks(model: nn.Module, sparsity: float, block_size=(32, 32), method: 
                 w = w.float() * scores[name].to(w.device).float()[None, :]
             per_layer[name] = block_scores(w, block_size, "rms" if scope == "global" else "l2")
     if scope == "layer":
-        keep = {n: _keep_top(s, sparsity) for n, s in per_layer.items()}
+        keep = {n: _keep_top(s, shares[n]) for n, s in per_layer.items()}
     else:
         flat = torch.cat([s.flatten() for s in per_layer.values()]) if per_layer else torch.zeros(0)
         flags = _keep_top(flat, sparsity)
@@ -357,6 +371,118 @@ def prune_model(model: nn.Module, sparsity: float, block_size=(32, 32), method: 
     masks = model_masks(model, sparsity, block_size, method, scope, scores, filter_fn)
     apply_masks(model, masks)
     return masks
+
+
+# --- per-layer sparsity from sensitivity --------------------------------------------------------
+
+SENSITIVITY_LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+
+
+def _output_gap(reference, out) -> Tensor:
+    """How far a pruned model's output is from the unpruned one's: KL(reference || pruned) over
+    the classes for a model with logits, else the squared error of the last hidden state
+    relative to its square (``reference`` is the unpruned output, detached)."""
+    if getattr(reference, "logits", None) is not None:
+        return torch.nn.functional.kl_div(out.logits.float().log_softmax(-1), reference.logits.float().log_softmax(-1),
+                                          log_target=True, reduction="batchmean")
+    ref, got = reference.last_hidden_state.float(), out.last_hidden_state.float()
+    return (got - ref).square().sum() / ref.square().sum().clamp(min=1e-12)
+
+
+def layer_sensitivity(model: nn.Module, batches: Iterable[Mapping], levels: Iterable[float] = SENSITIVITY_LEVELS,
+                      block_size=(32, 32), filter_fn: Callable | None = None) -> dict[str, dict[float, float]]:
+    """``{layer name: {level: damage}}`` for every encoder ``nn.Linear``: how far the model's
+    output moves over ``batches`` (dicts of model inputs; ``labels`` ignored) when that layer
+    alone is pruned to ``level`` by block magnitude, the others untouched (KL divergence of the
+    class distribution from the unpruned model's for a model with logits; else the relative
+    squared error of the last hidden state). Eval mode, no gradients; the weights are restored.
+    A layer already at or above a level scores 0 there. The input of :func:`allocate_sparsity`."""
+    levels = sorted({_check_fraction("level", v) for v in levels})
+    if not levels:
+        raise ValueError("layer_sensitivity needs at least one level")
+    block_size = check_block_size(block_size)
+    linears = encoder_linears(model, filter_fn)
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+    if not batches:
+        raise ValueError("layer_sensitivity needs at least one batch, got none")
+    was_training = model.training
+    model.eval()
+    out: dict[str, dict[float, float]] = {}
+    try:
+        with torch.no_grad():
+            reference = [model(**b) for b in batches]
+            for name, lin in linears.items():
+                original = lin.weight.detach().clone()
+                current = block_sparsity(_effective_weight(lin), block_size)
+                out[name] = {}
+                for level in levels:
+                    if level <= current:
+                        out[name][level] = 0.0
+                        continue
+                    keep = block_magnitude_mask(_effective_weight(lin), level, block_size)
+                    lin.weight.mul_(keep.to(lin.weight.dtype))
+                    out[name][level] = sum(float(_output_gap(r, model(**b))) for r, b in zip(reference, batches)) \
+                        / len(batches)
+                    lin.weight.copy_(original)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def allocate_sparsity(model: nn.Module, sensitivity: Mapping[str, Mapping[float, float]], sparsity: float,
+                      block_size=(32, 32), filter_fn: Callable | None = None) -> dict[str, float]:
+    """``{layer name: share of blocks to prune}`` for every encoder ``nn.Linear`` such that the
+    model's block sparsity is ``sparsity``, spending it where :func:`layer_sensitivity` says it
+    hurts least: starting from each layer's current sparsity, the step to a layer's next probed
+    level with the least added damage per pruned block is taken, one at a time, until the target
+    is reached (the last step only as far as the target). Damage is taken as non-decreasing in
+    the level. The result goes to :func:`model_masks` / ``Recipe(allocation="sensitivity")``.
+    ValueError when the target is above what the probed levels reach."""
+    sparsity = _check_fraction("sparsity", sparsity)
+    block_size = check_block_size(block_size)
+    linears = encoder_linears(model, filter_fn)
+    missing = [n for n in linears if n not in sensitivity]
+    if missing:
+        raise ValueError(f"sensitivity has no entry for {missing[:3]}")
+    blocks, current, curves = {}, {}, {}
+    for name, lin in linears.items():
+        w = _effective_weight(lin)
+        blocks[name] = math.ceil(w.shape[0] / block_size[0]) * math.ceil(w.shape[1] / block_size[1])
+        current[name] = block_sparsity(w, block_size)
+        points, worst = [(current[name], 0.0)], 0.0
+        for level, damage in sorted(sensitivity[name].items()):
+            level = _check_fraction(f"sensitivity level of {name}", level)
+            if not math.isfinite(damage):
+                raise ValueError(f"sensitivity of {name} at {level} is {damage!r}")
+            worst = max(worst, float(damage))
+            if level > current[name]:
+                points.append((level, worst))
+        curves[name] = points
+    total = sum(blocks.values())
+    need = sparsity * total - sum(current[n] * blocks[n] for n in linears)  # blocks still to prune
+    reach = sum((curves[n][-1][0] - current[n]) * blocks[n] for n in linears)
+    if need > reach + 1e-9:
+        raise ValueError(f"sparsity {sparsity} is above what the probed levels reach "
+                         f"({(reach + sparsity * total - need) / total:.4f}); probe higher levels")
+    at = {n: 0 for n in linears}  # index into curves[n]
+    share = dict(current)
+    while need > 1e-9:
+        def cost(n):
+            (l0, d0), (l1, d1) = curves[n][at[n]], curves[n][at[n] + 1]
+            return (d1 - d0) / ((l1 - l0) * blocks[n])
+        open_layers = [n for n in linears if at[n] + 1 < len(curves[n])]
+        if not open_layers:  # only rounding left: the levels reach the target
+            break
+        best = min(open_layers, key=cost)
+        l0, l1 = curves[best][at[best]][0], curves[best][at[best] + 1][0]
+        step = (l1 - l0) * blocks[best]
+        if step >= need:
+            share[best] = l0 + need / blocks[best]
+            need = 0.0
+        else:
+            share[best], need = l1, need - step
+            at[best] += 1
+    return share
 
 
 # --- importance of heads and neurons -------------------------------------------------------------

@@ -43,8 +43,8 @@ from torch.nn import functional as F
 
 from .nn.masked_linear import MaskedLinear, mask_linears, unmask_linears
 from .ops.bsr_format import check_block_size
-from .prune import (encoder_linears, forward_batches, input_norms, model_block_sparsity, model_masks, rounding_slack,
-                    square_sum_hook)
+from .prune import (allocate_sparsity, block_sparsity, encoder_linears, forward_batches, input_norms, layer_sensitivity,
+                    model_block_sparsity, model_masks, rounding_slack, square_sum_hook)
 
 __all__ = ["Recipe", "recover", "cubic_sparsity", "encode", "collate", "mask_tokens", "accuracy",
            "activation_absmax", "epoch_order", "TimeLimitReached", "CHECKPOINT_VERSION", "IGNORE_LABEL"]
@@ -53,6 +53,7 @@ CHECKPOINT_VERSION = 2
 IGNORE_LABEL = -100  # collate's label for an example without one (cross_entropy's ignore_index)
 RECOVER_METHODS = ("magnitude", "movement", "activation")
 SCOPES = ("global", "layer")
+ALLOCATIONS = ("uniform", "sensitivity")
 
 
 def _number(name: str, value, lo: float | None = None, hi: float | None = None, integer: bool = False,
@@ -81,6 +82,11 @@ class Recipe:
       batches of the data: see :func:`sparsebert.prune.model_masks`).
     - ``scope``: ``"layer"`` (the same share in every layer) or ``"global"`` (blocks compete across
       layers; see :func:`sparsebert.prune.model_masks` for why that is not the default).
+    - ``allocation``: with ``scope="layer"``, ``"uniform"`` (every layer at ``sparsity``) or
+      ``"sensitivity"``: before the first step each layer is pruned alone to a few levels over
+      the first 8 batches (:func:`sparsebert.prune.layer_sensitivity`), and the layers get
+      shares that reach ``sparsity`` over the model where that moves the output least
+      (:func:`sparsebert.prune.allocate_sparsity`); every layer ramps to its own share.
     - ``steps``: optimizer steps in all; ``batch_size``: examples per step.
     - ``group_by_length``: each epoch's shuffled examples are cut into windows of 64 batches,
       sorted by length inside a window, and the batches shuffled: batches of similar lengths pad
@@ -106,6 +112,7 @@ class Recipe:
     block_size: tuple[int, int] = (32, 32)
     method: str = "magnitude"
     scope: str = "layer"
+    allocation: str = "uniform"
     steps: int = 300
     batch_size: int = 32
     ramp_start: float = 0.0
@@ -139,6 +146,11 @@ class Recipe:
             raise ValueError(f"method must be one of {RECOVER_METHODS}, got {self.method!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.allocation == "sensitivity" and self.scope != "layer":
+            raise ValueError("allocation='sensitivity' sets a share per layer: it needs scope='layer', "
+                             f"got {self.scope!r}")
         _number("steps", self.steps, 1, integer=True)
         _number("batch_size", self.batch_size, 1, integer=True)
         _number("ramp_start", self.ramp_start, 0.0, 1.0)
@@ -485,6 +497,8 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
     # The teacher is in eval mode and fixed: its logits for an example are computed once (in the
     # example's first batch) and reused every epoch. Hidden-state distillation runs it each step.
     cache_teacher = teacher is not None and recipe.distill_weight > 0 and recipe.hidden_weight == 0
+    # allocation="sensitivity": {layer: (its sparsity at the start, its target)}, set before the first step
+    layer_targets = None
     teacher_logits = torch.zeros(len(data), model.config.num_labels) if cache_teacher else None
     have_logits = torch.zeros(len(data), dtype=torch.bool) if cache_teacher else None
 
@@ -494,7 +508,7 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state(), "order_rng": order_gen.get_state(), "order": order, "pos": pos,
                 "scores": scores, "mask_sparsity": mask_sparsity, "initial": initial,
-                "teacher_logits": teacher_logits, "have_logits": have_logits}
+                "teacher_logits": teacher_logits, "have_logits": have_logits, "layer_targets": layer_targets}
 
     handles = []  # forward hooks of method='activation'
     try:
@@ -511,15 +525,25 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
             step, order, pos = saved["step"], saved["order"], saved["pos"]
             scores, mask_sparsity, initial = saved["scores"], saved["mask_sparsity"], saved["initial"]
             teacher_logits, have_logits = saved["teacher_logits"], saved["have_logits"]
+            layer_targets = saved["layer_targets"]
 
         from tqdm.auto import tqdm
 
         pad = _pad_id(model)
+        in_masked = lambda m, n: n in masked  # noqa: E731
+        if recipe.allocation == "sensitivity" and recipe.sparsity is not None and layer_targets is None:
+            probe = [collate(data[i:i + recipe.batch_size], pad)
+                     for i in range(0, min(len(data), 8 * recipe.batch_size), recipe.batch_size)]
+            shares = allocate_sparsity(model, layer_sensitivity(model, probe, block_size=recipe.block_size,
+                                                                filter_fn=in_masked),
+                                       target, recipe.block_size, filter_fn=in_masked)
+            layer_targets = {n: (block_sparsity(m.weight.detach() * m.mask, recipe.block_size), shares[n])
+                             for n, m in masked.items()}
         if recipe.method == "activation":
             if step == 0:  # the first masks need statistics before any training step
                 calib = [collate(data[i:i + recipe.batch_size], pad)
                          for i in range(0, min(len(data), 8 * recipe.batch_size), recipe.batch_size)]
-                for n, v in input_norms(model, calib, filter_fn=lambda m, n: n in masked).items():
+                for n, v in input_norms(model, calib, filter_fn=in_masked).items():
                     scores[n] += v.square()
             handles = [m.register_forward_hook(square_sum_hook(scores, n)) for n, m in masked.items()]
         model.train()
@@ -533,9 +557,13 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
                 s = cubic_sparsity(step, initial, target, first, last)
                 if s > mask_sparsity:
                     method = {"magnitude": "block_magnitude"}.get(recipe.method, recipe.method)
-                    masks = model_masks(model, s, recipe.block_size, method, recipe.scope,
+                    share = s
+                    if layer_targets is not None:  # each layer the same way along its own ramp
+                        f = (s - initial) / (target - initial) if target > initial else 1.0
+                        share = {n: a + f * (b - a) for n, (a, b) in layer_targets.items()}
+                    masks = model_masks(model, share, recipe.block_size, method, recipe.scope,
                                         {n: v.sqrt() for n, v in scores.items()} if method == "activation" else scores,
-                                        filter_fn=lambda m, n: n in masked)
+                                        filter_fn=in_masked)
                     for n, mk in masks.items():
                         masked[n].set_mask(mk)
                     mask_sparsity = s

@@ -161,3 +161,37 @@ def test_training_minutes_add_up_over_budget_slices(bench_accuracy, tmp_path, mo
     runner.trained("k", build, None, recipe)
     assert len(calls) == 2 and runner.minutes("k") == 2.0  # one minute in each slice
     assert not list(tmp_path.glob("*.minutes")) and runner.minutes("other") is None
+
+
+def test_sensitivity_allocation_rows(bench_accuracy, tmp_path, capsys, monkeypatch):
+    # --allocation sensitivity: the recovered and the one-shot models get the per-layer shares of
+    # allocate_sparsity (the probe is replaced by fixed figures here: the FFN layers cheap).
+    import sys
+
+    from sparsebert import prune
+
+    def is_ffn(name):
+        return "intermediate" in name or (name.endswith("output.dense") and ".attention." not in name)
+
+    def fake_sensitivity(model, batches, levels=prune.SENSITIVITY_LEVELS, block_size=(32, 32), filter_fn=None):
+        return {n: {lv: (0.01 if is_ffn(n) else 1.0) * lv for lv in levels}
+                for n in prune.encoder_linears(model, filter_fn)}
+
+    monkeypatch.setattr(prune, "layer_sensitivity", fake_sensitivity)
+    monkeypatch.setattr(sys.modules["sparsebert.recover"], "layer_sensitivity", fake_sensitivity)
+    argv = ["--steps", "2", "--test-limit", "16", "--sparsities", "0.5", "--oneshot", "0.5", "--no-structured",
+            "--rounds", "1", "--allocation", "sensitivity", "--cache-dir", str(tmp_path), "--json",
+            str(tmp_path / "rows.json"), "--plot", str(tmp_path / "p.png")]
+    assert bench_accuracy.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| 50% 32x32 recovered, per-layer shares by sensitivity + INT8 |" in out
+    assert "sensitivity allocation" in out
+    args = bench_accuracy.parser().parse_args(argv)
+    for key in ("recover-32x32-0.5-2-layer-lr0.0001-sens-bylen-kd1.0-h0.0",
+                "oneshot-ft-32x32-0.5-2-layer-lr0.0001-sens-bylen"):
+        model = prune.from_pretrained(bench_accuracy.model_dir(args, key))
+        share = {n: prune.block_sparsity(lin.weight, (32, 32)) for n, lin in prune.encoder_linears(model).items()}
+        assert max(v for n, v in share.items() if not is_ffn(n)) == 0.0  # the dear layers kept whole
+        ffn = [v for n, v in share.items() if is_ffn(n)]
+        assert sum(ffn) / len(ffn) == pytest.approx(0.75, abs=0.01)  # the FFN (2/3 of the blocks) took it all
+        assert prune.model_block_sparsity(model, (32, 32)) == pytest.approx(0.5, abs=0.01)

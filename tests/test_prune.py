@@ -167,6 +167,71 @@ def test_activation_scores_weigh_each_input_feature():
         prune.model_masks(model, 0.5, (16, 16), method="activation", scores=bad)
 
 
+def test_layer_sensitivity_prunes_one_layer_at_a_time():
+    model = tiny_bert("BertForSequenceClassification")
+    with torch.no_grad():  # a random head's logits are ~0.01: make its classes differ
+        model.classifier.weight.mul_(300)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [tiny_inputs(seed=s) for s in (1, 2)]
+    sens = prune.layer_sensitivity(model, batches, (0.5, 0.9), (16, 16))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights restored
+    linears = prune.encoder_linears(model)
+    assert set(sens) == set(linears) and all(set(d) == {0.5, 0.9} for d in sens.values())
+    # The figure is the output gap with that one layer pruned: recompute one by hand.
+    name = "bert.encoder.layer.1.intermediate.dense"
+    pruned = copy.deepcopy(model)
+    lin = prune.encoder_linears(pruned)[name]
+    with torch.no_grad():
+        lin.weight.mul_(block_magnitude_mask(lin.weight, 0.9, (16, 16)))
+        gaps = [torch.nn.functional.kl_div(pruned(**b).logits.log_softmax(-1), model(**b).logits.log_softmax(-1),
+                                           log_target=True, reduction="batchmean") for b in batches]
+    assert sens[name][0.9] == pytest.approx(float(sum(gaps) / 2), rel=1e-5, abs=1e-9)
+    assert sens[name][0.9] > 0
+    # A layer already sparser than a level scores 0 there; a bare encoder is measured on its hidden states.
+    with torch.no_grad():
+        lin = linears[name]
+        lin.weight.mul_(block_magnitude_mask(lin.weight, 0.7, (16, 16)))
+    assert prune.layer_sensitivity(model, batches, (0.5, 0.9), (16, 16))[name][0.5] == 0.0
+    bare = prune.layer_sensitivity(tiny_bert(), batches[:1], (0.9,), (16, 16))
+    assert all(d[0.9] > 0 for d in bare.values())
+    with pytest.raises(ValueError, match="at least one batch"):
+        prune.layer_sensitivity(model, [], (0.5,))
+    with pytest.raises(ValueError, match="level must be a number in \\[0, 1\\], got 1.5"):
+        prune.layer_sensitivity(model, batches, (1.5,))
+
+
+def test_allocate_sparsity_spends_the_target_where_it_hurts_least():
+    model = tiny_bert("BertForSequenceClassification")
+    linears = prune.encoder_linears(model)
+    names = list(linears)
+    cheap, dear = names[0], names[2]  # query and value of layer 0, 16 blocks of 16x16 each
+    sens = {n: {0.5: 1.0, 0.9: 2.0} for n in names}
+    sens[cheap] = {0.5: 0.0, 0.9: 0.0}
+    sens[dear] = {0.5: 50.0, 0.9: 80.0}
+    shares = prune.allocate_sparsity(model, sens, 0.6, (16, 16))
+    assert set(shares) == set(names)
+    assert shares[cheap] == 0.9 and shares[dear] == 0.0
+    blocks = {n: (lin.out_features // 16) * (lin.in_features // 16) for n, lin in linears.items()}
+    assert sum(shares[n] * blocks[n] for n in names) == pytest.approx(0.6 * sum(blocks.values()))
+    masks = prune.model_masks(model, shares, (16, 16))
+    prune.apply_masks(model, masks)
+    assert prune.model_block_sparsity(model, (16, 16)) == pytest.approx(0.6, abs=prune.rounding_slack(model, (16, 16)))
+    assert block_sparsity(linears[dear].weight, (16, 16)) == 0.0
+    # damage that falls with the level is taken as flat; the target beyond the levels is an error
+    sens[cheap] = {0.5: 3.0, 0.9: 1.0}
+    assert prune.allocate_sparsity(tiny_bert("BertForSequenceClassification"), sens, 0.3, (16, 16))[cheap] < 0.9
+    with pytest.raises(ValueError, match="sparsity 0.95 is above what the probed levels reach"):
+        prune.allocate_sparsity(tiny_bert("BertForSequenceClassification"), sens, 0.95, (16, 16))
+    with pytest.raises(ValueError, match="sensitivity has no entry for"):
+        prune.allocate_sparsity(model, {cheap: sens[cheap]}, 0.5, (16, 16))
+    with pytest.raises(ValueError, match="per-layer sparsities \\(a mapping\\) need scope='layer'"):
+        prune.model_masks(model, shares, (16, 16), scope="global")
+    with pytest.raises(ValueError, match="must name every encoder nn.Linear: missing"):
+        prune.model_masks(model, {cheap: 0.5}, (16, 16))
+    with pytest.raises(ValueError, match="sparsity\\['.*'\\] must be a number in \\[0, 1\\], got 2"):
+        prune.model_masks(model, dict(shares, **{cheap: 2}), (16, 16))
+
+
 def test_input_norms_are_each_feature_norm_over_all_tokens():
     model = tiny_bert()
     batches = [tiny_inputs(batch=2, seq=8, seed=s) for s in (1, 2)]

@@ -72,6 +72,7 @@ def test_recipe_round_trip_and_ramp():
     ("batch_size", 2.5, "batch_size must be an int"),
     ("group_by_length", 1, "group_by_length must be True or False, got 1"),
     ("bf16", "yes", "bf16 must be True or False, got 'yes'"),
+    ("allocation", "greedy", "allocation must be one of \\('uniform', 'sensitivity'\\), got 'greedy'"),
 ])
 def test_bad_recipe(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -80,6 +81,8 @@ def test_bad_recipe(field, value, match):
         Recipe(task_weight=0, distill_weight=0)
     with pytest.raises(ValueError, match="needs a ramp"):
         Recipe(method="movement", ramp_end=0)
+    with pytest.raises(ValueError, match="allocation='sensitivity' sets a share per layer: it needs scope='layer'"):
+        Recipe(allocation="sensitivity", scope="global")
 
 
 @pytest.mark.parametrize("method,scope", [("magnitude", "global"), ("magnitude", "layer"), ("movement", "global"),
@@ -283,6 +286,37 @@ def test_activation_method_resumes_with_its_statistics(tmp_path):
     recover(magnitude, teacher, _data(), _recipe(), progress=False)
     zeros = lambda m: [lin.weight.eq(0) for lin in prune.encoder_linears(m).values()]  # noqa: E731
     assert any(not torch.equal(a, b) for a, b in zip(zeros(student), zeros(magnitude)))  # another score, other masks
+
+
+def test_sensitivity_allocation_gives_each_layer_its_share(tmp_path):
+    # Each layer ends at the share allocate_sparsity gives it from the sensitivity over the first
+    # batches (computed here by hand on a copy), the model at the target; resuming after every step
+    # gives the same weights.
+    data = _data(32)
+    student, teacher = _student_teacher()
+    with torch.no_grad():
+        for m in (student, teacher):
+            m.classifier.weight.mul_(300)  # classes that differ, for the output gap to measure
+    probe = [collate(data[i:i + 8]) for i in range(0, 32, 8)]
+    shares = prune.allocate_sparsity(student, prune.layer_sensitivity(student, probe, block_size=BLOCK), 0.75, BLOCK)
+    assert len({round(v, 3) for v in shares.values()}) > 1  # not uniform
+    fresh = copy.deepcopy(student)
+    recipe = _recipe(allocation="sensitivity")
+    recover(student, teacher, data, recipe, progress=False)
+    for n, lin in prune.encoder_linears(student).items():
+        nb = (lin.out_features // 16) * (lin.in_features // 16)
+        assert round(prune.block_sparsity(lin.weight, BLOCK) * nb) == round(shares[n] * nb), n
+    assert prune.model_block_sparsity(student, BLOCK) == pytest.approx(0.75, abs=prune.rounding_slack(student, BLOCK))
+    ckpt = tmp_path / "recover.pt"
+    resumed = copy.deepcopy(fresh)
+    while True:
+        try:
+            recover(resumed, teacher, data, recipe, checkpoint=ckpt, time_limit=0, progress=False)
+            break
+        except TimeLimitReached:
+            resumed = copy.deepcopy(fresh)
+    ref = student.state_dict()
+    assert all(torch.equal(ref[k], v) for k, v in resumed.state_dict().items())
 
 
 def test_one_shot_keeps_the_mask():
