@@ -90,8 +90,7 @@ class Recipe:
     - ``steps``: optimizer steps in all; ``batch_size``: examples per step.
     - ``group_by_length``: each epoch's shuffled examples are cut into windows of 64 batches,
       sorted by length inside a window, and the batches shuffled: batches of similar lengths pad
-      little (half the tokens of random batches on short sentences), as transformers'
-      ``group_by_length``. False: batches of a plain shuffle.
+      little, as transformers' ``group_by_length``. False: batches of a plain shuffle.
     - ``bf16``: the student's forward and backward under bfloat16 autocast (weights, gradients
       and optimizer state stay fp32); about 1.5x faster steps where the CPU has AVX512-BF16 or
       AMX, slower where it has neither (bf16 then runs emulated).
