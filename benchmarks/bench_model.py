@@ -88,9 +88,10 @@ def recovered_case(args, records) -> None:
     rows = bench_accuracy.demo(rounds=args.rounds, threads=args.threads)
     if rows is None:
         print(f"No recovered model is cached in {bench_accuracy.DEFAULT_CACHE}. `make bench-accuracy-quick` "
-              "fine-tunes the dense classifier and recovers an 80% 32x32 model (about 12 min on 2 cores: "
-              "1.0-1.4 s per fine-tuning step, 1.2-2.1 s per recovery step with the teacher); `make bench-accuracy` "
-              "the full table (about 55 min). The demo shows the cached model here afterwards.")
+              "fine-tunes the dense classifier and recovers an 80% 32x32 model (under 12 min on 2 cores: "
+              "a recovery step took 0.5-0.7 s in fp32 on AMD EPYC Zen 4, `python benchmarks/bench_recover.py` "
+              "times it here); `make bench-accuracy` the full table (under 55 min). The demo shows the cached "
+              "model here afterwards.")
         return
     print(bench_accuracy.table(rows))
     dense, ours = rows

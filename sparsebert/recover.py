@@ -86,7 +86,8 @@ class Recipe:
       ``"sensitivity"``: before the first step each layer is pruned alone to a few levels over
       the first 8 batches (:func:`sparsebert.prune.layer_sensitivity`), and the layers get
       shares that reach ``sparsity`` over the model where that moves the output least
-      (:func:`sparsebert.prune.allocate_sparsity`); every layer ramps to its own share.
+      (:func:`sparsebert.prune.allocate_sparsity`); every layer ramps to its own share. The
+      probe is 6 model forwards per layer and batch: minutes on long sentences.
     - ``steps``: optimizer steps in all; ``batch_size``: examples per step.
     - ``group_by_length``: each epoch's shuffled examples are cut into windows of 64 batches,
       sorted by length inside a window, and the batches shuffled: batches of similar lengths pad
