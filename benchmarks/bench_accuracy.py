@@ -281,7 +281,7 @@ def run(args) -> list[dict]:
 
     # Dense fine-tuning: the baseline and the teacher.
     # Every trained key ends with how its batches were made: "-bylen" (Recipe.group_by_length, the
-    # default since it halves the padding), "-bf16" with bfloat16 autocast.
+    # default: less padding), "-bf16" with bfloat16 autocast.
     train_tag = "-bylen" + ("-bf16" if args.bf16 else "")
     dense_key = f"dense-{steps}-lr{args.dense_lr}{train_tag}"
     dense = runner.trained(dense_key, lambda: base_model(args.seed, runner.num_labels), None,
