@@ -41,7 +41,8 @@ from common import Method, fmt_ms, header, markdown_table, time_methods, write_j
 
 import sparsebert  # noqa: E402
 from sparsebert import CompressConfig, prune  # noqa: E402
-from sparsebert.recover import Recipe, TimeLimitReached, accuracy, collate, encode, mask_tokens, recover  # noqa: E402
+from sparsebert.recover import (SENSITIVITY_BATCHES, Recipe, TimeLimitReached, accuracy, collate, encode,  # noqa: E402
+                                mask_tokens, recover)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / "build" / "bench_accuracy"
@@ -316,10 +317,10 @@ def run(args) -> list[dict]:
                 rows.append(runner.evaluate(label, key, model, block, int8, dense))
         for s in args.oneshot:
             shot = copy.deepcopy(dense)
-            # input norms and sensitivity over the first 8 batches, as recover takes them
+            # input norms over the first 8 batches and sensitivity over the first 4, as recover takes them
             calib = [collate(train[i:i + 32]) for i in range(0, 256, 32)]
-            share = prune.allocate_sparsity(shot, prune.layer_sensitivity(shot, calib, block_size=block), s,
-                                            block) if sens else s
+            share = prune.allocate_sparsity(shot, prune.layer_sensitivity(shot, calib[:SENSITIVITY_BATCHES],
+                                                                          block_size=block), s, block) if sens else s
             if args.method == "activation":
                 prune.apply_masks(shot, prune.model_masks(shot, share, block, method="activation", scope=args.scope,
                                                           scores=prune.input_norms(dense, calib)))

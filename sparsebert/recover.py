@@ -54,6 +54,7 @@ IGNORE_LABEL = -100  # collate's label for an example without one (cross_entropy
 RECOVER_METHODS = ("magnitude", "movement", "activation")
 SCOPES = ("global", "layer")
 ALLOCATIONS = ("uniform", "sensitivity")
+SENSITIVITY_BATCHES = 4  # batches allocation="sensitivity" probes (6 forwards per layer and batch)
 
 
 def _number(name: str, value, lo: float | None = None, hi: float | None = None, integer: bool = False,
@@ -84,7 +85,7 @@ class Recipe:
       layers; see :func:`sparsebert.prune.model_masks` for why that is not the default).
     - ``allocation``: with ``scope="layer"``, ``"uniform"`` (every layer at ``sparsity``) or
       ``"sensitivity"``: before the first step each layer is pruned alone to a few levels over
-      the first 8 batches (:func:`sparsebert.prune.layer_sensitivity`), and the layers get
+      the first 4 batches (:func:`sparsebert.prune.layer_sensitivity`), and the layers get
       shares that reach ``sparsity`` over the model where that moves the output least
       (:func:`sparsebert.prune.allocate_sparsity`); every layer ramps to its own share. The
       probe is 6 model forwards per layer and batch: minutes on long sentences.
@@ -533,7 +534,7 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
         in_masked = lambda m, n: n in masked  # noqa: E731
         if recipe.allocation == "sensitivity" and recipe.sparsity is not None and layer_targets is None:
             probe = [collate(data[i:i + recipe.batch_size], pad)
-                     for i in range(0, min(len(data), 8 * recipe.batch_size), recipe.batch_size)]
+                     for i in range(0, min(len(data), SENSITIVITY_BATCHES * recipe.batch_size), recipe.batch_size)]
             shares = allocate_sparsity(model, layer_sensitivity(model, probe, block_size=recipe.block_size,
                                                                 filter_fn=in_masked),
                                        target, recipe.block_size, filter_fn=in_masked)

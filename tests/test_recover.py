@@ -11,8 +11,8 @@ import torch
 
 import sparsebert
 from sparsebert import cli, prune
-from sparsebert.recover import (GROUP_WINDOW, IGNORE_LABEL, Recipe, TimeLimitReached, accuracy, activation_absmax,
-                                collate, cubic_sparsity, epoch_order, mask_tokens, recover)
+from sparsebert.recover import (GROUP_WINDOW, IGNORE_LABEL, SENSITIVITY_BATCHES, Recipe, TimeLimitReached, accuracy,
+                                activation_absmax, collate, cubic_sparsity, epoch_order, mask_tokens, recover)
 from model_helpers import tiny_bert
 
 BLOCK = (16, 16)
@@ -297,7 +297,7 @@ def test_sensitivity_allocation_gives_each_layer_its_share(tmp_path):
     with torch.no_grad():
         for m in (student, teacher):
             m.classifier.weight.mul_(300)  # classes that differ, for the output gap to measure
-    probe = [collate(data[i:i + 8]) for i in range(0, 32, 8)]
+    probe = [collate(data[i:i + 8]) for i in range(0, 8 * SENSITIVITY_BATCHES, 8)]
     shares = prune.allocate_sparsity(student, prune.layer_sensitivity(student, probe, block_size=BLOCK), 0.75, BLOCK)
     assert len({round(v, 3) for v in shares.values()}) > 1  # not uniform
     fresh = copy.deepcopy(student)
