@@ -43,8 +43,8 @@ from torch.nn import functional as F
 
 from .nn.masked_linear import MaskedLinear, mask_linears, unmask_linears
 from .ops.bsr_format import check_block_size
-from .prune import (allocate_sparsity, block_sparsity, encoder_linears, forward_batches, input_norms, layer_sensitivity,
-                    model_block_sparsity, model_masks, rounding_slack, square_sum_hook)
+from .prune import (_effective_weight, allocate_sparsity, block_sparsity, encoder_linears, forward_batches, input_norms,
+                    layer_sensitivity, model_block_sparsity, model_masks, rounding_slack, square_sum_hook)
 
 __all__ = ["Recipe", "recover", "cubic_sparsity", "encode", "collate", "mask_tokens", "accuracy",
            "activation_absmax", "epoch_order", "TimeLimitReached", "CHECKPOINT_VERSION", "IGNORE_LABEL"]
@@ -531,6 +531,7 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
         from tqdm.auto import tqdm
 
         pad = _pad_id(model)
+        device_type = next(model.parameters()).device.type  # of the autocast that Recipe.bf16 asks for
         in_masked = lambda m, n: n in masked  # noqa: E731
         if recipe.allocation == "sensitivity" and recipe.sparsity is not None and layer_targets is None:
             probe = [collate(data[i:i + recipe.batch_size], pad)
@@ -538,7 +539,7 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
             shares = allocate_sparsity(model, layer_sensitivity(model, probe, block_size=recipe.block_size,
                                                                 filter_fn=in_masked),
                                        target, recipe.block_size, filter_fn=in_masked)
-            layer_targets = {n: (block_sparsity(m.weight.detach() * m.mask, recipe.block_size), shares[n])
+            layer_targets = {n: (block_sparsity(_effective_weight(m), recipe.block_size), shares[n])
                              for n, m in masked.items()}
         if recipe.method == "activation":
             if step == 0:  # the first masks need statistics before any training step
@@ -579,9 +580,7 @@ def recover(model: nn.Module, teacher: nn.Module | None, data: Sequence[Mapping]
             pos += len(idx)
             batch = collate([data[i] for i in idx], pad)
             labels = batch.pop("labels", None)
-            autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16,
-                                      enabled=recipe.bf16)
-            with autocast:
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=recipe.bf16):
                 out = model(**batch, output_hidden_states=recipe.hidden_weight > 0)
             logits = out.logits.float()
             loss = torch.zeros(())
