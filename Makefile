@@ -9,7 +9,7 @@
 #   make soak     install, then the real MiniLM-L6 compressed, served on loopback to 4 client threads for
 #                 10 minutes: every answer checked, memory and rate watched (benchmarks/soak.py)
 #   make bench-accuracy  fine-tune MiniLM-L6 on Rotten Tomatoes, prune with recovery, INT8: accuracy vs speed
-#                 (~55 min of CPU; runs in slices of 9 minutes, cached in build/bench_accuracy; --quick: ~12 min)
+#                 (at most ~55 min of CPU; runs in slices of 9 minutes, cached in build/bench_accuracy; --quick: at most ~12 min)
 #   make sanitize the extension built with ASan + UBSan in build/sanitize, the kernel tests run under it
 #   make bench-engines  venvs of the CPU engines (OpenVINO + NNCF, ONNX Runtime, DeepSparse) in build/engines
 #   make bench-e2e      whole-model side by side with those engines (quiet machine, ~10 min per model)

@@ -103,7 +103,9 @@ def main(argv=None) -> int:
         "threads": str(args.threads),
         "run": f"{args.examples} sentences ({epoch} steps of 32 an epoch), {args.steps} steps per run, 90% of 32x32 "
                f"blocks, distilled from the unpruned copy; {args.rounds} rounds interleaved, medians",
-    }))
+    }, timing="wall time between consecutive optimizer steps (forward, loss, backward, update) "
+              "from recover's log; one whole run per configuration per round, configurations in turn; medians over "
+              "the steps of every round, the first step of a run (set-up) left out"))
     print()
     print(markdown_table(["configuration", "s / step, first epoch (teacher runs)", "s / step, later epochs (cached)",
                           f"later epochs vs {names[0]}"],

@@ -47,7 +47,12 @@ def cpu_busy_fraction(seconds: float = 1.0) -> float | None:
     return (busy1 - busy0) / max(1, total1 - total0)
 
 
-def header(title: str, extra: dict[str, str] | None = None) -> str:
+TIMING = "median of interleaved rounds, each timed call right after an untimed one"
+
+
+def header(title: str, extra: dict[str, str] | None = None, timing: str = TIMING) -> str:
+    """The run's header lines; ``timing`` says how the benchmark times (the default: the interleaved
+    timer of sparsebert.measure)."""
     busy = cpu_busy_fraction()
     quiet = "unknown" if busy is None else f"{busy:.0%} of CPU time used by other processes at start" + (
         "" if busy < 0.05 else " (NOT quiet: timings include contention)")
@@ -60,7 +65,7 @@ def header(title: str, extra: dict[str, str] | None = None) -> str:
         f"- versions: sparsebert {sparsebert.__version__}, torch {torch.__version__}, "
         f"python {platform.python_version()}",
         f"- quiet machine check: {quiet}",
-        "- timing: median of interleaved rounds, each timed call right after an untimed one",
+        f"- timing: {timing}",
     ]
     for k, v in (extra or {}).items():
         lines.append(f"- {k}: {v}")
