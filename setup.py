@@ -25,6 +25,7 @@ ISA_FLAGS = {
     "_avx512bf16.cpp": AVX512 + ["-mavx512bf16"],
     "_avx512.cpp": AVX512,
     "_avx2.cpp": ["-mavx2", "-mfma"],
+    "_avxvnni.cpp": ["-mavx2", "-mfma", "-mavxvnni"],
 }
 
 

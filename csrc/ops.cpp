@@ -86,6 +86,21 @@ PyObject* py_detected_isa(PyObject*, PyObject*) {
 PyObject* py_active_isa(PyObject*, PyObject*) {
   try {
     return PyUnicode_FromString(sparsebert::isa_name(sparsebert::active_isa()));
+  } catch (const c10::Error& e) {  // the message alone, without the C++ backtrace
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return nullptr;
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
+}
+
+PyObject* py_int8_dot(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(sparsebert::int8_dot_name(sparsebert::active_int8_dot(sparsebert::active_isa())));
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return nullptr;
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_ValueError, e.what());
     return nullptr;
@@ -124,6 +139,10 @@ PyMethodDef methods[] = {
      "The best CPU ISA level this machine supports: scalar, avx2, avx512 or avx512bf16."},
     {"active_isa", py_active_isa, METH_NOARGS,
      "The ISA level CPU kernels use now (detected_isa(), or SPARSEBERT_ISA if set)."},
+    {"int8_dot", py_int8_dot, METH_NOARGS,
+     "The INT8 dot product the CPU kernels use now at the active level: avx512-vnni, avx-vnni (256-bit, "
+     "VEX), avx512-vnni-256 (256-bit, EVEX: the avx2 level forced on an AVX-512 VNNI CPU) or none "
+     "(SPARSEBERT_VNNI=0, or a CPU without VNNI)."},
     {"peak_ops", py_peak_ops, METH_VARARGS,
      "peak_ops(kind, iters) -> (ops, seconds, threads): one peak loop (fp32_fma, bf16_dot or int8_vnni) of "
      "`iters` iterations on every thread of torch's pool at once; ops counts a multiply-add as 2."},

@@ -24,7 +24,7 @@ def _check_torch() -> None:
 _check_torch()
 
 from . import memory, ops, prune  # noqa: E402
-from ._extension import active_isa, detected_isa  # noqa: E402
+from ._extension import active_isa, detected_isa, int8_dot  # noqa: E402
 from .nn import Int8Linear, SparseInt8Linear, SparseLinear  # noqa: E402
 from .compress import (  # noqa: E402
     CompressConfig, compress, decompress, fuse_activations, is_compressed, unfuse_activations,
@@ -50,7 +50,8 @@ def use_unpadded(model, enabled: bool = True):
 
 
 __all__ = [
-    "SparseLinear", "Int8Linear", "SparseInt8Linear", "ops", "prune", "active_isa", "detected_isa", "use_unpadded",
+    "SparseLinear", "Int8Linear", "SparseInt8Linear", "ops", "prune", "active_isa", "detected_isa", "int8_dot",
+    "use_unpadded",
     "CompressConfig", "compress", "decompress", "is_compressed", "report", "print_report", "save", "load",
     "keep_freed_memory", "recover", "Recipe", "__version__",
 ]

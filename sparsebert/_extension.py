@@ -13,5 +13,6 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
 
 detected_isa = _C.detected_isa
 active_isa = _C.active_isa
+int8_dot = _C.int8_dot
 
-__all__ = ["detected_isa", "active_isa"]
+__all__ = ["detected_isa", "active_isa", "int8_dot"]

@@ -43,12 +43,14 @@ def _first_line(e: BaseException) -> str:
 def info(_args) -> int:
     try:
         active = _extension.active_isa()
-    except ValueError as e:  # a bad SPARSEBERT_ISA: the kernels would refuse to run
+        dot = _extension.int8_dot()
+    except ValueError as e:  # a bad SPARSEBERT_ISA or SPARSEBERT_VNNI: the kernels would refuse to run
         raise CliError(_first_line(e)) from None
     triton = importlib.util.find_spec("triton") is not None
     print(f"sparsebert   {sparsebert.__version__}")
     print(f"torch        {torch.__version__}")
     print(f"cpu isa      detected={_extension.detected_isa()} active={active}")
+    print(f"int8 dot     {dot} (the INT8 kernels' vpdpbusd; SPARSEBERT_VNNI=0 turns it off below avx512bf16)")
     print(f"threads      {torch.get_num_threads()} (torch.get_num_threads)")
     print("backends     cpu: C++ extension loaded; reference: pure torch; "
           f"cuda: {'available' if torch.cuda.is_available() else 'no CUDA device'}, "

@@ -113,10 +113,10 @@ class TimingCache:
 
     @staticmethod
     def key(**parts) -> str:
-        from ._extension import active_isa
+        from ._extension import active_isa, int8_dot
         from ._version import __version__
 
-        machine = {"cpu": cpu_model(), "isa": active_isa(), "threads": torch.get_num_threads(),
+        machine = {"cpu": cpu_model(), "isa": active_isa(), "int8_dot": int8_dot(), "threads": torch.get_num_threads(),
                    "torch": torch.__version__, "sparsebert": __version__}
         return json.dumps({**machine, **parts}, sort_keys=True)
 

@@ -38,6 +38,39 @@ def isa(request, monkeypatch):
     return request.param
 
 
+# The INT8 kernels also depend on the CPU's dot-product instructions, which the levels do not all
+# imply (sparsebert.int8_dot): each level with what this CPU has there and, below avx512bf16,
+# without them too (SPARSEBERT_VNNI=0: the kernels of CPUs without VNNI).
+INT8_PATHS = ("scalar", "avx2", "avx2-novnni", "avx512", "avx512-novnni", "avx512bf16", "amx")
+
+
+def int8_path_params():
+    ok = supported_isas()
+    return [
+        pytest.param(p, marks=pytest.mark.skipif(p.split("-")[0] not in ok, reason=f"CPU lacks {p.split('-')[0]}"))
+        for p in INT8_PATHS
+    ]
+
+
+def set_int8_path(monkeypatch, path: str) -> None:
+    """Forces one INT8 path: SPARSEBERT_ISA, and SPARSEBERT_VNNI=0 for the -novnni ones."""
+    level, _, novnni = path.partition("-")
+    monkeypatch.setenv("SPARSEBERT_ISA", level)
+    if novnni:
+        monkeypatch.setenv("SPARSEBERT_VNNI", "0")
+    else:
+        monkeypatch.delenv("SPARSEBERT_VNNI", raising=False)
+    assert sparsebert.active_isa() == level
+    assert (sparsebert.int8_dot() == "none") or not novnni
+
+
+@pytest.fixture(params=int8_path_params())
+def int8_path(request, monkeypatch):
+    """Runs the test on one INT8 path (see INT8_PATHS)."""
+    set_int8_path(monkeypatch, request.param)
+    return request.param
+
+
 @pytest.fixture
 def two_threads():
     """torch on 2 threads for the test: the fused INT8 paths (row-pipelined layers, bsr_int8_ffn,
@@ -83,6 +116,7 @@ def block_sparse_weight(n, k, block_size, sparsity, dtype=torch.float32):
 def _no_env_isa():
     # A forced ISA from the caller's shell would silently narrow what the suite covers.
     os.environ.pop("SPARSEBERT_ISA", None)
+    os.environ.pop("SPARSEBERT_VNNI", None)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -47,6 +47,22 @@ def test_info_with_a_bad_isa_is_one_line_and_fails():
     assert "SPARSEBERT_ISA='avx9000' is not an ISA level" in r.stderr and "Exception raised" not in r.stderr
 
 
+def test_info_reports_int8_dot(monkeypatch, capsys):
+    monkeypatch.setenv("SPARSEBERT_ISA", "scalar")
+    cli.main(["info"])
+    assert "int8 dot     none" in capsys.readouterr().out
+    monkeypatch.delenv("SPARSEBERT_ISA")
+    cli.main(["info"])
+    assert f"int8 dot     {sparsebert.int8_dot()} " in capsys.readouterr().out
+
+
+def test_info_with_a_bad_vnni_value_is_one_line_and_fails():
+    r = run("info", env={"SPARSEBERT_VNNI": "maybe"})
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert "SPARSEBERT_VNNI='maybe' must be 0" in r.stderr and "Exception raised" not in r.stderr
+
+
 def test_info_into_a_closed_pipe():
     r = run(f"{sys.executable} -m sparsebert.cli info | head -1", shell=True)
     assert r.returncode == 0 and r.stdout.startswith("sparsebert")

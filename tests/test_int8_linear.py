@@ -1,4 +1,5 @@
-"""int8_linear / bsr_int8_linear against dequantize-then-matmul, every ISA path.
+"""int8_linear / bsr_int8_linear against dequantize-then-matmul, every ISA path (every INT8 path:
+each level with and without the CPU's VNNI, see conftest.INT8_PATHS).
 
 The reference quantizes activations with the same rule as the kernels, so the integers agree
 exactly and the comparison measures only the kernel (its fp32 epilogue and output rounding);
@@ -10,7 +11,7 @@ import torch
 
 import sparsebert
 
-from conftest import assert_linear_close
+from conftest import assert_linear_close, int8_path_params, set_int8_path
 from sparsebert.ops import (
     bsr_int8_linear,
     bsr_int8_linear_reference,
@@ -32,6 +33,13 @@ from sparsebert.ops.int8_format import (
 from sparsebert.prune import block_magnitude_mask
 
 DTYPES = (torch.float32, torch.bfloat16)
+
+
+@pytest.fixture(params=int8_path_params())
+def isa(request, monkeypatch):
+    """conftest's `isa` for this file's tests, over the INT8 paths rather than the ISA levels."""
+    set_int8_path(monkeypatch, request.param)
+    return request.param
 
 
 def assert_matches_reference(out, ref):

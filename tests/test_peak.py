@@ -33,7 +33,12 @@ def test_peak_follows_the_active_level(monkeypatch):
     monkeypatch.setenv("SPARSEBERT_ISA", "avx2")
     ops, _, threads = _C.peak_ops("fp32_fma", 10)
     assert ops == 10 * 12 * 8 * 2 * threads  # the ymm loop
-    with pytest.raises(ValueError, match="int8_vnni peak needs the avx512bf16 ISA level; the active level is avx2"):
+    with pytest.raises(ValueError, match="int8_vnni peak needs the avx512 ISA level and AVX512_VNNI in use; "
+                                         "the active level is avx2, INT8 dot product "):
+        _C.peak_ops("int8_vnni", 10)
+    monkeypatch.setenv("SPARSEBERT_ISA", "avx512")
+    monkeypatch.setenv("SPARSEBERT_VNNI", "0")
+    with pytest.raises(ValueError, match="the active level is avx512, INT8 dot product none"):
         _C.peak_ops("int8_vnni", 10)
 
 

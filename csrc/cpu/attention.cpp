@@ -24,11 +24,12 @@ constexpr int64_t kMaxHeadDim = 256;
 
 // bf16 inputs on AMX: tiles (both precisions; the tiles round P as the dot-product kernel does).
 // precision="bf16" elsewhere: bf16 dot products where the CPU has them, else the fp32 kernel on
-// inputs rounded to bf16 as they are packed (args.round_bf16). precision="int8": vpdpbusd at the
-// levels that have AVX512_VNNI (avx512bf16 and amx), plain C++ below them.
+// inputs rounded to bf16 as they are packed (args.round_bf16). precision="int8": vpdpbusd where
+// the INT8 kernels use AVX512_VNNI (active_int8_dot), the same numbers in plain C++ elsewhere.
 cpu::AttentionFn select_kernel(const cpu::AttentionArgs& a) {
   const Isa isa = active_isa();
-  if (a.int8) return isa >= Isa::kAvx512Bf16 ? cpu::attention_int8_avx512vnni : cpu::attention_int8_scalar;
+  if (a.int8)
+    return active_int8_dot(isa) == Int8Dot::kVnni512 ? cpu::attention_int8_avx512vnni : cpu::attention_int8_scalar;
   switch (isa) {
     case Isa::kAmx:
       if (a.bf16) return cpu::attention_bf16_amx;

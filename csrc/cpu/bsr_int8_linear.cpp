@@ -43,31 +43,33 @@ struct Int8Kernels {
   bool vnni = false;  // the AVX-512 VNNI kernel: the one the row-pipelined split was measured with
 };
 
-// INT8 kernels per level: VNNI needs AVX512_VNNI, which every CPU of the avx512bf16 level has;
-// the avx512 level (no BF16, VNNI not guaranteed) runs the AVX2 kernel with the AVX-512
-// quantizer.
-Int8Kernels select_int8(Isa isa, bool f32, const cpu::BsrLinearArgs& args) {
-  switch (isa) {
-    case Isa::kAmx:
-      if (amx_int8_eligible(args))
-        return {cpu::quantize_rows_avx512, f32 ? cpu::bsr_int8_linear_f32_amx : cpu::bsr_int8_linear_bf16_amx};
-      [[fallthrough]];
-    case Isa::kAvx512Bf16:
-      return {cpu::quantize_rows_avx512,
-              f32 ? cpu::bsr_int8_linear_f32_avx512vnni : cpu::bsr_int8_linear_bf16_avx512vnni, true};
-    case Isa::kAvx512:
-      return {cpu::quantize_rows_avx512, f32 ? cpu::bsr_int8_linear_f32_avx2 : cpu::bsr_int8_linear_bf16_avx2};
-    case Isa::kAvx2:
-      return {cpu::quantize_rows_scalar, f32 ? cpu::bsr_int8_linear_f32_avx2 : cpu::bsr_int8_linear_bf16_avx2};
-    case Isa::kScalar:
+// INT8 kernels by level and dot product (see active_int8_dot): AVX-512 VNNI wherever the CPU has
+// it from the avx512 level up (AMX int8 first for the shapes it takes), the 256-bit VNNI kernel at
+// the avx2 level where the CPU has AVX-VNNI (or AVX-512 VNNI, in the EVEX build), and the AVX2
+// kernel (int16 vpmaddwd) without either.
+Int8Kernels select_int8(Isa isa, Int8Dot dot, bool f32, const cpu::BsrLinearArgs& args) {
+  if (isa == Isa::kScalar)
+    return {cpu::quantize_rows_scalar, f32 ? cpu::bsr_int8_linear_f32_scalar : cpu::bsr_int8_linear_bf16_scalar};
+  const cpu::QuantizeRowsFn quantize =
+      static_cast<int>(isa) >= static_cast<int>(Isa::kAvx512) ? cpu::quantize_rows_avx512 : cpu::quantize_rows_scalar;
+  if (isa == Isa::kAmx && amx_int8_eligible(args))
+    return {quantize, f32 ? cpu::bsr_int8_linear_f32_amx : cpu::bsr_int8_linear_bf16_amx};
+  switch (dot) {
+    case Int8Dot::kVnni512:
+      return {quantize, f32 ? cpu::bsr_int8_linear_f32_avx512vnni : cpu::bsr_int8_linear_bf16_avx512vnni, true};
+    case Int8Dot::kVnni256:
+      if (cpu_has_avx_vnni())
+        return {quantize, f32 ? cpu::bsr_int8_linear_f32_avxvnni : cpu::bsr_int8_linear_bf16_avxvnni};
+      return {quantize, f32 ? cpu::bsr_int8_linear_f32_vnni256_evex : cpu::bsr_int8_linear_bf16_vnni256_evex};
+    case Int8Dot::kNone:
       break;
   }
-  return {cpu::quantize_rows_scalar, f32 ? cpu::bsr_int8_linear_f32_scalar : cpu::bsr_int8_linear_bf16_scalar};
+  return {quantize, f32 ? cpu::bsr_int8_linear_f32_avx2 : cpu::bsr_int8_linear_bf16_avx2};
 }
 
 // Blocks of one output row: the kernel vectorized over rows of x (AVX-512 VNNI levels).
-bool rows_kernel_eligible(Isa isa, int64_t br, int64_t bc) {
-  return (isa == Isa::kAvx512Bf16 || isa == Isa::kAmx) && br == 1 && bc % 4 == 0;
+bool rows_kernel_eligible(Int8Dot dot, int64_t br, int64_t bc) {
+  return dot == Int8Dot::kVnni512 && br == 1 && bc % 4 == 0;
 }
 
 void check_weight_scale(const at::Tensor& weight_scale, int64_t N) {
@@ -161,6 +163,7 @@ struct Int8Prep {
   LinearCall call;
   ActQuant aq;
   Isa isa;
+  Int8Dot dot;
   Int8Kernels kern;
   at::Tensor cs, sums;  // contiguous weight_scale and weight_sum, which call.args points into
   int64_t nb = 0, ldq = 0;
@@ -189,8 +192,9 @@ Int8Prep prepare_int8(const at::Tensor& x, const at::Tensor& values, const at::T
   // Quantized activations, rows padded past the last block column (whole k-quads and whole
   // AMX A-tile rows read zeros there) to a cache-line multiple.
   p.ldq = ceil_div(ncb * bc + 4, 64) * 64;
-  p.isa = active_isa();  // read once per call (it looks at SPARSEBERT_ISA)
-  p.kern = select_int8(p.isa, x.scalar_type() == at::kFloat, p.call.args);
+  p.isa = active_isa();  // read once per call (they look at SPARSEBERT_ISA and SPARSEBERT_VNNI)
+  p.dot = active_int8_dot(p.isa);
+  p.kern = select_int8(p.isa, p.dot, x.scalar_type() == at::kFloat, p.call.args);
   p.cs = weight_scale.contiguous();
   p.sums = weight_sum.contiguous();
   cpu::BsrLinearArgs& args = p.call.args;
@@ -250,7 +254,7 @@ at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
   const at::Tensor& x = call.x2;
   const int64_t N = call.args.N, K = call.args.K, br = call.args.br, bc = call.args.bc;
   const ActQuant aq = prep.aq;
-  const Isa isa = prep.isa;
+  const Int8Dot dot = prep.dot;
   const Int8Kernels kern = prep.kern;
   const int64_t nb = prep.nb, ldq = prep.ldq;
   // Where the rows are not pipelined, the add + LayerNorm runs after the linear, as its own op
@@ -261,7 +265,7 @@ at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
   if (call.empty()) return finish();
   const int64_t M = call.args.M;
 
-  const bool pipelined = kern.vnni && !rows_kernel_eligible(isa, br, bc) && row_pipelined(M, call.values.numel());
+  const bool pipelined = kern.vnni && !rows_kernel_eligible(dot, br, bc) && row_pipelined(M, call.values.numel());
   at::Tensor q = at::empty({pipelined ? 0 : M, ldq}, x.options().dtype(at::kByte));
   at::Tensor row_scale = at::empty({M}, x.options().dtype(at::kFloat));
   at::Tensor row_zero = at::empty({M}, x.options().dtype(at::kInt));
@@ -336,7 +340,7 @@ at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
     check_quantized();
     return call.result();
   }
-  if (!rows_kernel_eligible(isa, br, bc)) {
+  if (!rows_kernel_eligible(dot, br, bc)) {
     // Quantization and the GEMM in one parallel region; a row that cannot be quantized is
     // multiplied as zeros and the call raises before anything is returned.
     run_bsr_tasks_after(args, nb, kern.gemm, quantize);
@@ -424,10 +428,10 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
   }
   // down's kernel for M rows (AMX takes a layer by its blocks and rows: it may take one of the two)
   down.call.args.M = M;
-  down.kern = select_int8(down.isa, x.scalar_type() == at::kFloat, down.call.args);
+  down.kern = select_int8(down.isa, down.dot, x.scalar_type() == at::kFloat, down.call.args);
   const bool fused = M > 0 && H > 0 && N > 0 && up.kern.vnni && down.kern.vnni &&
-                     !rows_kernel_eligible(up.isa, up_block[0], up_block[1]) &&
-                     !rows_kernel_eligible(up.isa, down_block[0], down_block[1]) &&
+                     !rows_kernel_eligible(up.dot, up_block[0], up_block[1]) &&
+                     !rows_kernel_eligible(up.dot, down_block[0], down_block[1]) &&
                      row_pipelined(M, up_values.numel() + down_values.numel());
   if (!fused) {
     const at::Tensor h = run_int8(up);  // validated above

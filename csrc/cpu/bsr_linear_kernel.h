@@ -82,6 +82,12 @@ void bsr_int8_linear_f32_scalar(const BsrLinearArgs&, int64_t, int64_t, int64_t,
 void bsr_int8_linear_bf16_scalar(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 void bsr_int8_linear_f32_avx2(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 void bsr_int8_linear_bf16_avx2(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+// 256-bit vpdpbusd (bsr_int8_linear_vnni256.h): AVX-VNNI (VEX), and the EVEX build for CPUs with
+// AVX512_VNNI + VL that lack AVX-VNNI.
+void bsr_int8_linear_f32_avxvnni(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void bsr_int8_linear_bf16_avxvnni(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void bsr_int8_linear_f32_vnni256_evex(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
+void bsr_int8_linear_bf16_vnni256_evex(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 void bsr_int8_linear_f32_avx512vnni(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 void bsr_int8_linear_bf16_avx512vnni(const BsrLinearArgs&, int64_t, int64_t, int64_t, int64_t);
 // AMX int8 for the shapes amx_int8_eligible() accepts; rows past the last whole 16-row tile go

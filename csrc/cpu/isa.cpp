@@ -72,4 +72,48 @@ Isa active_isa() {
   return wanted;
 }
 
+bool cpu_has_avx512_vnni() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return static_cast<int>(detected_isa()) >= static_cast<int>(Isa::kAvx512) &&
+           __builtin_cpu_supports("avx512vnni");
+  }();
+  return has;
+}
+
+bool cpu_has_avx_vnni() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return static_cast<int>(detected_isa()) >= static_cast<int>(Isa::kAvx2) && __builtin_cpu_supports("avxvnni");
+  }();
+  return has;
+}
+
+Int8Dot active_int8_dot(Isa level) {
+  const char* env = std::getenv("SPARSEBERT_VNNI");
+  if (env != nullptr && env[0] != '\0') {
+    TORCH_CHECK_VALUE(std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0, "SPARSEBERT_VNNI='", env,
+                      "' must be 0 (INT8 kernels without vpdpbusd) or 1 (what the CPU has: the default)");
+    if (env[0] == '0') {
+      TORCH_CHECK_VALUE(static_cast<int>(level) < static_cast<int>(Isa::kAvx512Bf16), "SPARSEBERT_VNNI=0 at the ",
+                        isa_name(level), " level: every CPU of that level has AVX512_VNNI; force SPARSEBERT_ISA=",
+                        "avx512 or lower with it");
+      return Int8Dot::kNone;
+    }
+  }
+  const int l = static_cast<int>(level);
+  if (l >= static_cast<int>(Isa::kAvx512) && cpu_has_avx512_vnni()) return Int8Dot::kVnni512;
+  if (l >= static_cast<int>(Isa::kAvx2) && (cpu_has_avx_vnni() || cpu_has_avx512_vnni())) return Int8Dot::kVnni256;
+  return Int8Dot::kNone;
+}
+
+const char* int8_dot_name(Int8Dot dot) {
+  switch (dot) {
+    case Int8Dot::kNone: return "none";
+    case Int8Dot::kVnni256: return cpu_has_avx_vnni() ? "avx-vnni" : "avx512-vnni-256";
+    case Int8Dot::kVnni512: return "avx512-vnni";
+  }
+  return "unknown";
+}
+
 }  // namespace sparsebert

@@ -29,4 +29,23 @@ Isa active_isa();
 
 const char* isa_name(Isa isa);
 
+// INT8 dot products (vpdpbusd: u8 x s8, four products per 32-bit lane, exact in int32), which the
+// levels above do not all imply. kVnni512: AVX512_VNNI (Cascade Lake, Ice Lake, and every CPU of
+// the avx512bf16 and amx levels). kVnni256: its 256-bit form at the avx2 level: AVX-VNNI, the VEX
+// encoding (Alder Lake and later client cores, Sierra Forest and other Xeons without AVX-512), or
+// AVX512_VNNI + VL where the avx2 level is forced on a CPU with AVX-512 VNNI.
+enum class Int8Dot : int { kNone = 0, kVnni256 = 1, kVnni512 = 2 };
+
+// What the CPU (and its OS) supports: AVX512_VNNI with the avx512 level's features; AVX-VNNI.
+bool cpu_has_avx512_vnni();
+bool cpu_has_avx_vnni();
+
+// The dot product the INT8 kernels use at ISA level `level` (active_isa()): the widest this CPU has
+// within the level's vectors, or kNone when the environment variable SPARSEBERT_VNNI is 0 (read on
+// every call, like SPARSEBERT_ISA, so tests run the kernels of CPUs without VNNI: only below the
+// avx512bf16 level, since every CPU of that level has AVX512_VNNI). Raises on any other value.
+Int8Dot active_int8_dot(Isa level);
+
+const char* int8_dot_name(Int8Dot dot);
+
 }  // namespace sparsebert
