@@ -51,7 +51,7 @@ Int8Kernels select_int8(Isa isa, Int8Dot dot, bool f32, const cpu::BsrLinearArgs
   if (isa == Isa::kScalar)
     return {cpu::quantize_rows_scalar, f32 ? cpu::bsr_int8_linear_f32_scalar : cpu::bsr_int8_linear_bf16_scalar};
   const cpu::QuantizeRowsFn quantize =
-      static_cast<int>(isa) >= static_cast<int>(Isa::kAvx512) ? cpu::quantize_rows_avx512 : cpu::quantize_rows_scalar;
+      static_cast<int>(isa) >= static_cast<int>(Isa::kAvx512) ? cpu::quantize_rows_avx512 : cpu::quantize_rows_avx2;
   if (isa == Isa::kAmx && amx_int8_eligible(args))
     return {quantize, f32 ? cpu::bsr_int8_linear_f32_amx : cpu::bsr_int8_linear_bf16_amx};
   switch (dot) {

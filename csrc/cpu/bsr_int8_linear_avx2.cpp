@@ -105,7 +105,94 @@ struct Avx2WeightOnly : Avx2Lanes {
   }
 };
 
+// 8 values of a row of x from element `off` as fp32 (bf16 bits widened); the n < 8 valid ones of
+// a row's tail go through a zeroed buffer, so nothing past the row is read.
+inline __m256 load8(const void* x, bool bf16, int64_t off, int n) {
+  if (n >= 8) {
+    if (bf16) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(x) + off));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    return _mm256_loadu_ps(static_cast<const float*>(x) + off);
+  }
+  alignas(32) float buf[8] = {};
+  for (int i = 0; i < n; ++i)
+    buf[i] = bf16 ? bf16_bits_to_f32(static_cast<const uint16_t*>(x)[off + i]) : static_cast<const float*>(x)[off + i];
+  return _mm256_load_ps(buf);
+}
+
 }  // namespace
+
+// The activation quantizer of the avx2 level: quantize_rows_avx512's arithmetic on 8 lanes (the
+// same numbers: min/max over the row with 0 included, one inverse scale, cvtps rounding half to
+// even, saturating packs for the clamp to [0, 255], then the floor qmin).
+void quantize_rows_avx2(const void* x, int64_t lda, bool bf16, int64_t m0, int64_t m1, int64_t K, uint8_t* out,
+                        int64_t ldq, float* scale, int32_t* zero, bool asymmetric, const float* range) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 fmax = _mm256_set1_ps(3.402823466e38f);
+  for (int64_t m = m0; m < m1; ++m) {
+    const int64_t row = m * lda;
+    __m256 vmin = _mm256_setzero_ps(), vmax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) {
+      const __m256 v = load8(x, bf16, row + k, static_cast<int>(min_i64(8, K - k)));
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_and_ps(v, abs_mask), fmax, _CMP_NLE_UQ));  // Inf or NaN
+      vmin = _mm256_min_ps(vmin, v);
+      vmax = _mm256_max_ps(vmax, v);
+    }
+    if (_mm256_movemask_ps(bad)) {
+      scale[m] = __builtin_nanf("");  // the caller raises
+      continue;
+    }
+    alignas(32) float mn[8], mx[8];
+    _mm256_store_ps(mn, vmin);
+    _mm256_store_ps(mx, vmax);
+    float lo = mn[0], hi = mx[0];
+    for (int i = 1; i < 8; ++i) {
+      lo = mn[i] < lo ? mn[i] : lo;
+      hi = mx[i] > hi ? mx[i] : hi;
+    }
+    if (range) {
+      lo = range[0];
+      hi = range[1];
+    }
+    float inv, zpf, qmin;
+    if (asymmetric) {
+      inv = hi > lo ? 255.f / (hi - lo) : 0.f;
+      scale[m] = (hi - lo) / 255.f;
+      zpf = _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(-lo * inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      zpf = zpf < 0.f ? 0.f : (zpf > 255.f ? 255.f : zpf);
+      qmin = 0.f;
+    } else {
+      const float amax = -lo > hi ? -lo : hi;
+      inv = amax > 0.f ? 127.f / amax : 0.f;
+      scale[m] = amax / 127.f;
+      zpf = 128.f;
+      qmin = 1.f;
+    }
+    const int32_t zp = static_cast<int32_t>(zpf);
+    zero[m] = zp;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    const __m256i vzp = _mm256_set1_epi32(zp);
+    const __m256i vqmin = _mm256_set1_epi8(static_cast<char>(static_cast<int>(qmin)));
+    // 32 values per step: four int32 vectors narrowed by two saturating packs (within 128-bit
+    // lanes) and a dword permute back to input order. ldq is a multiple of 64; lanes past K are
+    // 0 and become the zero point.
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    uint8_t* q = out + m * ldq;
+    for (int64_t k = 0; k < ldq; k += 32) {
+      __m256i v[4];
+      for (int j = 0; j < 4; ++j) {
+        const int64_t kj = k + 8 * j;
+        const int n = static_cast<int>(kj < K ? min_i64(8, K - kj) : 0);
+        const __m256 xv = n > 0 ? load8(x, bf16, row + kj, n) : _mm256_setzero_ps();
+        v[j] = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(xv, vinv)), vzp);
+      }
+      const __m256i packed = _mm256_packus_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k),
+                          _mm256_max_epu8(_mm256_permutevar8x32_epi32(packed, order), vqmin));
+    }
+  }
+}
 
 void int8_weight_only_f32_avx2(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
   bsr_linear_impl<Avx2WeightOnly<float, float>>(a, rb0, rb1, m0, m1);

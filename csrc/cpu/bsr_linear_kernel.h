@@ -133,6 +133,8 @@ void quantize_rows_scalar(const void*, int64_t, bool, int64_t, int64_t, int64_t,
                           int32_t*, bool, const float*);
 void quantize_rows_avx512(const void*, int64_t, bool, int64_t, int64_t, int64_t, uint8_t*, int64_t, float*,
                           int32_t*, bool, const float*);
+void quantize_rows_avx2(const void*, int64_t, bool, int64_t, int64_t, int64_t, uint8_t*, int64_t, float*,
+                        int32_t*, bool, const float*);
 
 }  // namespace cpu
 }  // namespace sparsebert
