@@ -154,10 +154,20 @@ def main(argv: list[str] | None = None) -> int:
         "paths": "; ".join(f"{path_name(*pth)}: {dots[pth]}" for pth in paths),
     }))
     print()
-    first = path_name(*paths[0])
-    print(markdown_table(["layer", "K->N", "weights", "M", "path", "int8 dot", "ms", f"vs {first}", "GOP/s"],
-                         [[r["layer"], f"{r['k']}->{r['n']}", r["weights"], str(r["m"]), r["path"], r["int8_dot"],
-                           f"{r['ms']:.3f}", f"{r['vs_first']:.2f}x", f"{r['gops']:.0f}"] for r in rows]))
+    # One line per layer, weights and M; per path its ms and GOP/s, and each path's speedup over
+    # the first one (the avx2 level without VNNI, or scalar with --scalar).
+    names = [path_name(*pth) for pth in paths]
+    table = {}
+    for r in rows:
+        table.setdefault((r["layer"], r["k"], r["n"], r["weights"], r["m"]), {})[r["path"]] = r
+    cols = ["layer", "K->N", "weights", "M"] + [f"{nm} ms (GOP/s)" for nm in names] + \
+           [f"{nm} vs {names[0]}" for nm in names[1:]]
+    lines = []
+    for (layer, k, n, weights, m), by in table.items():
+        lines.append([layer, f"{k}->{n}", weights, str(m)]
+                     + [f"{by[nm]['ms']:.3f} ({by[nm]['gops']:.0f})" for nm in names]
+                     + [f"{by[nm]['vs_first']:.2f}x" for nm in names[1:]])
+    print(markdown_table(cols, lines))
     write_json(args.json, {"argv": argv if argv is not None else sys.argv[1:]}, rows)
     return 0
 

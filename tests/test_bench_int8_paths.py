@@ -36,6 +36,7 @@ def test_quick_profile(bench, tmp_path, capsys, monkeypatch):
         elif r["path"] in ("avx512bf16", "amx"):
             assert r["int8_dot"] == "avx512-vnni"  # every CPU of these levels has it
     assert "| bert-base:attn_out | 768->768 | 32x32 90% | 8 |" in out
+    assert out.count("| bert-base:attn_out |") == 2 * 2  # one line per weights and M, every path in it
     assert "SPARSEBERT_ISA" not in os.environ and "SPARSEBERT_VNNI" not in os.environ
     assert sparsebert.active_isa() == sparsebert.detected_isa()
 
