@@ -33,13 +33,29 @@ def test_peak_follows_the_active_level(monkeypatch):
     monkeypatch.setenv("SPARSEBERT_ISA", "avx2")
     ops, _, threads = _C.peak_ops("fp32_fma", 10)
     assert ops == 10 * 12 * 8 * 2 * threads  # the ymm loop
-    with pytest.raises(ValueError, match="int8_vnni peak needs the avx512 ISA level and AVX512_VNNI in use; "
-                                         "the active level is avx2, INT8 dot product "):
-        _C.peak_ops("int8_vnni", 10)
-    monkeypatch.setenv("SPARSEBERT_ISA", "avx512")
-    monkeypatch.setenv("SPARSEBERT_VNNI", "0")
-    with pytest.raises(ValueError, match="the active level is avx512, INT8 dot product none"):
-        _C.peak_ops("int8_vnni", 10)
+    with pytest.raises(ValueError, match="bf16_dot peak needs the avx512bf16 ISA level; the active level is avx2"):
+        _C.peak_ops("bf16_dot", 10)
+    for level in ("avx2", "avx512"):
+        monkeypatch.setenv("SPARSEBERT_ISA", level)
+        monkeypatch.setenv("SPARSEBERT_VNNI", "0")
+        with pytest.raises(ValueError, match=f"int8_vnni peak needs the avx2 ISA level and VNNI in use; the active "
+                                             f"level is {level}, INT8 dot product none"):
+            _C.peak_ops("int8_vnni", 10)
+
+
+@pytest.mark.skipif(sparsebert.int8_dot() == "none", reason="CPU without VNNI")
+def test_int8_peak_follows_the_dot_product_in_use(monkeypatch):
+    """The INT8 peak is that of the vpdpbusd the INT8 kernels use: 256 bits at the avx2 level (12
+    ymm chains x 32 multiply-adds), 512 from the avx512 level up where the CPU has AVX512_VNNI."""
+    monkeypatch.setenv("SPARSEBERT_ISA", "avx2")
+    ops, _, threads = _C.peak_ops("int8_vnni", 10)
+    assert sparsebert.int8_dot() in ("avx-vnni", "avx512-vnni-256")
+    assert ops == 10 * 12 * 32 * 2 * threads
+    if sparsebert.int8_dot() != "none" and level_at_least("avx512"):
+        monkeypatch.setenv("SPARSEBERT_ISA", "avx512")
+        if sparsebert.int8_dot() == "avx512-vnni":
+            ops, _, threads = _C.peak_ops("int8_vnni", 10)
+            assert ops == 10 * 16 * 64 * 2 * threads
 
 
 @pytest.mark.parametrize("kind, iters, message", [

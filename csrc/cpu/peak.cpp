@@ -24,14 +24,18 @@ PeakMeasurement measure_peak(const std::string& kind, int64_t iters) {
   } else if (kind == "bf16_dot") {
     fn = isa >= Isa::kAvx512Bf16 ? cpu::peak_bf16_dot_avx512bf16 : nullptr;
   } else if (kind == "int8_vnni") {
-    needs = Isa::kAvx512;  // with AVX512_VNNI
-    fn = active_int8_dot(isa) == Int8Dot::kVnni512 ? cpu::peak_int8_vnni_avx512vnni : nullptr;
+    // the vpdpbusd the INT8 kernels use at this level: 512 bits, 256 bits, or none
+    needs = Isa::kAvx2;
+    const Int8Dot dot = active_int8_dot(isa);
+    fn = dot == Int8Dot::kVnni512 ? cpu::peak_int8_vnni_avx512vnni
+         : dot == Int8Dot::kVnni256 ? (cpu_has_avx_vnni() ? cpu::peak_int8_vnni256_avxvnni : cpu::peak_int8_vnni256_evex)
+                                    : nullptr;
   } else {
     throw std::invalid_argument("kind='" + kind + "' is not a peak; use fp32_fma, bf16_dot or int8_vnni");
   }
   if (fn == nullptr)
     throw std::invalid_argument("the " + kind + " peak needs the " + isa_name(needs) + " ISA level" +
-                                (kind == "int8_vnni" ? " and AVX512_VNNI in use" : "") + "; the active level is " +
+                                (kind == "int8_vnni" ? " and VNNI in use" : "") + "; the active level is " +
                                 isa_name(isa) + (kind == "int8_vnni" ? std::string(", INT8 dot product ") +
                                                      int8_dot_name(active_int8_dot(isa)) : std::string()));
   if (iters < 1) throw std::invalid_argument("iters must be >= 1, got " + std::to_string(iters));

@@ -20,6 +20,9 @@ PeakResult peak_fp32_fma_avx2(int64_t iters);
 PeakResult peak_fp32_fma_avx512(int64_t iters);
 PeakResult peak_bf16_dot_avx512bf16(int64_t iters);
 PeakResult peak_int8_vnni_avx512vnni(int64_t iters);
+// vpdpbusd on ymm: AVX-VNNI (VEX), and the EVEX form on CPUs with AVX-512 VNNI but not AVX-VNNI.
+PeakResult peak_int8_vnni256_avxvnni(int64_t iters);
+PeakResult peak_int8_vnni256_evex(int64_t iters);
 
 }  // namespace cpu
 }  // namespace sparsebert
