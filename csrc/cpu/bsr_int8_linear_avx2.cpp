@@ -5,6 +5,7 @@
 // and vpmaddwd adds each pair into an exact int32: the weights' k-quad of one output (4 x s8)
 // becomes two int32 lanes holding (w0 x0 + w1 x1) and (w2 x2 + w3 x3), summed in the epilogue.
 #include "avx2_traits.h"
+#include "quantize_params.h"
 
 namespace sparsebert {
 namespace cpu {
@@ -16,7 +17,7 @@ struct PairAcc {
 };
 
 template <class Y>
-struct Avx2Int8 : Avx2Lanes {
+struct Avx2Int8 : Avx2Lanes, Avx2Int8Epilogue<Y> {
   using xelem = uint8_t;
   using welem = int8_t;
   using yelem = Y;
@@ -27,6 +28,7 @@ struct Avx2Int8 : Avx2Lanes {
   using acc_t = PairAcc;
   using w_t = PairAcc;
   using x_t = __m256i;
+  using cols_t = typename Avx2Int8Epilogue<Y>::cols_t;
   static acc_t zero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
   static w_t load_w(const int8_t* p, mask_t k) {
     const __m256i quads = _mm256_maskload_epi32(reinterpret_cast<const int*>(p), k.v);  // 8 outputs x 4
@@ -41,25 +43,10 @@ struct Avx2Int8 : Avx2Lanes {
   static acc_t fma(acc_t a, w_t w, x_t x) {
     return {_mm256_add_epi32(a.lo, _mm256_madd_epi16(w.lo, x)), _mm256_add_epi32(a.hi, _mm256_madd_epi16(w.hi, x))};
   }
-  struct cols_t {
-    __m256i sum, sum128;  // sum128 = 128 * col_sum: symmetric rows need no multiply
-    __m256 scale, bias;
-    bool has_bias, gelu;
-  };
-  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t* col_sum, const float* bias, bool gelu) {
-    const __m256i sum = _mm256_maskload_epi32(col_sum, k.v);
-    return {sum, _mm256_slli_epi32(sum, 7), _mm256_maskload_ps(col_scale, k.v),
-            bias ? _mm256_maskload_ps(bias, k.v) : _mm256_setzero_ps(), bias != nullptr, gelu};
-  }
   static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c, bool) {
     // hadd: [o0 o1 o4 o5 | o2 o3 o6 o7] as 64-bit pairs; the permute puts them in order.
     const __m256i sums = _mm256_permute4x64_epi64(_mm256_hadd_epi32(a.lo, a.hi), 0xd8);
-    const __m256i zs = row_zero == 128 ? c.sum128 : _mm256_mullo_epi32(c.sum, _mm256_set1_epi32(row_zero));
-    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sums, zs)), _mm256_set1_ps(row_scale));
-    v = _mm256_mul_ps(v, c.scale);
-    if (c.has_bias) v = _mm256_add_ps(v, c.bias);
-    if (c.gelu) v = vgelu(v);
-    store8<Y>(p, v, k);
+    Avx2Int8Epilogue<Y>::store_sums(p, sums, k, row_scale, row_zero, c);
   }
 };
 
@@ -155,25 +142,11 @@ void quantize_rows_avx2(const void* x, int64_t lda, bool bf16, int64_t m0, int64
       lo = range[0];
       hi = range[1];
     }
-    float inv, zpf, qmin;
-    if (asymmetric) {
-      inv = hi > lo ? 255.f / (hi - lo) : 0.f;
-      scale[m] = (hi - lo) / 255.f;
-      zpf = _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(-lo * inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-      zpf = zpf < 0.f ? 0.f : (zpf > 255.f ? 255.f : zpf);
-      qmin = 0.f;
-    } else {
-      const float amax = -lo > hi ? -lo : hi;
-      inv = amax > 0.f ? 127.f / amax : 0.f;
-      scale[m] = amax / 127.f;
-      zpf = 128.f;
-      qmin = 1.f;
-    }
-    const int32_t zp = static_cast<int32_t>(zpf);
-    zero[m] = zp;
-    const __m256 vinv = _mm256_set1_ps(inv);
-    const __m256i vzp = _mm256_set1_epi32(zp);
-    const __m256i vqmin = _mm256_set1_epi8(static_cast<char>(static_cast<int>(qmin)));
+    const RowQuant rq = row_quant(lo, hi, asymmetric, &scale[m]);
+    zero[m] = rq.zero;
+    const __m256 vinv = _mm256_set1_ps(rq.inv);
+    const __m256i vzp = _mm256_set1_epi32(rq.zero);
+    const __m256i vqmin = _mm256_set1_epi8(static_cast<char>(rq.qmin));
     // 32 values per step: four int32 vectors narrowed by two saturating packs (within 128-bit
     // lanes) and a dword permute back to input order. ldq is a multiple of 64; lanes past K are
     // 0 and become the zero point.

@@ -9,6 +9,7 @@
 // time). No int16 step, so no saturation (the vpmaddubsw trap): each int32 sum is exact for
 // K < 2^31 / (255 * 128).
 #include "avx512_traits.h"
+#include "quantize_params.h"
 
 namespace sparsebert {
 namespace cpu {
@@ -146,25 +147,11 @@ void quantize_rows_avx512(const void* x, int64_t lda, bool bf16, int64_t m0, int
       lo = range[0];
       hi = range[1];
     }
-    float inv, qmin, zpf;
-    if (asymmetric) {
-      inv = hi > lo ? 255.f / (hi - lo) : 0.f;
-      scale[m] = (hi - lo) / 255.f;
-      zpf = _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(-lo * inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-      zpf = zpf < 0.f ? 0.f : (zpf > 255.f ? 255.f : zpf);
-      qmin = 0.f;
-    } else {
-      const float amax = -lo > hi ? -lo : hi;
-      inv = amax > 0.f ? 127.f / amax : 0.f;
-      scale[m] = amax / 127.f;
-      zpf = 128.f;
-      qmin = 1.f;
-    }
-    const int32_t zp = static_cast<int32_t>(zpf);
-    zero[m] = zp;
-    const __m512 vinv = _mm512_set1_ps(inv);
-    const __m512i vzp = _mm512_set1_epi32(zp);
-    const __m512i vqmin = _mm512_set1_epi8(static_cast<char>(static_cast<int>(qmin)));
+    const RowQuant rq = row_quant(lo, hi, asymmetric, &scale[m]);
+    zero[m] = rq.zero;
+    const __m512 vinv = _mm512_set1_ps(rq.inv);
+    const __m512i vzp = _mm512_set1_epi32(rq.zero);
+    const __m512i vqmin = _mm512_set1_epi8(static_cast<char>(rq.qmin));
     uint8_t* q = out + m * ldq;
     // 64 values per step: four int32 vectors narrowed by two saturating packs (signed 32 -> 16,
     // then unsigned 16 -> 8: the clamp to [0, 255]) and one permute back to input order, then a

@@ -28,7 +28,7 @@ namespace cpu {
 namespace {
 
 template <class Y>
-struct Vnni256Int8 : Avx2Lanes {
+struct Vnni256Int8 : Avx2Lanes, Avx2Int8Epilogue<Y> {
   using xelem = uint8_t;
   using welem = int8_t;
   using yelem = Y;
@@ -39,6 +39,7 @@ struct Vnni256Int8 : Avx2Lanes {
   using acc_t = __m256i;
   using w_t = __m256i;
   using x_t = __m256i;
+  using cols_t = typename Avx2Int8Epilogue<Y>::cols_t;
   static acc_t zero() { return _mm256_setzero_si256(); }
   static w_t load_w(const int8_t* p, mask_t k) {
     return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), k.v);  // 8 outputs x 4 inputs
@@ -50,24 +51,8 @@ struct Vnni256Int8 : Avx2Lanes {
   }
   static x_t load_x_single(const uint8_t* p) { return load_x(p); }
   static acc_t fma(acc_t a, w_t w, x_t x) { return SPARSEBERT_DPBUSD256(a, x, w); }
-  struct cols_t {
-    __m256i sum, sum128;  // sum128 = 128 * col_sum: symmetric rows need no multiply
-    __m256 scale, bias;
-    bool has_bias, gelu;
-  };
-  static cols_t load_cols(mask_t k, const float* col_scale, const int32_t* col_sum, const float* bias, bool gelu) {
-    const __m256i sum = _mm256_maskload_epi32(col_sum, k.v);
-    return {sum, _mm256_slli_epi32(sum, 7), _mm256_maskload_ps(col_scale, k.v),
-            bias ? _mm256_maskload_ps(bias, k.v) : _mm256_setzero_ps(), bias != nullptr, gelu};
-  }
-  // acc (int32) -> (acc - row_zero * col_sum) * row_scale * col_scale + bias, stored as Y.
   static void store_q(Y* p, acc_t a, mask_t k, float row_scale, int32_t row_zero, const cols_t& c, bool) {
-    const __m256i zs = row_zero == 128 ? c.sum128 : _mm256_mullo_epi32(c.sum, _mm256_set1_epi32(row_zero));
-    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(a, zs)), _mm256_set1_ps(row_scale));
-    v = _mm256_mul_ps(v, c.scale);
-    if (c.has_bias) v = _mm256_add_ps(v, c.bias);
-    if (c.gelu) v = vgelu(v);
-    store8<Y>(p, v, k);
+    Avx2Int8Epilogue<Y>::store_sums(p, a, k, row_scale, row_zero, c);  // the sums are whole already
   }
 };
 
