@@ -136,7 +136,7 @@ PyObject* py_peak_ops(PyObject*, PyObject* args) {
 
 PyMethodDef methods[] = {
     {"detected_isa", py_detected_isa, METH_NOARGS,
-     "The best CPU ISA level this machine supports: scalar, avx2, avx512 or avx512bf16."},
+     "The best CPU ISA level this machine supports: scalar, avx2, avx512, avx512bf16 or amx."},
     {"active_isa", py_active_isa, METH_NOARGS,
      "The ISA level CPU kernels use now (detected_isa(), or SPARSEBERT_ISA if set)."},
     {"int8_dot", py_int8_dot, METH_NOARGS,
