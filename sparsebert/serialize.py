@@ -13,7 +13,9 @@ A directory written by :func:`save` holds
   run as one layer (:func:`sparsebert.hf.fuse_qkv`) are listed under ``fused_qkv`` with that
   layer's spec; their ``layers`` entries keep the per-projection choices. Layers whose FFN runs
   as one op (:func:`sparsebert.hf.fuse_ffn`) are listed under ``fused_ffn`` (their modules and
-  tensors are those of the two projections); ``load`` fuses them again.
+  tensors are those of the two projections); ``load`` fuses them again. Submodules the model
+  class builds but the saved model had set to ``None`` (``BertModel(config,
+  add_pooling_layer=False)``, or ``model.pooler = None``) are listed under ``absent_modules``.
 
 :func:`load` rebuilds the same model class (task head included) with empty modules built from
 the specs, checks every tensor's name, dtype and shape against them before anything is copied,
@@ -61,6 +63,42 @@ def _shared_aliases(state: dict[str, torch.Tensor]) -> dict[str, str]:
         else:
             seen[ident] = key
     return aliases
+
+
+def _absent_modules(model: nn.Module) -> list[str]:
+    """Dotted names of the submodules the model's class builds from its config that this model
+    holds as None (``BertModel(config, add_pooling_layer=False)``, ``model.pooler = None``)."""
+    from transformers.initialization import no_init_weights
+
+    with torch.device("meta"), no_init_weights():
+        fresh = type(model)(model.config)
+    absent = []
+    for name, _ in fresh.named_modules():
+        parent, _, attr = name.rpartition(".")
+        try:
+            owner = model.get_submodule(parent) if parent else model
+        except AttributeError:
+            continue
+        if name and (attr in owner._modules or attr in vars(owner)) and getattr(owner, attr) is None:
+            absent.append(name)
+    return absent
+
+
+def _remove_absent(model: nn.Module, names, path: Path) -> None:
+    """Sets the submodules the saved model held as None (manifest ``absent_modules``) to None in
+    the rebuilt one."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{str(path / MANIFEST)!r}: absent_modules must be a list of module names, got {names!r}")
+    for name in names:
+        parent, _, attr = name.rpartition(".")
+        try:
+            owner = model.get_submodule(parent) if parent else model
+        except AttributeError:
+            owner = None
+        if owner is None or not isinstance(owner._modules.get(attr), nn.Module):
+            raise ValueError(f"{str(path / MANIFEST)!r}: absent module {name!r} is not a submodule of "
+                             f"{type(model).__name__}")
+        setattr(owner, attr, None)
 
 
 def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, overwrite: bool = False) -> Path:
@@ -116,6 +154,7 @@ def save(model: nn.Module, directory: str | os.PathLike, tokenizer=None, *, over
         "fused_norms": state_info.get("fused_norms", []),
         "fused_ffn": state_info.get("fused_ffn", []),
         "fused_qkv": qkv_specs,
+        "absent_modules": _absent_modules(model),
         "aliases": aliases,
         "placeholders": placeholders,
         "versions": {"sparsebert": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
@@ -245,6 +284,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn
         del config.quantization_config
     with no_init_weights():
         model = cls(config)
+    _remove_absent(model, manifest.get("absent_modules", []), path)
     restructure(model)  # a head- or FFN-pruned model: the per-layer sizes its config records
     model.tie_weights()  # the ties the class declares (from_pretrained does this too)
     for name, layer in manifest["layers"].items():

@@ -49,6 +49,25 @@ def test_round_trip_is_bit_equal(tmp_path, head, name):
     assert list(sparsebert.report(loaded)) == list(sparsebert.report(model))
 
 
+@pytest.mark.parametrize("how", ["add_pooling_layer", "assigned"])
+def test_a_model_without_its_pooler_round_trips(tmp_path, how):
+    if how == "add_pooling_layer":
+        torch.manual_seed(0)
+        model = AutoModel.from_config(tiny_bert().config, add_pooling_layer=False).eval()
+    else:
+        model = tiny_bert()
+        model.pooler = None
+    model = compress(model, CONFIGS["sparse_int8"])
+    save(model, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / MANIFEST).read_text())["absent_modules"] == ["pooler"]
+    loaded = load(tmp_path / "m")
+    assert loaded.pooler is None and "pooler.dense.weight" not in loaded.state_dict()
+    inputs = tiny_inputs()
+    with torch.inference_mode():
+        assert loaded(**inputs).pooler_output is None
+    assert torch.equal(first_output(loaded, inputs), first_output(model, inputs))
+
+
 def test_calibrated_model_round_trip(tmp_path):
     model = compressed("BertForSequenceClassification", "int8", example_inputs=tiny_inputs(batch=6, seq=10))
     save(model, tmp_path / "m")
@@ -172,6 +191,13 @@ def test_manifest_spec_for_another_shape(saved):
 def test_manifest_unknown_module_and_class(saved):
     edit_manifest(saved, lambda m: m["layers"][LAYER]["spec"].update(type="os.system"))
     with pytest.raises(ValueError, match=f"manifest layer '{LAYER}': unknown module spec"):
+        load(saved)
+
+
+@pytest.mark.parametrize("bad", [["encoder.nothing"], "pooler", [3]])
+def test_manifest_absent_modules_must_name_submodules(saved, bad):
+    edit_manifest(saved, lambda m: m.update(absent_modules=bad))
+    with pytest.raises(ValueError, match="absent"):
         load(saved)
 
 
