@@ -37,7 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     keep_freed_memory_for_timing,
-    Method, copies_for, cpu_peaks, describe_peaks, fmt_ms, fmt_ratio, gflops, header, l3_bytes, markdown_table,
+    Method, cold_pool_bytes, copies_for, cpu_peaks, describe_peaks, fmt_ms, fmt_ratio, gflops, header, markdown_table,
     tensor_bytes, time_methods, write_json,
 )
 
@@ -326,7 +326,8 @@ def main(argv=None):
     p.add_argument("--cache", default="cold", help="hot, cold or both (hot,cold)")
     p.add_argument("--cold-mb", type=int, default=None,
                    help="bytes of weight copies each method rotates through when cold "
-                        "(default: 2x L3, at most 1024 MiB)")
+                        "(default: 2x L3, at most 1024 MiB, and all methods' copies at most a quarter of the "
+                        "available memory)")
     p.add_argument("--json", default=None, help="write the rows to this JSON file")
     args = p.parse_args(argv)
 
@@ -341,7 +342,9 @@ def main(argv=None):
     dtypes = checked_list(p, "dtypes", args.dtypes, str, lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}")
     threads = checked_list(p, "threads", args.threads, int, lambda v: v >= 1, "a positive number of threads")
     caches = checked_list(p, "cache", args.cache, str, lambda v: v in ("hot", "cold"), "hot or cold")
-    cold_bytes = (args.cold_mb << 20) if args.cold_mb else min(2 * l3_bytes(), 1 << 30)
+    # the int8 suite rotates up to 14 pools (fp32, bf16, six quantize_dynamic variants, ...), the
+    # fp32/bf16 one three
+    cold_bytes = (args.cold_mb << 20) if args.cold_mb else cold_pool_bytes(14 if args.suite == "int8" else 3)
     argv_list = argv if argv is not None else sys.argv[1:]
     if args.suite == "int8":
         return main_int8(args, shapes, ms, threads, caches, cold_bytes, argv_list)

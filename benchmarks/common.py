@@ -131,6 +131,25 @@ def describe_peaks(peaks: dict[str, float | None], threads: int) -> str:
             "(ops: a multiply-add counts 2; peaks of sparsebert._C.peak_ops, DRAM: torch.sum over 512 MiB)")
 
 
+def available_bytes() -> int:
+    """MemAvailable of /proc/meminfo (8 GiB where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) << 10
+    except (OSError, ValueError, IndexError):
+        pass
+    return 8 << 30
+
+
+def cold_pool_bytes(pools: int) -> int:
+    """Bytes of distinct weight copies each of `pools` methods rotates through when cold: twice
+    the L3 cache, at most 1 GiB, and all pools together at most a quarter of the memory available
+    (a VM may report a server's whole L3: 480 MiB on a 2-core share of a Xeon)."""
+    return min(2 * l3_bytes(), 1 << 30, available_bytes() // (4 * max(1, pools)))
+
+
 def copies_for(bytes_per_copy: int, cold: bool, cold_bytes: int) -> int:
     """Copies of one weight needed so that rotating through them streams from DRAM."""
     if not cold:
