@@ -235,10 +235,11 @@ def _with_threads(threads, fn):
         torch.set_num_threads(old)
 
 
-# The row-pipelined split (VNNI kernels, two or more threads, at least 128 rows, weights up to
-# 1 MiB): each thread quantizes and multiplies its own rows a chunk at a time. K = 1536 gives
-# chunks of 120 rows, so a thread's share of 601 rows runs several and a short last one (K = 256:
-# 612 rows, one); one thread takes the default split, and the two must agree bit for bit.
+# The row-pipelined split (AVX-512 VNNI and AMX kernels, two or more threads, at least 128 rows,
+# weights up to 1 MiB): each thread quantizes and multiplies its own rows a chunk at a time. K =
+# 1536 gives chunks of 120 rows (AMX: 96), so a thread's share of 601 rows runs several and a short
+# last one (K = 256: 612 rows, one; AMX: 224); one thread takes the default split, and the two must
+# agree bit for bit.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", ["per_token", "per_token_asym", "per_tensor"])
 @pytest.mark.parametrize("block_size", [None, (32, 32), (16, 4)])

@@ -37,10 +37,17 @@ bool amx_int8_eligible(const cpu::BsrLinearArgs& a) {
   return a.br % 16 == 0 && a.bc % 4 == 0 && a.bc % kstep == 0 && a.M >= 16;
 }
 
+// Rows of the widest register tile of the AVX-512 VNNI kernel (avx512_mr_max(2)), and of the two
+// row tiles the AMX kernel multiplies at a time.
+constexpr int64_t kVnniTileRows = 12;
+constexpr int64_t kAmxTileRows = 32;
+
 struct Int8Kernels {
   cpu::QuantizeRowsFn quantize;
   cpu::BsrLinearFn gemm;
-  bool vnni = false;  // the AVX-512 VNNI kernel: the one the row-pipelined split was measured with
+  // Rows of the kernel's tile where it takes the row-pipelined split and the fused FFN (the AVX-512
+  // VNNI and AMX kernels, the ones those paths were measured with); 0: it does not.
+  int64_t pipeline_rows = 0;
 };
 
 // INT8 kernels by level and dot product (see active_int8_dot): AVX-512 VNNI wherever the CPU has
@@ -53,10 +60,11 @@ Int8Kernels select_int8(Isa isa, Int8Dot dot, bool f32, const cpu::BsrLinearArgs
   const cpu::QuantizeRowsFn quantize =
       static_cast<int>(isa) >= static_cast<int>(Isa::kAvx512) ? cpu::quantize_rows_avx512 : cpu::quantize_rows_avx2;
   if (isa == Isa::kAmx && amx_int8_eligible(args))
-    return {quantize, f32 ? cpu::bsr_int8_linear_f32_amx : cpu::bsr_int8_linear_bf16_amx};
+    return {quantize, f32 ? cpu::bsr_int8_linear_f32_amx : cpu::bsr_int8_linear_bf16_amx, kAmxTileRows};
   switch (dot) {
     case Int8Dot::kVnni512:
-      return {quantize, f32 ? cpu::bsr_int8_linear_f32_avx512vnni : cpu::bsr_int8_linear_bf16_avx512vnni, true};
+      return {quantize, f32 ? cpu::bsr_int8_linear_f32_avx512vnni : cpu::bsr_int8_linear_bf16_avx512vnni,
+              kVnniTileRows};
     case Int8Dot::kVnni256:
       if (cpu_has_avx_vnni())
         return {quantize, f32 ? cpu::bsr_int8_linear_f32_avxvnni : cpu::bsr_int8_linear_bf16_avxvnni};
@@ -129,8 +137,6 @@ bool row_pipelined(int64_t M, int64_t weight_bytes) {
   return !at::in_parallel_region() && at::get_num_threads() > 1 && M >= kPipelineMinRows &&
          weight_bytes <= kPipelineMaxWeightBytes;
 }
-
-constexpr int64_t kVnniTileRows = 12;  // rows of the VNNI kernel's widest tile (avx512_mr_max(2))
 
 // Rows per chunk: a whole number of register tiles, at least one.
 int64_t pipeline_chunk_rows(int64_t ldq, int64_t tile_rows) {
@@ -245,7 +251,8 @@ class NormEpilogue {
 // Rows the pipelined path multiplies at a time when a LayerNorm follows: the chunk's outputs go
 // to a buffer of the thread's own ([24, N] fp32, 72 KiB for BERT-base's 768), and through the
 // add + LayerNorm row kernel into y while they are in L1/L2, as in the fused FFN.
-constexpr int64_t kNormChunkRows = 2 * kVnniTileRows;
+// Two register tiles of the VNNI kernel (24 rows); one pair of AMX row tiles (32 rows).
+int64_t norm_chunk_rows(int64_t tile_rows) { return tile_rows == kAmxTileRows ? tile_rows : 2 * tile_rows; }
 
 // A validated INT8 linear (prepare_int8) on its x; with norm, its rows then go through the
 // residual add + LayerNorm, in the same pass where the rows are pipelined.
@@ -265,7 +272,7 @@ at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
   if (call.empty()) return finish();
   const int64_t M = call.args.M;
 
-  const bool pipelined = kern.vnni && !rows_kernel_eligible(dot, br, bc) && row_pipelined(M, call.values.numel());
+  const bool pipelined = kern.pipeline_rows > 0 && !rows_kernel_eligible(dot, br, bc) && row_pipelined(M, call.values.numel());
   at::Tensor q = at::empty({pipelined ? 0 : M, ldq}, x.options().dtype(at::kByte));
   at::Tensor row_scale = at::empty({M}, x.options().dtype(at::kFloat));
   at::Tensor row_zero = at::empty({M}, x.options().dtype(at::kInt));
@@ -314,10 +321,11 @@ at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
     // Each chunk is a call of its own on rows [c0, c0 + rows): x from the thread's buffer, y,
     // the row scales and zero points offset to those rows; a row that cannot be quantized is
     // multiplied as zeros and the call raises once every thread is done, as below.
-    const int64_t chunk = norm ? kNormChunkRows : pipeline_chunk_rows(ldq, kVnniTileRows);
+    const int64_t tile = kern.pipeline_rows;
+    const int64_t chunk = norm ? norm_chunk_rows(tile) : pipeline_chunk_rows(ldq, tile);
     const int64_t ysz = static_cast<int64_t>(call.y.element_size());
     const bool stream = !norm && M * N * ysz >= kPipelineStreamYBytes;
-    at::parallel_for(0, M, kVnniTileRows, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, M, tile, [&](int64_t b, int64_t e) {
       thread_local std::vector<uint8_t> qbuf;
       thread_local std::vector<char> ybuf;
       qbuf.resize(chunk * ldq);
@@ -376,7 +384,9 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
 // FFN: two register tiles of rows, [24, hidden] fp32 (288 KiB for BERT-base), stay in L2 between
 // the up projection that writes them and the quantizer that reads them. 6 to 48 rows gave the
 // same BERT-base forward within 2% (90% 32x32 INT8, 8x128, AMD Zen 4, 2 threads).
-constexpr int64_t kFfnChunkRows = 2 * kVnniTileRows;
+// AMX: one pair of row tiles, 32 rows ([32, hidden] fp32, 384 KiB for BERT-base); 64 rows gave
+// the same forward within 2% (Xeon with AMX, 90% 32x32 INT8, 8x128, 2 threads).
+int64_t ffn_chunk_rows(int64_t tile_rows) { return tile_rows == kAmxTileRows ? tile_rows : 2 * tile_rows; }
 
 // y = down(up(x)), each an INT8 linear (up's activation in its epilogue), in one pass per chunk of
 // rows on each thread: quantize x's rows, multiply them by every block row of up into a buffer
@@ -429,7 +439,7 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
   // down's kernel for M rows (AMX takes a layer by its blocks and rows: it may take one of the two)
   down.call.args.M = M;
   down.kern = select_int8(down.isa, down.dot, x.scalar_type() == at::kFloat, down.call.args);
-  const bool fused = M > 0 && H > 0 && N > 0 && up.kern.vnni && down.kern.vnni &&
+  const bool fused = M > 0 && H > 0 && N > 0 && up.kern.pipeline_rows > 0 && down.kern.pipeline_rows > 0 &&
                      !rows_kernel_eligible(up.dot, up_block[0], up_block[1]) &&
                      !rows_kernel_eligible(up.dot, down_block[0], down_block[1]) &&
                      row_pipelined(M, up_values.numel() + down_values.numel());
@@ -457,7 +467,7 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
     while (m < cur && !bad.compare_exchange_weak(cur, m)) {
     }
   };
-  const int64_t chunk = kFfnChunkRows;
+  const int64_t chunk = ffn_chunk_rows(std::max(up.kern.pipeline_rows, down.kern.pipeline_rows));
   at::parallel_for(0, M, chunk, [&](int64_t b, int64_t e) {
     thread_local std::vector<uint8_t> qx, qh;
     thread_local std::vector<char> hbuf, ybuf;
