@@ -17,7 +17,8 @@ Speedups are same-run ratios of medians; GFLOP/s is "effective": the dense layer
 flops divided by the method's time.
 
 Roofline: before timing, the CPU's own limits are measured on each thread count (the fp32 FMA,
-bf16 vdpbf16ps and INT8 vpdpbusd peaks of sparsebert._C.peak_ops, and DRAM read bandwidth), and
+bf16 vdpbf16ps and INT8 vpdpbusd peaks of sparsebert._C.peak_ops, at the amx level the AMX tile
+multiplies' too, and DRAM read bandwidth), and
 each row says how close to them it runs: the operations a kernel actually does (stored blocks
 only) as a share of the peak of its instruction, and for INT8 the weight bytes it streams per
 second as a share of DRAM bandwidth (the bound of small M with cold weights).
@@ -224,6 +225,28 @@ def peak_lines(peaks):
     return {"peaks": "; ".join(describe_peaks(p, t) for t, p in peaks.items())}
 
 
+def int8_peak(peaks, m, block):
+    """The INT8 peak of the kernel that runs a layer of `m` rows stored in `block` blocks: AMX's
+    TDPBUSD where the amx level takes it (whole 16-output B tiles, whole k-quads, at least one
+    16-row A tile: the rows past the last whole tile run on AVX-512 VNNI), the vpdpbusd one
+    elsewhere. Returns (ops/s or None, label)."""
+    br, bc = block
+    kstep = min(bc, 64)
+    if peaks.get("int8_amx") and m >= 16 and br % 16 == 0 and bc % 4 == 0 and bc % kstep == 0:
+        return peaks["int8_amx"], "AMX"
+    return peaks.get("int8_vnni"), "VNNI"
+
+
+def bf16_peak(peaks, m, k, block):
+    """The bf16 peak of the kernel that runs a bf16 layer (see int8_peak): AMX's TDPBF16PS where the
+    amx level takes it (bsr_linear's amx_eligible), else vdpbf16ps, else the fp32 FMA one."""
+    br, bc = block
+    kstep = min(bc, 32)
+    if peaks.get("bf16_amx") and m >= 16 and br % 16 == 0 and bc % 2 == 0 and bc % kstep == 0 and k % kstep == 0:
+        return peaks["bf16_amx"]
+    return peaks.get("bf16_dot") or peaks["fp32_fma"]
+
+
 def pct(value, limit):
     return "n/a" if not limit else f"{value / limit:.0%}"
 
@@ -247,15 +270,16 @@ def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
                             + ("" if pack == block else f", stored in {pack[0]}x{pack[1]} blocks (any block "
                                                          "holding a nonzero is stored)"),
         **peak_lines(peaks),
-        "roofline columns": "Int8Linear: 2*M*N*K / time as a share of the INT8 vpdpbusd peak, and K*N weight "
-                            "bytes / time as a share of DRAM read bandwidth; SparseInt8: the operations of its "
-                            "stored blocks only / time, as a share of the same peak",
+        "roofline columns": "Int8Linear: 2*M*N*K / time as a share of the INT8 peak of the kernel that ran it "
+                            "(AMX: the TDPBUSD peak, at the amx level from 16 rows on; VNNI: the vpdpbusd one), "
+                            "and K*N weight bytes / time as a share of DRAM read bandwidth; SparseInt8: the "
+                            "operations of its stored blocks only / time, as a share of its kernel's peak",
     }))
     print()
     columns = ["layer", "K->N", "M", "thr", "cache", "fp32 ms", "bf16 ms", "best quantize_dynamic ms",
                "_int_mm ms", "Int8Linear ms", "weight-only ms", "best int8 vs fp32", "best int8 vs best qd",
-               f"SparseInt8 {sparsity:.0%} ms", "same + GELU epilogue ms", "vs fp32 ", "Int8Linear GOP/s (% VNNI peak)",
-               "Int8Linear weights GB/s (% DRAM)", "SparseInt8 GOP/s done (% VNNI peak)"]
+               f"SparseInt8 {sparsity:.0%} ms", "same + GELU epilogue ms", "vs fp32 ", "Int8Linear GOP/s (% peak)",
+               "Int8Linear weights GB/s (% DRAM)", "SparseInt8 GOP/s done (% peak)"]
     rows, records = [], []
     engine_rows = []
     for layer, (k, n) in shapes:
@@ -270,7 +294,9 @@ def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
                     # The better of the two INT8 paths (dynamic, weight-only) in this row.
                     ours = min(med["Int8Linear"], med["Int8Linear_wo"])
                     sparse = med["SparseInt8Linear"]
-                    vnni, dram = peaks[t].get("int8_vnni"), peaks[t]["dram_read"]
+                    dense_peak, dense_kind = int8_peak(peaks[t], m, (32, k))  # int8_linear's packing
+                    sparse_peak, sparse_kind = int8_peak(peaks[t], m, pack)
+                    dram = peaks[t]["dram_read"]
                     dense_ops = 2 * m * n * k
                     int8_gops = dense_ops / med["Int8Linear"] / 1e9
                     weight_gbs = k * n / med["Int8Linear"] / 1e9
@@ -279,10 +305,12 @@ def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
                                block=list(block), **{f"{name}_s": v for name, v in med.items()},
                                best_quantize_dynamic=best, speedup_vs_fp32=med["fp32"] / ours,
                                speedup_vs_best_qd=qd[best] / ours, sparse_speedup_vs_fp32=med["fp32"] / sparse,
-                               int8_gops=int8_gops, int8_share_of_vnni_peak=vnni and int8_gops * 1e9 / vnni,
+                               int8_gops=int8_gops, int8_peak_kind=dense_kind,
+                               int8_share_of_peak=dense_peak and int8_gops * 1e9 / dense_peak,
                                int8_weight_gbs=weight_gbs, int8_share_of_dram=weight_gbs * 1e9 / dram,
                                sparse_gops_done=sparse_gops,
-                               sparse_share_of_vnni_peak=vnni and sparse_gops * 1e9 / vnni, peaks=peaks[t])
+                               sparse_peak_kind=sparse_kind,
+                               sparse_share_of_peak=sparse_peak and sparse_gops * 1e9 / sparse_peak, peaks=peaks[t])
                     records.append(rec)
                     row = [layer, f"{k}->{n}", str(m), str(t), cache, fmt_ms(med["fp32"]), fmt_ms(med["bf16"]),
                            f"{fmt_ms(qd[best])} ({best[3:]})", fmt_ms(med["int8_mm"]), fmt_ms(med["Int8Linear"]),
@@ -290,9 +318,9 @@ def main_int8(args, shapes, ms, threads, caches, cold_bytes, argv):
                            fmt_ratio(rec["speedup_vs_fp32"]), fmt_ratio(rec["speedup_vs_best_qd"]),
                            fmt_ms(sparse), fmt_ms(med["SparseInt8Linear_gelu"]),
                            fmt_ratio(rec["sparse_speedup_vs_fp32"]),
-                           f"{int8_gops:,.0f} ({pct(int8_gops * 1e9, vnni)})",
+                           f"{int8_gops:,.0f} ({pct(int8_gops * 1e9, dense_peak)} {dense_kind})",
                            f"{weight_gbs:.1f} ({pct(weight_gbs * 1e9, dram)})",
-                           f"{sparse_gops:,.0f} ({pct(sparse_gops * 1e9, vnni)})"]
+                           f"{sparse_gops:,.0f} ({pct(sparse_gops * 1e9, sparse_peak)} {sparse_kind})"]
                     rows.append(row)
                     engine_rows.append([layer, str(m), str(t), cache] + [fmt_ms(qd[name]) for name in sorted(qd)])
                     engine_names = sorted(qd)
@@ -358,7 +386,8 @@ def main(argv=None):
         "torch BSR": "torch.mm(w_bsr, x.t()) under no_grad, no bias; n/a where torch has no kernel for the dtype or block size",
         **peak_lines(peaks),
         "% peak": "sparsebert's operations on its stored blocks only / time, as a share of the fp32 FMA peak "
-                  "(fp32) or the bf16 vdpbf16ps peak (bf16; the fp32 one where the CPU lacks it)",
+                  "(fp32) or, for bf16, the AMX TDPBF16PS peak where the amx level runs the layer on tiles "
+                  "(from 16 rows on), else the vdpbf16ps peak (the fp32 one where the CPU lacks it)",
     }))
     print()
     columns = ["layer", "K->N", "M", "dtype", "block", "sparsity", "thr", "cache", "dense ms", "torch BSR ms",
@@ -378,8 +407,8 @@ def main(argv=None):
                                 ours, dense, tb = med["sparsebert"], med["dense"], med.get("torch_bsr")
                                 values = pools["sparsebert"][0][0]
                                 stored = values.shape[0] * block[0] * block[1] / (n * k)
-                                peak = (peaks[t].get("bf16_dot") if dtype_name == "bf16" else None) \
-                                    or peaks[t]["fp32_fma"]
+                                peak = bf16_peak(peaks[t], m, k, block) if dtype_name == "bf16" \
+                                    else peaks[t]["fp32_fma"]
                                 done = 2 * m * n * k * stored / ours
                                 rec = dict(layer=layer, k=k, n=n, m=m, dtype=dtype_name, block=list(block),
                                            sparsity=sparsity, threads=t, cache=cache, dense_s=dense,

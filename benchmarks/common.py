@@ -85,7 +85,8 @@ def keep_freed_memory_for_timing() -> dict[str, str]:
     return {"allocator": "sparsebert.keep_freed_memory unavailable here: large outputs may take fresh pages"}
 
 
-PEAK_KINDS = {"fp32_fma": "fp32 FMA", "bf16_dot": "bf16 vdpbf16ps", "int8_vnni": "INT8 vpdpbusd"}
+PEAK_KINDS = {"fp32_fma": "fp32 FMA", "bf16_dot": "bf16 vdpbf16ps", "int8_vnni": "INT8 vpdpbusd",
+              "bf16_amx": "bf16 AMX TDPBF16PS", "int8_amx": "INT8 AMX TDPBUSD"}
 
 
 def cpu_peaks(threads: int, repeats: int = 5, dram_mib: int = 512) -> dict[str, float | None]:

@@ -144,7 +144,8 @@ PyMethodDef methods[] = {
      "VEX), avx512-vnni-256 (256-bit, EVEX: the avx2 level forced on an AVX-512 VNNI CPU) or none "
      "(SPARSEBERT_VNNI=0, or a CPU without VNNI)."},
     {"peak_ops", py_peak_ops, METH_VARARGS,
-     "peak_ops(kind, iters) -> (ops, seconds, threads): one peak loop (fp32_fma, bf16_dot or int8_vnni) of "
+     "peak_ops(kind, iters) -> (ops, seconds, threads): one peak loop (fp32_fma, bf16_dot, int8_vnni, or at "
+     "the amx level int8_amx and bf16_amx) of "
      "`iters` iterations on every thread of torch's pool at once; ops counts a multiply-add as 2."},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -58,6 +58,20 @@ def test_int8_peak_follows_the_dot_product_in_use(monkeypatch):
             assert ops == 10 * 16 * 64 * 2 * threads
 
 
+@pytest.mark.parametrize("kind, per_tile_op", [("int8_amx", 16 * 16 * 64 * 2), ("bf16_amx", 16 * 16 * 32 * 2)])
+def test_amx_peaks(monkeypatch, kind, per_tile_op):
+    """Four accumulator tiles, one tile multiply each per iteration; the amx level only."""
+    if not level_at_least("amx"):
+        with pytest.raises(ValueError, match=f"{kind} peak needs the amx ISA level; the active level is "):
+            _C.peak_ops(kind, 10)
+        return
+    ops, secs, threads = _C.peak_ops(kind, 1000)
+    assert ops == 1000 * 4 * per_tile_op * threads and secs > 0
+    monkeypatch.setenv("SPARSEBERT_ISA", "avx512bf16")
+    with pytest.raises(ValueError, match=f"{kind} peak needs the amx ISA level; the active level is avx512bf16"):
+        _C.peak_ops(kind, 10)
+
+
 @pytest.mark.parametrize("kind, iters, message", [
     ("fp64", 10, "kind='fp64' is not a peak"), ("fp32_fma", 0, "iters must be >= 1, got 0")])
 def test_peak_rejects_bad_arguments(kind, iters, message):

@@ -1,8 +1,8 @@
-// Peak-throughput loops: independent chains of one instruction (FMA, vdpbf16ps, vpdpbusd), enough
-// of them to cover its latency on every core this targets, nothing else in the loop. The
-// benchmarks divide each kernel's operations per second by these, so every speed claim says how
-// close to the CPU's own limit it is. Each ISA file (peak_<isa>.cpp) compiles with its flags; the
-// dispatcher (peak.cpp) runs one loop per thread of torch's pool.
+// Peak-throughput loops: independent chains of one instruction (FMA, vdpbf16ps, vpdpbusd, the AMX
+// tile multiplies), enough of them to cover its latency on every core this targets, nothing else
+// in the loop. The benchmarks divide each kernel's operations per second by these, so every speed
+// claim says how close to the CPU's own limit it is. Each ISA file (peak_<isa>.cpp) compiles with
+// its flags; the dispatcher (peak.cpp) runs one loop per thread of torch's pool.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +23,9 @@ PeakResult peak_int8_vnni_avx512vnni(int64_t iters);
 // vpdpbusd on ymm: AVX-VNNI (VEX), and the EVEX form on CPUs with AVX-512 VNNI but not AVX-VNNI.
 PeakResult peak_int8_vnni256_avxvnni(int64_t iters);
 PeakResult peak_int8_vnni256_evex(int64_t iters);
+// AMX tile multiplies (TDPBUSD, TDPBF16PS), four accumulator tiles; the amx level only.
+PeakResult peak_int8_amx(int64_t iters);
+PeakResult peak_bf16_amx(int64_t iters);
 
 }  // namespace cpu
 }  // namespace sparsebert
