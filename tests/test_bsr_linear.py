@@ -83,16 +83,18 @@ def test_long_block_rows(isa, dtype, block_size, sparsity):
 
 
 # Outputs of 8 MiB and more are written with non-temporal stores (whole, aligned vectors only):
-# n = 4096 keeps every vector aligned, n = 4088 misaligns rows and leaves a partial vector.
+# n = 4096 keeps every vector aligned, n = 4088 misaligns rows and leaves a partial vector; 32x32
+# blocks take the AMX kernel at the amx level (bf16), 8x16 the vector kernels.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [4096, 4088])
-def test_large_outputs_streamed(isa, dtype, n):
+@pytest.mark.parametrize("block_size", [(8, 16), (32, 32)])
+def test_large_outputs_streamed(isa, dtype, n, block_size):
     m, k = 1041, 32
     assert m * n * torch.finfo(dtype).bits // 8 >= 8 << 20
-    w = block_sparse_weight(n, k, (8, 16), 0.5, dtype)
+    w = block_sparse_weight(n, k, block_size, 0.5, dtype)
     x = torch.randn(m, k).to(dtype)
     bias = torch.randn(n).to(dtype)
-    assert_linear_close(run(x, w, bias, (8, 16)), x, w, bias)
+    assert_linear_close(run(x, w, bias, block_size), x, w, bias)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
