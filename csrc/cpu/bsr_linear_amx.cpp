@@ -44,11 +44,10 @@ struct AmxBf16 {
   static Cols cols(const BsrLinearArgs& a, int64_t n, __mmask16 k) {
     return {a.bias ? _mm512_maskz_loadu_ps(k, a.bias + n) : _mm512_setzero_ps(), a.bias != nullptr};
   }
-  static void epilogue(uint16_t* y, const float* acc, __mmask16 k, const Cols& c, const BsrLinearArgs&, int64_t,
-                       bool stream) {
+  static void epilogue(uint16_t* y, const float* acc, __mmask16 k, const Cols& c, const BsrLinearArgs&, int64_t) {
     __m512 v = _mm512_load_ps(acc);
     if (c.has_bias) v = _mm512_add_ps(v, c.bias);
-    store_bf16x16(y, v, k, stream);
+    store_bf16x16(y, v, k);
   }
 };
 
@@ -72,15 +71,14 @@ struct AmxInt8 {
             a.bias ? _mm512_maskz_loadu_ps(k, a.bias + n) : _mm512_setzero_ps(), a.bias != nullptr,
             a.activation == kActGelu};
   }
-  static void epilogue(Y* y, const int32_t* acc, __mmask16 k, const Cols& c, const BsrLinearArgs& a, int64_t m,
-                       bool stream) {
+  static void epilogue(Y* y, const int32_t* acc, __mmask16 k, const Cols& c, const BsrLinearArgs& a, int64_t m) {
     const __m512i corr =
         _mm512_sub_epi32(_mm512_load_si512(acc), _mm512_mullo_epi32(c.sum, _mm512_set1_epi32(a.row_zero[m])));
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), _mm512_set1_ps(a.row_scale[m]));
     v = _mm512_mul_ps(v, c.scale);
     if (c.has_bias) v = _mm512_add_ps(v, c.bias);
     if (c.gelu) v = vgelu(v);
-    store_f32x16(y, v, k, stream);
+    store_f32x16(y, v, k);
   }
 };
 
@@ -97,12 +95,12 @@ void amx_rows(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int6
   const int ksteps = bc / kstep;
   const int64_t block_stride = int64_t(bc / P::KP) * br * P::KP;
   const int64_t lda_bytes = a.lda * int64_t(sizeof(XE)), w_row_bytes = int64_t(br) * 4;
-  // y too large for the caches (BsrLinearArgs::stream_y) goes out with non-temporal stores, as in
-  // the VNNI kernels. BERT-base 768->3072 at 90% 32x32, 1024 rows (12 MiB of fp32 outputs), Xeon
-  // with AMX, 2 threads, alternating in one process: 0.55 ms a call against 0.78 stored through
-  // the caches; dense 1.35 against 1.39. Prefetching the weights 1 or 2 k steps ahead into L1
-  // gained nothing there.
-  const bool stream = a.stream_y;
+  // Every output is stored through the caches, BsrLinearArgs::stream_y or not: streamed, the
+  // layer alone ran faster (BERT-base 768->3072 at 90% 32x32 INT8, 1024 rows, 12 MiB of fp32
+  // outputs: 0.55 ms a call against 0.78), but whole BERT-base forwards at 8x128 ran slower (dense
+  // INT8 97 ms against 88, 90% 32x32 INT8 53 against 50; Xeon with AMX and a large L3, 2 threads,
+  // alternating in one process): the next op reads y back from DRAM instead of L3. Prefetching
+  // the weights 1 or 2 k steps ahead into L1 gained nothing either.
 
   TileConfig cfg;
   for (int t = 0; t < 4; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
@@ -156,18 +154,17 @@ void amx_rows(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int6
           const typename P::Cols c1 = P::cols(a, n0 + lane0 + 16, k1);
           for (int r = 0; r < rows; ++r) {
             YE* yr = y + (m + r) * a.ldy + n0 + lane0;
-            P::epilogue(yr, acc + r * 32, k0, c0, a, m + r, stream);
-            P::epilogue(yr + 16, acc + r * 32 + 16, k1, c1, a, m + r, stream);
+            P::epilogue(yr, acc + r * 32, k0, c0, a, m + r);
+            P::epilogue(yr + 16, acc + r * 32 + 16, k1, c1, a, m + r);
           }
         } else {
           for (int r = 0; r < rows; ++r)
-            P::epilogue(y + (m + r) * a.ldy + n0 + lane0, acc + r * 32, k0, c0, a, m + r, stream);
+            P::epilogue(y + (m + r) * a.ldy + n0 + lane0, acc + r * 32, k0, c0, a, m + r);
         }
       }
     }
   }
   _tile_release();
-  if (stream) _mm_sfence();
 }
 
 // Whole 16-row tiles on AMX, the rest with `rest`.
