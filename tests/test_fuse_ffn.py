@@ -1,8 +1,8 @@
 """An FFN's two block-sparse INT8 projections as one op: ``sparsebert::bsr_int8_ffn`` gives the
 numbers of the two ``bsr_int8_linear`` calls bit for bit (the fused CPU path runs from 128 rows on
-2 threads with the VNNI kernels; below that, and elsewhere, the two ops run one after the other),
-matches the reference, refuses what it does not fuse, and ``fuse_ffn`` through compress, both
-encoders, save / load and decompress."""
+2 threads with the AVX-512 VNNI or AMX kernels; below that, and elsewhere, the two ops run one
+after the other), matches the reference, refuses what it does not fuse, and ``fuse_ffn`` through
+compress, both encoders, save / load and decompress."""
 
 import copy
 import json

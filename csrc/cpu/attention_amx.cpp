@@ -1,4 +1,5 @@
-// attention for bf16 with AMX tiles (compiled with the AMX and AVX-512 BF16 flags). Both matmuls
+// attention for bf16 with AMX tiles (compiled with the AMX and AVX-512 BF16 flags): bf16 inputs, and
+// fp32 inputs at precision="bf16" (rounded to bf16 as they are packed, fp32 output). Both matmuls
 // run as bf16 x bf16 -> fp32 tile multiplies; the online softmax runs in AVX-512 fp32 between
 // them, with the helpers of attention_impl.h (W = 16).
 //
@@ -54,9 +55,15 @@ inline void zero_2x2() {
   _tile_zero(3);
 }
 
+// An input element as bf16 bits: bf16 inputs as they are, fp32 inputs (precision="bf16") rounded
+// as torch's .to(torch.bfloat16) rounds them.
+inline uint16_t bf16_of(uint16_t v) { return v; }
+inline uint16_t bf16_of(float v) { return f32_to_bf16_bits(v); }
+
 // noipa: compiled on its own, never inlined or cloned for the caller's thread_local scratch (a
 // clone re-derives the scratch's address with __tls_get_addr calls in the inner loops, which
 // clobber every vector register; see attention_int8_avx512vnni.cpp).
+template <class TE>
 __attribute__((noipa)) void run_task_amx(const AttentionArgs& a, int64_t task, AmxScratch& w, Scratch& blocks) {
   const TaskView t = task_view(a, task);
   if (t.lq == 0) return;
@@ -67,8 +74,8 @@ __attribute__((noipa)) void run_task_amx(const AttentionArgs& a, int64_t task, A
   // Pack K and V of the kept key blocks (bf16 bits, zero-padded).
   w.kb.assign(skp * dp, 0);
   w.vb.assign(skp * dp, 0);
-  const uint16_t* kbase = static_cast<const uint16_t*>(a.k) + t.koff;
-  const uint16_t* vbase = static_cast<const uint16_t*>(a.v) + t.voff;
+  const TE* kbase = static_cast<const TE*>(a.k) + t.koff;
+  const TE* vbase = static_cast<const TE*>(a.v) + t.voff;
   // Both layouts pair bf16 values into 32-bit words: K (d, d+1) of one key, V (j, j+1) of one dim.
   uint32_t* kb32 = reinterpret_cast<uint32_t*>(w.kb.data());
   uint32_t* vb32 = reinterpret_cast<uint32_t*>(w.vb.data());
@@ -79,26 +86,23 @@ __attribute__((noipa)) void run_task_amx(const AttentionArgs& a, int64_t task, A
     uint32_t* kdst = kb32 + kb * NK * dp2;
     for (int64_t j = kb * NK; j < j1; ++j) {
       if (blocks.bias[j] != 0.f) continue;  // padding: stays zero, whatever k and v hold there
-      const uint16_t* kr = kbase + j * a.k_ss;
+      const TE* kr = kbase + j * a.k_ss;
       const int64_t jj = j - kb * NK;
-      for (int64_t p = 0; p < dpairs; ++p) {
-        uint32_t word;
-        std::memcpy(&word, kr + 2 * p, 4);
-        kdst[p * NK + jj] = word;
-      }
-      if (D & 1) kdst[dpairs * NK + jj] = kr[D - 1];
+      for (int64_t p = 0; p < dpairs; ++p)
+        kdst[p * NK + jj] = uint32_t(bf16_of(kr[2 * p])) | (uint32_t(bf16_of(kr[2 * p + 1])) << 16);
+      if (D & 1) kdst[dpairs * NK + jj] = bf16_of(kr[D - 1]);
     }
     for (int64_t j = kb * NK; j < j1; j += 2) {
       const bool keep0 = blocks.bias[j] == 0.f, keep1 = j + 1 < j1 && blocks.bias[j + 1] == 0.f;
-      const uint16_t* v0 = vbase + j * a.v_ss;
-      const uint16_t* v1 = v0 + a.v_ss;
+      const TE* v0 = vbase + j * a.v_ss;
+      const TE* v1 = v0 + a.v_ss;
       uint32_t* vdst = vb32 + (j / 2) * dp;
       if (keep0 && keep1) {
-        for (int64_t d = 0; d < D; ++d) vdst[d] = uint32_t(v0[d]) | (uint32_t(v1[d]) << 16);
+        for (int64_t d = 0; d < D; ++d) vdst[d] = uint32_t(bf16_of(v0[d])) | (uint32_t(bf16_of(v1[d])) << 16);
       } else if (keep0) {
-        for (int64_t d = 0; d < D; ++d) vdst[d] = v0[d];
+        for (int64_t d = 0; d < D; ++d) vdst[d] = bf16_of(v0[d]);
       } else if (keep1) {
-        for (int64_t d = 0; d < D; ++d) vdst[d] = uint32_t(v1[d]) << 16;
+        for (int64_t d = 0; d < D; ++d) vdst[d] = uint32_t(bf16_of(v1[d])) << 16;
       }
     }
   }
@@ -112,12 +116,18 @@ __attribute__((noipa)) void run_task_amx(const AttentionArgs& a, int64_t task, A
   w.l.resize(QR);
   w.alpha.resize(QR);
   w.mnew.resize(QR);
-  const uint16_t* qbase = static_cast<const uint16_t*>(a.q) + t.qoff;
+  const TE* qbase = static_cast<const TE*>(a.q) + t.qoff;
 
   for (int64_t q0 = 0; q0 < t.lq; q0 += QR) {
     const int nr = static_cast<int>(t.lq - q0 < QR ? t.lq - q0 : QR);
     std::fill(w.q.begin(), w.q.end(), uint16_t(0));
-    for (int r = 0; r < nr; ++r) std::memcpy(&w.q[r * dp], qbase + (q0 + r) * a.q_ss, D * sizeof(uint16_t));
+    for (int r = 0; r < nr; ++r) {
+      const TE* qr = qbase + (q0 + r) * a.q_ss;
+      if constexpr (sizeof(TE) == 2)
+        std::memcpy(&w.q[r * dp], qr, D * sizeof(uint16_t));
+      else
+        for (int64_t d = 0; d < D; ++d) w.q[r * dp + d] = bf16_of(qr[d]);
+    }
     start_query_block(w.o.data(), w.m.data(), w.l.data(), QR, dp);
 
     for (int64_t kb = 0; kb < nkb; ++kb) {
@@ -198,8 +208,11 @@ __attribute__((noipa)) void run_task_amx(const AttentionArgs& a, int64_t task, A
     for (int r = 0; r < nr; ++r) {
       const float inv = w.l[r] > 0.f ? 1.f / w.l[r] : 0.f;
       const float* orow = w.o.data() + r * dp;
-      uint16_t* out = static_cast<uint16_t*>(a.out) + t.ooff + (q0 + r) * a.o_ss;
-      for (int64_t d = 0; d < D; ++d) out[d] = f32_to_bf16_bits(orow[d] * inv);
+      TE* out = static_cast<TE*>(a.out) + t.ooff + (q0 + r) * a.o_ss;
+      if constexpr (sizeof(TE) == 2)
+        for (int64_t d = 0; d < D; ++d) out[d] = f32_to_bf16_bits(orow[d] * inv);
+      else
+        for (int64_t d = 0; d < D; ++d) out[d] = orow[d] * inv;
     }
   }
 }
@@ -215,7 +228,12 @@ void attention_bf16_amx(const AttentionArgs& a, const int64_t* tasks, int64_t n)
     cfg.colsb[i] = 64;
   }
   _tile_loadconfig(&cfg);
-  for (int64_t i = 0; i < n; ++i) run_task_amx(a, tasks[i], scratch, blocks);
+  for (int64_t i = 0; i < n; ++i) {
+    if (a.bf16)
+      run_task_amx<uint16_t>(a, tasks[i], scratch, blocks);
+    else
+      run_task_amx<float>(a, tasks[i], scratch, blocks);
+  }
   _tile_release();
 }
 

@@ -66,7 +66,8 @@ void attention_dpbf16_avx512bf16(const AttentionArgs& args, const int64_t* tasks
 // AVX512_VNNI), and the same numbers in plain C++ below them.
 void attention_int8_avx512vnni(const AttentionArgs& args, const int64_t* tasks, int64_t n);
 void attention_int8_scalar(const AttentionArgs& args, const int64_t* tasks, int64_t n);
-// bf16 only: both matmuls on AMX tiles (bf16 x bf16 -> fp32), the softmax in AVX-512 fp32.
+// bf16 inputs, and fp32 ones at precision="bf16" (rounded as they are packed): both matmuls on AMX
+// tiles (bf16 x bf16 -> fp32), the softmax in AVX-512 fp32.
 void attention_bf16_amx(const AttentionArgs& args, const int64_t* tasks, int64_t n);
 
 }  // namespace cpu
