@@ -417,7 +417,7 @@ def _build_plan(layer: nn.Module, dtype: torch.dtype) -> tuple | None:
     if ffn is None:
         return None
     out, (w1, b1, eps1) = bound[1], norms[0]
-    # the output projection and its add + LayerNorm as one op where it is block-sparse INT8
+    # the output projection and its add + LayerNorm as one op where it is INT8 (dense or block-sparse)
     out_norm = bound_add_layer_norm(som["dense"], ln1, dtype) or (lambda h, r: add_layer_norm(out(h), r, w1, b1, eps1))
     return (bound[0], sa._sparsebert_qkv_sizes, sa.attention_head_size, sa.scaling, out_norm, ffn)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebert.nn import SparseInt8Linear
+from sparsebert.nn import Int8Linear, SparseInt8Linear
 from sparsebert.nn.int8_linear import bound_add_layer_norm
 from sparsebert.ops import (
     add_layer_norm, bsr_int8_linear, bsr_int8_linear_add_layer_norm, bsr_int8_linear_add_layer_norm_reference,
@@ -102,6 +102,29 @@ def test_the_module_function_names_what_it_does_not_take():
     assert bound_add_layer_norm(layer, ln, torch.float32) is None
     handle.remove()
     assert bound_add_layer_norm(layer, ln, torch.float32) is not None
+
+
+@pytest.mark.parametrize("rows", [1, 37, 300])
+@pytest.mark.parametrize("act_quant", ["per_token", "per_tensor_asym"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_dense_int8_layer_runs_as_the_op_on_its_own_packing(two_threads, rows, act_quant, dtype):
+    """A dynamic Int8Linear binds too (its packing is one stored block of 32 outputs by every input
+    per block row): the result is int8_linear's, then add_layer_norm, bit for bit."""
+    torch.manual_seed(2)
+    layer = Int8Linear.from_dense(nn.Linear(K, N), act_quant=act_quant).to(dtype)
+    ln = _norm(dtype)
+    x, residual = torch.randn(rows, K).to(dtype), torch.randn(rows, N).to(dtype)
+    bound = bound_add_layer_norm(layer, ln, dtype)
+    with torch.inference_mode():
+        assert torch.equal(bound(x, residual), add_layer_norm(layer(x), residual, ln.weight, ln.bias, ln.eps))
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_dense_layers_it_does_not_take():
+    ln = _norm(torch.float32)
+    assert bound_add_layer_norm(Int8Linear.from_dense(nn.Linear(K, N), weight_only=True), ln, torch.float32) is None
+    assert bound_add_layer_norm(Int8Linear.from_dense(nn.Linear(0, N)), ln, torch.float32) is None
+    assert bound_add_layer_norm(Int8Linear.from_dense(nn.Linear(K, N)), ln, torch.float32) is not None
 
 
 def test_compiles_and_refuses_backward(two_threads):

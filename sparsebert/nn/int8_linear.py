@@ -11,6 +11,7 @@ from ..ops.bsr_format import bsr_sparsity, bsr_to_dense, check_block_size, valid
 from ..ops.int8_linear import ACTIVATIONS
 from ..ops.int8_format import (
     ACT_QUANT_MODES,
+    DENSE_BLOCK_ROWS,
     pack_int8_bsr,
     pack_int8_dense,
     pack_int8_weight_only,
@@ -488,9 +489,15 @@ def bound_add_layer_norm(linear: nn.Module, norm: nn.Module, dtype: torch.dtype)
     ``dtype`` as a function of ``(x, residual)``, one ``sparsebert::bsr_int8_linear_add_layer_norm``
     with its other arguments read now (current while ``linear._call_state()`` and ``norm``'s
     parameters and ``eps`` stay the same objects); None unless ``linear`` is a
-    :class:`SparseInt8Linear` whose forward is its op alone (``_bound_forward``) with no
-    activation and ``norm`` an ``nn.LayerNorm`` over its outputs with weight and bias in ``dtype``."""
-    if type(linear) is not SparseInt8Linear or linear._bound_forward(dtype) is None or linear.activation != "none":
+    :class:`SparseInt8Linear` or a dynamic :class:`Int8Linear` with inputs whose forward is its op
+    alone (``_bound_forward``) with no activation and ``norm`` an ``nn.LayerNorm`` over its outputs
+    with weight and bias in ``dtype``. A dense layer runs as the block-sparse op on its own packing:
+    one block of 32 outputs by every input per block row, every block stored (as ``int8_linear``
+    runs it), so the result is ``int8_linear``'s bit for bit."""
+    if (type(linear) not in (SparseInt8Linear, Int8Linear) or linear._bound_forward(dtype) is None
+            or linear.activation != "none"):
+        return None
+    if type(linear) is Int8Linear and (linear.weight_only or linear.in_features == 0):
         return None
     if type(norm) is not nn.LayerNorm or tuple(norm.normalized_shape) != (linear.out_features,):
         return None
@@ -498,8 +505,16 @@ def bound_add_layer_norm(linear: nn.Module, norm: nn.Module, dtype: torch.dtype)
     if w is None or b is None or w.dtype != dtype or b.dtype != dtype:
         return None
     buf = linear._buffers
-    args = (buf["values"], buf["weight_scale"], buf["weight_sum"], buf["crow_indices"], buf["col_indices"],
-            buf["bias"], linear._op_shape, linear._op_block, linear.act_quant)
+    if type(linear) is SparseInt8Linear:
+        args = (buf["values"], buf["weight_scale"], buf["weight_sum"], buf["crow_indices"], buf["col_indices"],
+                buf["bias"], linear._op_shape, linear._op_block, linear.act_quant)
+    else:
+        weight = buf["weight"]
+        nb = weight.shape[0]
+        crow = torch.arange(nb + 1, dtype=torch.int32, device=weight.device)
+        col = torch.zeros(nb, dtype=torch.int32, device=weight.device)
+        args = (weight, buf["weight_scale"], buf["weight_sum"], crow, col, buf["bias"], linear._op_shape,
+                [DENSE_BLOCK_ROWS, linear.in_features], linear.act_quant)
     eps = norm.eps
     return lambda x, residual: _BSR_INT8_LINEAR_ADD_LAYER_NORM(x, *args, residual, w, b, eps)
 
