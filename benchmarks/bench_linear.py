@@ -18,10 +18,10 @@ flops divided by the method's time.
 
 Roofline: before timing, the CPU's own limits are measured on each thread count (the fp32 FMA,
 bf16 vdpbf16ps and INT8 vpdpbusd peaks of sparsebert._C.peak_ops, at the amx level the AMX tile
-multiplies' too, and DRAM read bandwidth), and
-each row says how close to them it runs: the operations a kernel actually does (stored blocks
-only) as a share of the peak of its instruction, and for INT8 the weight bytes it streams per
-second as a share of DRAM bandwidth (the bound of small M with cold weights).
+multiplies' too, and DRAM read bandwidth), and each row says how close to them it runs: the
+operations a kernel actually does (stored blocks only) as a share of the peak of its instruction,
+and for INT8 the weight bytes it streams per second as a share of DRAM bandwidth (the bound of
+small M with cold weights).
 """
 
 from __future__ import annotations
