@@ -37,17 +37,22 @@ bool amx_int8_eligible(const cpu::BsrLinearArgs& a) {
   return a.br % 16 == 0 && a.bc % 4 == 0 && a.bc % kstep == 0 && a.M >= 16;
 }
 
-// Rows of the widest register tile of the AVX-512 VNNI kernel (avx512_mr_max(2)), and of the two
-// row tiles the AMX kernel multiplies at a time.
-constexpr int64_t kVnniTileRows = 12;
-constexpr int64_t kAmxTileRows = 32;
+// How a kernel takes rows where it runs the row-pipelined split and the fused FFN (the AVX-512
+// VNNI and AMX kernels, the ones those paths were measured with). tile: the grain the threads
+// split rows by (the VNNI kernel's widest register tile, avx512_mr_max(2); the AMX kernel's pair
+// of 16-row tiles), 0 where the kernel takes neither path. chunk: rows a thread carries through
+// the fused FFN or a layer and its add + LayerNorm at a time (two VNNI register tiles, one AMX
+// pair). Fused FFN, BERT-base 90% 32x32 INT8 at 8x128, 2 threads: 6 to 48 rows gave the same
+// forward within 2% on AMD Zen 4 (VNNI), and 32 or 64 the same on a Xeon with AMX.
+struct PipelineRows {
+  int64_t tile = 0, chunk = 0;
+};
+constexpr PipelineRows kVnniRows{12, 24}, kAmxRows{32, 32};
 
 struct Int8Kernels {
   cpu::QuantizeRowsFn quantize;
   cpu::BsrLinearFn gemm;
-  // Rows of the kernel's tile where it takes the row-pipelined split and the fused FFN (the AVX-512
-  // VNNI and AMX kernels, the ones those paths were measured with); 0: it does not.
-  int64_t pipeline_rows = 0;
+  PipelineRows rows{};
 };
 
 // INT8 kernels by level and dot product (see active_int8_dot): AVX-512 VNNI wherever the CPU has
@@ -60,11 +65,11 @@ Int8Kernels select_int8(Isa isa, Int8Dot dot, bool f32, const cpu::BsrLinearArgs
   const cpu::QuantizeRowsFn quantize =
       static_cast<int>(isa) >= static_cast<int>(Isa::kAvx512) ? cpu::quantize_rows_avx512 : cpu::quantize_rows_avx2;
   if (isa == Isa::kAmx && amx_int8_eligible(args))
-    return {quantize, f32 ? cpu::bsr_int8_linear_f32_amx : cpu::bsr_int8_linear_bf16_amx, kAmxTileRows};
+    return {quantize, f32 ? cpu::bsr_int8_linear_f32_amx : cpu::bsr_int8_linear_bf16_amx, kAmxRows};
   switch (dot) {
     case Int8Dot::kVnni512:
       return {quantize, f32 ? cpu::bsr_int8_linear_f32_avx512vnni : cpu::bsr_int8_linear_bf16_avx512vnni,
-              kVnniTileRows};
+              kVnniRows};
     case Int8Dot::kVnni256:
       if (cpu_has_avx_vnni())
         return {quantize, f32 ? cpu::bsr_int8_linear_f32_avxvnni : cpu::bsr_int8_linear_bf16_avxvnni};
@@ -248,11 +253,9 @@ class NormEpilogue {
   int64_t esz_;
 };
 
-// Rows the pipelined path multiplies at a time when a LayerNorm follows: the chunk's outputs go
-// to a buffer of the thread's own ([24, N] fp32, 72 KiB for BERT-base's 768), and through the
-// add + LayerNorm row kernel into y while they are in L1/L2, as in the fused FFN.
-// Two register tiles of the VNNI kernel (24 rows); one pair of AMX row tiles (32 rows).
-int64_t norm_chunk_rows(int64_t tile_rows) { return tile_rows == kAmxTileRows ? tile_rows : 2 * tile_rows; }
+// Where a LayerNorm follows, the pipelined path multiplies PipelineRows::chunk rows at a time: their
+// outputs go to a buffer of the thread's own ([24, N] fp32, 72 KiB for BERT-base's 768), and
+// through the add + LayerNorm row kernel into y while they are in L1/L2, as in the fused FFN.
 
 // A validated INT8 linear (prepare_int8) on its x; with norm, its rows then go through the
 // residual add + LayerNorm, in the same pass where the rows are pipelined.
@@ -272,7 +275,7 @@ at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
   if (call.empty()) return finish();
   const int64_t M = call.args.M;
 
-  const bool pipelined = kern.pipeline_rows > 0 && !rows_kernel_eligible(dot, br, bc) && row_pipelined(M, call.values.numel());
+  const bool pipelined = kern.rows.tile > 0 && !rows_kernel_eligible(dot, br, bc) && row_pipelined(M, call.values.numel());
   at::Tensor q = at::empty({pipelined ? 0 : M, ldq}, x.options().dtype(at::kByte));
   at::Tensor row_scale = at::empty({M}, x.options().dtype(at::kFloat));
   at::Tensor row_zero = at::empty({M}, x.options().dtype(at::kInt));
@@ -321,8 +324,8 @@ at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
     // Each chunk is a call of its own on rows [c0, c0 + rows): x from the thread's buffer, y,
     // the row scales and zero points offset to those rows; a row that cannot be quantized is
     // multiplied as zeros and the call raises once every thread is done, as below.
-    const int64_t tile = kern.pipeline_rows;
-    const int64_t chunk = norm ? norm_chunk_rows(tile) : pipeline_chunk_rows(ldq, tile);
+    const int64_t tile = kern.rows.tile;
+    const int64_t chunk = norm ? kern.rows.chunk : pipeline_chunk_rows(ldq, tile);
     const int64_t ysz = static_cast<int64_t>(call.y.element_size());
     const bool stream = !norm && M * N * ysz >= kPipelineStreamYBytes;
     at::parallel_for(0, M, tile, [&](int64_t b, int64_t e) {
@@ -380,13 +383,9 @@ at::Tensor int8_core(const at::Tensor& x, const at::Tensor& values, const at::Te
   return run_int8(prep);
 }
 
-// Rows of the FFN's hidden activation one thread computes and quantizes at a time in the fused
-// FFN: two register tiles of rows, [24, hidden] fp32 (288 KiB for BERT-base), stay in L2 between
-// the up projection that writes them and the quantizer that reads them. 6 to 48 rows gave the
-// same BERT-base forward within 2% (90% 32x32 INT8, 8x128, AMD Zen 4, 2 threads).
-// AMX: one pair of row tiles, 32 rows ([32, hidden] fp32, 384 KiB for BERT-base); 64 rows gave
-// the same forward within 2% (Xeon with AMX, 90% 32x32 INT8, 8x128, 2 threads).
-int64_t ffn_chunk_rows(int64_t tile_rows) { return tile_rows == kAmxTileRows ? tile_rows : 2 * tile_rows; }
+// The fused FFN takes PipelineRows::chunk rows of the hidden activation at a time on each thread
+// ([24, hidden] fp32 with the VNNI kernel, 288 KiB for BERT-base; [32, hidden] with AMX): they stay
+// in L2 between the up projection that writes them and the quantizer that reads them.
 
 // y = down(up(x)), each an INT8 linear (up's activation in its epilogue), in one pass per chunk of
 // rows on each thread: quantize x's rows, multiply them by every block row of up into a buffer
@@ -439,7 +438,7 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
   // down's kernel for M rows (AMX takes a layer by its blocks and rows: it may take one of the two)
   down.call.args.M = M;
   down.kern = select_int8(down.isa, down.dot, x.scalar_type() == at::kFloat, down.call.args);
-  const bool fused = M > 0 && H > 0 && N > 0 && up.kern.pipeline_rows > 0 && down.kern.pipeline_rows > 0 &&
+  const bool fused = M > 0 && H > 0 && N > 0 && up.kern.rows.tile > 0 && down.kern.rows.tile > 0 &&
                      !rows_kernel_eligible(up.dot, up_block[0], up_block[1]) &&
                      !rows_kernel_eligible(up.dot, down_block[0], down_block[1]) &&
                      row_pipelined(M, up_values.numel() + down_values.numel());
@@ -467,7 +466,7 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
     while (m < cur && !bad.compare_exchange_weak(cur, m)) {
     }
   };
-  const int64_t chunk = ffn_chunk_rows(std::max(up.kern.pipeline_rows, down.kern.pipeline_rows));
+  const int64_t chunk = std::max(up.kern.rows.chunk, down.kern.rows.chunk);
   at::parallel_for(0, M, chunk, [&](int64_t b, int64_t e) {
     thread_local std::vector<uint8_t> qx, qh;
     thread_local std::vector<char> hbuf, ybuf;
