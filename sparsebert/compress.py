@@ -296,7 +296,7 @@ def _check_model(model) -> None:
                         f"got {type(model).__name__}")
     from .hf import encoder_of
 
-    encoder_of(model)  # TypeError unless embeddings + encoder.layer of BERT-style layers
+    encoder_of(model, "compress")  # TypeError unless embeddings + encoder.layer of BERT-style layers
     if getattr(model, STATE_ATTR, None) is not None:
         raise ValueError("this model is already compressed: compress the original model (sparsebert.decompress "
                          "gives a dense copy of this one)")

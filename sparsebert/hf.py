@@ -215,22 +215,28 @@ register()
 # --- unpadded encoder ---------------------------------------------------------------------------
 
 
-def encoder_of(model: nn.Module) -> nn.Module:
-    """The encoder of a BERT-family model; TypeError for anything else."""
+# What encoder_of accepts, for its messages.
+_SUPPORTED = ("BERT-style layers (attention.self with query/key/value, intermediate, output): BERT, RoBERTa, "
+              "XLM-RoBERTa, ELECTRA and their task heads")
+
+
+def encoder_of(model: nn.Module, caller: str = "use_unpadded") -> nn.Module:
+    """The encoder of a BERT-family model; TypeError, naming ``caller`` and what it accepts, for
+    anything else (DistilBERT and ALBERT, whose layers are laid out otherwise, included)."""
     base = getattr(model, "base_model", model)
     encoder = getattr(base, "encoder", None)
     layers = getattr(encoder, "layer", None)
     if encoder is None or layers is None or not hasattr(base, "embeddings"):
-        raise TypeError(
-            f"use_unpadded expects a BERT-family model (embeddings, then encoder.layer), got {type(model).__name__}"
-        )
+        raise TypeError(f"{caller} expects a BERT-family model (embeddings, then encoder.layer of {_SUPPORTED}), "
+                        f"got {type(model).__name__}")
     for i, layer in enumerate(layers):
         self_attn = getattr(getattr(layer, "attention", None), "self", None)
         if self_attn is None or not (all(hasattr(self_attn, n) for n in ("query", "key", "value"))
                                      or _is_fused_qkv(self_attn)):
-            raise TypeError(f"use_unpadded: layer {i} ({type(layer).__name__}) is not a BERT-style layer")
+            raise TypeError(f"{caller}: layer {i} of {type(model).__name__} ({type(layer).__name__}) is not a "
+                            f"BERT-style layer; supported: {_SUPPORTED}")
         if getattr(layer, "is_decoder", False) or getattr(self_attn, "is_causal", False):
-            raise TypeError(f"use_unpadded: layer {i} is a decoder layer; only bidirectional encoders are supported")
+            raise TypeError(f"{caller}: layer {i} is a decoder layer; only bidirectional encoders are supported")
     return encoder
 
 

@@ -75,10 +75,7 @@ def _check_bert(model) -> nn.Module:
         raise TypeError(f"expected a Hugging Face BERT-family model (nn.Module), got {type(model).__name__}")
     from .hf import encoder_of
 
-    try:
-        encoder = encoder_of(model)
-    except TypeError as e:
-        raise TypeError(f"expected a Hugging Face BERT-family model: {e}") from None
+    encoder = encoder_of(model, "sparsebert.prune")
     from .hf import fused_qkv
 
     fused = fused_qkv(encoder)

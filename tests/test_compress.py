@@ -312,6 +312,27 @@ def test_non_bert_transformers_model():
         compress(gpt)
 
 
+@pytest.mark.parametrize("family", ["distilbert", "albert"])
+def test_encoders_laid_out_otherwise_are_refused_untouched(family):
+    # DistilBERT (transformer.layer of q_lin/k_lin/v_lin) and ALBERT (shared layer groups) are
+    # not BERT-style: compress says so, naming itself, the model and what it accepts.
+    import transformers as T
+
+    if family == "distilbert":
+        model = T.DistilBertForSequenceClassification(T.DistilBertConfig(
+            vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=16))
+    else:
+        model = T.AlbertModel(T.AlbertConfig(vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=16))
+    snap = snapshot(model)
+    with pytest.raises(TypeError, match=rf"^compress expects a BERT-family model .*RoBERTa.*, got {type(model).__name__}$"):
+        compress(model, CompressConfig(sparsity=0.5, int8="dynamic"))
+    assert_unchanged(model, snap)
+    with pytest.raises(TypeError, match=rf"^sparsebert.prune expects a BERT-family model .*got {type(model).__name__}$"):
+        sparsebert.prune.prune_model(model, 0.5, (16, 16))
+    assert_unchanged(model, snap)
+
+
 def test_skip_pattern_that_matches_nothing_warns():
     with pytest.warns(UserWarning, match="skip pattern 'decoder.*' matches no module of BertModel"):
         model = compress(tiny_bert(), CompressConfig(skip=("decoder.*",), kernel="dense"))
