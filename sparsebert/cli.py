@@ -40,6 +40,15 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+# What each INT8 dot product of `sparsebert.int8_dot()` is, for `sparsebert info`.
+_INT8_DOT_TEXT = {
+    "avx512-vnni": "vpdpbusd on 512-bit vectors",
+    "avx-vnni": "vpdpbusd on 256-bit vectors, AVX-VNNI",
+    "avx512-vnni-256": "vpdpbusd on 256-bit vectors, EVEX encoding",
+    "none": "no VNNI: vpmaddwd, or plain C++ at the scalar level",
+}
+
+
 def info(_args) -> int:
     try:
         active = _extension.active_isa()
@@ -50,7 +59,12 @@ def info(_args) -> int:
     print(f"sparsebert   {sparsebert.__version__}")
     print(f"torch        {torch.__version__}")
     print(f"cpu isa      detected={_extension.detected_isa()} active={active}")
-    print(f"int8 dot     {dot} (the INT8 kernels' vpdpbusd; SPARSEBERT_VNNI=0 turns it off below avx512bf16)")
+    notes = [_INT8_DOT_TEXT.get(dot, "the INT8 kernels' dot product")]
+    if dot != "none" and active not in ("avx512bf16", "amx"):
+        notes.append("SPARSEBERT_VNNI=0 turns it off")
+    if active == "amx":
+        notes.append("AMX tiles (TDPBUSD) take 16 rows and more of layers whose block rows are multiples of 16")
+    print(f"int8 dot     {dot} ({'; '.join(notes)})")
     print(f"threads      {torch.get_num_threads()} (torch.get_num_threads)")
     print("backends     cpu: C++ extension loaded; reference: pure torch; "
           f"cuda: {'available' if torch.cuda.is_available() else 'no CUDA device'}, "

@@ -50,10 +50,15 @@ def test_info_with_a_bad_isa_is_one_line_and_fails():
 def test_info_reports_int8_dot(monkeypatch, capsys):
     monkeypatch.setenv("SPARSEBERT_ISA", "scalar")
     cli.main(["info"])
-    assert "int8 dot     none" in capsys.readouterr().out
+    assert "int8 dot     none (no VNNI: vpmaddwd, or plain C++ at the scalar level)\n" in capsys.readouterr().out
     monkeypatch.delenv("SPARSEBERT_ISA")
     cli.main(["info"])
-    assert f"int8 dot     {sparsebert.int8_dot()} " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"int8 dot     {sparsebert.int8_dot()} (" in out
+    # the AMX tile kernels are named where they run, and only there
+    assert ("AMX tiles (TDPBUSD)" in out) == (sparsebert.active_isa() == "amx")
+    if sparsebert.int8_dot() != "none" and sparsebert.active_isa() in ("avx2", "avx512"):
+        assert "SPARSEBERT_VNNI=0 turns it off" in out
 
 
 def test_info_with_a_bad_vnni_value_is_one_line_and_fails():
