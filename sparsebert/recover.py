@@ -354,7 +354,10 @@ def _check_models(model, teacher, recipe: Recipe) -> None:
     if not isinstance(model, PreTrainedModel) or not type(model).__name__.endswith("ForSequenceClassification"):
         raise TypeError(f"recover trains a Hugging Face sequence classification model (a *ForSequenceClassification), "
                         f"got {type(model).__name__}")
-    encoder_linears(model)  # TypeError unless BERT-family
+    from .hf import encoder_of
+
+    encoder_of(model, "recover")  # TypeError unless BERT-family, naming recover and what it takes
+    encoder_linears(model)
     if teacher is None:
         if recipe.distills:
             raise ValueError("the recipe distills (distill_weight or hidden_weight > 0) but no teacher was given; "

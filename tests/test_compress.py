@@ -331,6 +331,14 @@ def test_encoders_laid_out_otherwise_are_refused_untouched(family):
     with pytest.raises(TypeError, match=rf"^sparsebert.prune expects a BERT-family model .*got {type(model).__name__}$"):
         sparsebert.prune.prune_model(model, 0.5, (16, 16))
     assert_unchanged(model, snap)
+    if family == "distilbert":  # a sequence classifier: what recover trains
+        from sparsebert.recover import Recipe, recover
+
+        data = [{"input_ids": torch.randint(5, 100, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long),
+                 "labels": torch.tensor([0, 1])}]
+        with pytest.raises(TypeError, match=rf"^recover expects a BERT-family model .*got {type(model).__name__}$"):
+            recover(model, copy.deepcopy(model), data, Recipe(sparsity=0.5, block_size=(16, 16), steps=2))
+        assert_unchanged(model, snap)
 
 
 def test_skip_pattern_that_matches_nothing_warns():
