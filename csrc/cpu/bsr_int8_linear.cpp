@@ -254,8 +254,9 @@ class NormEpilogue {
 };
 
 // Where a LayerNorm follows, the pipelined path multiplies PipelineRows::chunk rows at a time: their
-// outputs go to a buffer of the thread's own ([24, N] fp32, 72 KiB for BERT-base's 768), and
-// through the add + LayerNorm row kernel into y while they are in L1/L2, as in the fused FFN.
+// outputs go to a buffer of the thread's own ([24, N] fp32 with the VNNI kernel, 72 KiB for
+// BERT-base's 768; [32, N] with AMX), and through the add + LayerNorm row kernel into y while they
+// are in L1/L2, as in the fused FFN.
 
 // A validated INT8 linear (prepare_int8) on its x; with norm, its rows then go through the
 // residual add + LayerNorm, in the same pass where the rows are pipelined.
