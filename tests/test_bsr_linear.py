@@ -44,6 +44,18 @@ def test_awkward_shapes(isa, dtype, m, n, k, block_size):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_in_several_chunks_of_x(isa, dtype):
+    # The kernels walk the rows of x in chunks that stay in L2 (a quarter or half of it, by the
+    # CPU's L2 size): 32 KiB fp32 rows make chunks of at most 32 rows here, so 100 rows end in a
+    # partial chunk whatever the CPU, every block row passing over each chunk.
+    n, k, m = 96, 8192, 100
+    w = block_sparse_weight(n, k, (32, 32), 0.5, dtype)
+    x = torch.randn(m, k).to(dtype)
+    bias = torch.randn(n).to(dtype)
+    assert_linear_close(run(x, w, bias, (32, 32)), x, w, bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pattern", ["all_zero", "dense", "empty_block_rows", "one_block"])
 def test_block_patterns(isa, dtype, pattern):
     n, k, bs = 96, 80, (32, 16)
