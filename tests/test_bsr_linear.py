@@ -45,9 +45,9 @@ def test_awkward_shapes(isa, dtype, m, n, k, block_size):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rows_in_several_chunks_of_x(isa, dtype):
-    # The kernels walk the rows of x in chunks that stay in L2 (a quarter or half of it, by the
-    # CPU's L2 size): 32 KiB fp32 rows make chunks of at most 32 rows here, so 100 rows end in a
-    # partial chunk whatever the CPU, every block row passing over each chunk.
+    # The kernels walk the rows of x in chunks that stay in L2 (256 KiB): 32 KiB fp32 rows make
+    # chunks of one register tile of rows here, so 100 rows span several chunks and end in a
+    # partial one, every block row passing over each chunk.
     n, k, m = 96, 8192, 100
     w = block_sparse_weight(n, k, (32, 32), 0.5, dtype)
     x = torch.randn(m, k).to(dtype)

@@ -2,21 +2,11 @@
 
 #include <ATen/Parallel.h>
 #include <omp.h>
-#include <unistd.h>
 
 #include <mutex>
 #include <unordered_map>
 
 namespace sparsebert {
-
-int64_t cpu::l2_cache_bytes() {
-  static const int64_t bytes = [] {
-    const long b = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return b > 0 ? static_cast<int64_t>(b) : int64_t(0);
-  }();
-  return bytes;
-}
-
 namespace {
 
 // Index patterns already validated, so that a layer called again with the same crow/col tensors

@@ -209,20 +209,9 @@ inline void tile_dispatch(int nv, int rows, const Tile<T>& t) {
   }
 }
 
-// x rows kept in L2 while every block row of the range passes over them; each chunk of rows
-// reads every weight of the range once more. 256 KiB is a quarter of the smallest L2 this
-// targets (1 MiB, Zen 4), leaving room for the block row's weights. With 2 MiB of L2 and more
-// (Intel Xeon) half of it: 50% 32x32 fp32 layers, 2 threads, cold weights, alternating runs on a
-// Xeon with 2 MiB: 3072->768 (whose 12 KiB rows gave chunks of 14 rows, so ten passes over
-// 2.4 MB of weights per thread at 128 rows) 1.64 / 1.72 ms at 128 rows and 10.6 / 10.8 at
-// 1024 with 256 KiB, 1.57 / 1.49 and 9.7 / 10.0 with 1 MiB; 768->3072 1.40 / 1.45 against
-// 1.27 / 1.27 at 128 rows.
+// x rows kept in L2 while every block row of the range passes over them. 256 KiB is a quarter
+// of the smallest L2 this targets (1 MiB, Zen 4), leaving room for the block row's weights.
 constexpr int64_t kXChunkBytes = 256 * 1024;
-
-inline int64_t x_chunk_bytes() {
-  const int64_t l2 = l2_cache_bytes();
-  return l2 >= (int64_t(2) << 20) ? l2 / 2 : kXChunkBytes;
-}
 
 template <class T>
 void bsr_linear_impl(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int64_t m1) {
@@ -238,7 +227,7 @@ void bsr_linear_impl(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m
   const int64_t block_stride = int64_t(KB) * a.br * KP;
   const int mr = T::mr_max(T::NVMAX);
   const int64_t row_bytes = (a.K > 0 ? a.K : 1) * int64_t(sizeof(XE));
-  int64_t chunk = x_chunk_bytes() / row_bytes / mr * mr;
+  int64_t chunk = kXChunkBytes / row_bytes / mr * mr;
   if (chunk < mr) chunk = mr;
 
   for (int64_t c0 = m0; c0 < m1; c0 += chunk) {

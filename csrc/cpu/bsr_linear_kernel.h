@@ -57,9 +57,6 @@ struct BsrLinearArgs {
   int activation = kActNone;
 };
 
-// The L2 cache of one core in bytes (sysconf, read once), 0 where the system does not say.
-int64_t l2_cache_bytes();
-
 // Each variant computes the outputs of block rows [rb0, rb1) for input rows [m0, m1).
 // Different (block row, row) ranges write disjoint outputs, so callers may run them in parallel.
 using BsrLinearFn = void (*)(const BsrLinearArgs&, int64_t rb0, int64_t rb1, int64_t m0,
