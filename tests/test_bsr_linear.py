@@ -45,9 +45,10 @@ def test_awkward_shapes(isa, dtype, m, n, k, block_size):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rows_in_several_chunks_of_x(isa, dtype):
-    # The kernels walk the rows of x in chunks that stay in L2 (256 KiB): 32 KiB fp32 rows make
-    # chunks of one register tile of rows here, so 100 rows span several chunks and end in a
-    # partial one, every block row passing over each chunk.
+    # The kernels walk the rows of x in chunks that stay in L2 (256 KiB): rows of 32 KiB (fp32) or
+    # 16 KiB (bf16) make chunks of one or two register tiles of rows here, so 100 rows span several
+    # chunks and end in a partial one, every block row passing over each chunk. (The AMX bf16
+    # kernel takes whole 16-row tiles without chunks; it runs here too.)
     n, k, m = 96, 8192, 100
     w = block_sparse_weight(n, k, (32, 32), 0.5, dtype)
     x = torch.randn(m, k).to(dtype)
