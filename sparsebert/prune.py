@@ -69,13 +69,14 @@ def _check_2d(weight) -> None:
         raise ValueError(f"weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
 
 
-def _check_bert(model) -> nn.Module:
-    """The encoder of a BERT-family model; TypeError naming the type for anything else."""
+def _check_bert(model, caller: str = "sparsebert.prune") -> nn.Module:
+    """The encoder of a BERT-family model whose query, key and value are separate layers;
+    TypeError naming ``caller`` and the type for anything else."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a Hugging Face BERT-family model (nn.Module), got {type(model).__name__}")
     from .hf import encoder_of
 
-    encoder = encoder_of(model, "sparsebert.prune")
+    encoder = encoder_of(model, caller)
     from .hf import fused_qkv
 
     fused = fused_qkv(encoder)

@@ -43,8 +43,9 @@ from torch.nn import functional as F
 
 from .nn.masked_linear import MaskedLinear, mask_linears, unmask_linears
 from .ops.bsr_format import check_block_size
-from .prune import (_effective_weight, allocate_sparsity, block_sparsity, encoder_linears, forward_batches, input_norms,
-                    layer_sensitivity, model_block_sparsity, model_masks, rounding_slack, square_sum_hook)
+from .prune import (_check_bert, _effective_weight, allocate_sparsity, block_sparsity, encoder_linears,
+                    forward_batches, input_norms, layer_sensitivity, model_block_sparsity, model_masks,
+                    rounding_slack, square_sum_hook)
 
 __all__ = ["Recipe", "recover", "cubic_sparsity", "encode", "collate", "mask_tokens", "accuracy",
            "activation_absmax", "epoch_order", "TimeLimitReached", "CHECKPOINT_VERSION", "IGNORE_LABEL"]
@@ -354,10 +355,7 @@ def _check_models(model, teacher, recipe: Recipe) -> None:
     if not isinstance(model, PreTrainedModel) or not type(model).__name__.endswith("ForSequenceClassification"):
         raise TypeError(f"recover trains a Hugging Face sequence classification model (a *ForSequenceClassification), "
                         f"got {type(model).__name__}")
-    from .hf import encoder_of
-
-    encoder_of(model, "recover")  # TypeError unless BERT-family, naming recover and what it takes
-    encoder_linears(model)
+    _check_bert(model, "recover")  # TypeError unless BERT-family, naming recover and what it takes
     if teacher is None:
         if recipe.distills:
             raise ValueError("the recipe distills (distill_weight or hidden_weight > 0) but no teacher was given; "
