@@ -264,12 +264,55 @@ def test_row_pipelined(isa, dtype, mode, block_size, m, n, k):
         assert torch.equal(out, _with_threads(1, lambda: op(x, *args, activation)))
 
 
+# Layers with over 1 MiB of weights are not row-pipelined: each thread takes a share of the block
+# rows for all 300 rows (on AMX, 288 in tiles of 32 rows, the last 12 on the AVX-512 VNNI
+# kernel). Every level agrees with the reference, and one thread with two bit for bit.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", [None, (32, 64)])
+def test_row_panels(isa, dtype, block_size):
+    m, n, k = 300, 1024, 1536
+    x = (torch.randn(m, k) * torch.logspace(-2, 0.5, m)[:, None]).to(dtype)
+    w = torch.randn(n, k)
+    q, s = quantize_symmetric(w)
+    b = torch.randn(n).to(dtype)
+    if block_size is None:
+        args = (pack_int8_dense(q), s, weight_sum(q), b, (n, k))
+        op, ref = int8_linear, int8_linear_reference
+    else:
+        q = q * block_magnitude_mask(w, 0.2, block_size)
+        values, crow, col = pack_int8_bsr(q, block_size)
+        assert values.numel() > 1 << 20
+        args = (values, s, weight_sum(q), crow, col, b, (n, k), block_size)
+        op, ref = bsr_int8_linear, bsr_int8_linear_reference
+    out = _with_threads(2, lambda: op(x, *args))
+    assert_matches_reference(out, ref(x, *args))
+    assert torch.equal(out, _with_threads(1, lambda: op(x, *args)))
+
+
 def test_row_pipelined_non_finite_row(isa):
     packed, s, sums, b = dense_case(64, 1024, torch.float32)
     x = torch.randn(300, 1024)
     x[250, 7] = float("nan")
     with pytest.raises(ValueError, match="x holds Inf or NaN in row 250"):
         _with_threads(2, lambda: int8_linear(x, packed, s, sums, b, (64, 1024)))
+
+
+# One-output blocks: x quantized by rows, transposed to quad-major order in groups of 16 quads,
+# then the kernel vectorized over rows. 130 rows end in a partial vector of 16, 200 inputs in a
+# partial group of quads; one thread and two agree bit for bit, and a bad last row is named.
+def test_one_output_blocks_thread_split(isa):
+    x = torch.randn(130, 200)
+    w = torch.randn(48, 200)
+    q, s = quantize_symmetric(w)
+    q = q * block_magnitude_mask(w, 0.9, (1, 4))
+    values, crow, col = pack_int8_bsr(q, (1, 4))
+    args = (values, s, weight_sum(q), crow, col, torch.randn(48), (48, 200), (1, 4))
+    out = _with_threads(2, lambda: bsr_int8_linear(x, *args))
+    assert_matches_reference(out, bsr_int8_linear_reference(x, *args))
+    assert torch.equal(out, _with_threads(1, lambda: bsr_int8_linear(x, *args)))
+    x[129, 3] = float("inf")
+    with pytest.raises(ValueError, match="x holds Inf or NaN in row 129"):
+        _with_threads(2, lambda: bsr_int8_linear(x, *args))
 
 
 def test_dense_packing_round_trip():

@@ -360,6 +360,9 @@ at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
     return finish();
   }
   // One-output blocks: quantize, transpose to quad-major order, then the kernel vectorized over rows.
+  // (All three in one parallel region, each thread transposing its own 16-row groups as it
+  // quantizes them, measured the same: 90% 1x4 at 128 rows, 0.284-0.296 / 0.292-0.315 ms against
+  // 0.293-0.308 / 0.294-0.309 on the two BERT-base FFN shapes, Xeon with AMX.)
   at::parallel_for(0, M, 16, quantize);
   check_quantized();
   const int64_t quads = ldq / 4, ldx = ceil_div(M, 16) * 16;
