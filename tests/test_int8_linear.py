@@ -269,7 +269,7 @@ def test_row_pipelined(isa, dtype, mode, block_size, m, n, k):
 # kernel). Every level agrees with the reference, and one thread with two bit for bit.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("block_size", [None, (32, 64)])
-def test_row_panels(isa, dtype, block_size):
+def test_large_weights_not_row_pipelined(isa, dtype, block_size):
     m, n, k = 300, 1024, 1536
     x = (torch.randn(m, k) * torch.logspace(-2, 0.5, m)[:, None]).to(dtype)
     w = torch.randn(n, k)
