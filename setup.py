@@ -65,6 +65,9 @@ if sys.platform != "linux" or os.uname().machine not in ("x86_64", "AMD64"):
     raise RuntimeError("sparsebert's CPU kernels target x86-64 Linux")
 
 sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
+# The headers too: build_ext rebuilds when any of these is newer than the built module (every
+# source then, as it does for a changed .cpp), so editing a kernel header is never left unbuilt.
+headers = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.h"))
 debug = os.environ.get("SPARSEBERT_DEBUG", "") == "1"
 # `make sanitize`: AddressSanitizer + UndefinedBehaviorSanitizer, every report fatal. -O1 keeps
 # the kernels' vector code (what runs in production) while staying debuggable.
@@ -84,6 +87,7 @@ setup(
         CppExtension(
             "sparsebert._C",
             sources,
+            depends=headers,
             include_dirs=[str(ROOT / "csrc")],
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=link_flags,
