@@ -240,8 +240,11 @@ __attribute__((noipa)) void run_task_i8(const AttentionArgs& a, int64_t task, I8
       }
     }
 
-    // Row maxima over every kept key, then E, l and P.
+    // Row maxima over every kept key, then E, l and P. The row's output lines are fetched here,
+    // well before P V's results are copied into them (stores into lines not in cache stalled
+    // that copy).
     for (int r = 0; r < nrr; ++r) {
+      if (r < nr) prefetch_row(a.out, t.ooff + (q0 + r) * a.o_ss, a.bf16, D);
       const float* sr = s + r * skp;
       uint8_t* pr = w.p.data() + r * skp;
       __m512 mv = _mm512_set1_ps(kNegInf);
