@@ -2,8 +2,8 @@
 
 Op rows: q, k, v [B, 12, S, 64], fp32 and bf16, B in {1, 8}, S in {128, 384, 512}; sparsebert
 at three precisions ("precision=bf16": the matmuls on bf16-rounded inputs, bf16 dot products where
-the CPU has them; "precision=int8": q, k, v and the probabilities in 8 bits, AMX INT8 tiles where
-the CPU has AMX, vpdpbusd where it has AVX-512 VNNI). "padded"
+the CPU has them; "precision=int8": q, k, v and the probabilities in 8 bits, vpdpbusd where the CPU
+has AVX-512 VNNI). "padded"
 rows give every method the same key-padding mask, with sequence lengths spread evenly over
 S/16 .. S (B = 8: 32, 100, ..., 512 at S = 512; B = 1: the midpoint, 17 S / 32); eager and SDPA
 get it as the boolean [B, 1, 1, S] mask transformers would build, sparsebert as the [B, S]

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 import sparsebert
-from conftest import supported_isas
 from sparsebert.ops import attention, attention_reference, attention_varlen, attention_varlen_reference
 
 
@@ -287,42 +286,6 @@ def test_int8_propagates_nan(isa):
     v3[1, 1, 7, 2] = float("nan")
     o3 = attention(q, k, v3, pad, precision="int8")
     assert o3[1, 1, :, 2].isnan().all() and not o3[1, 1, :, 3].isnan().any()
-
-
-@pytest.mark.skipif("amx" not in supported_isas(), reason="CPU lacks amx")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("s,d", [(1, 8), (16, 32), (17, 59), (48, 64), (49, 100), (130, 64), (300, 128), (20, 256)])
-@pytest.mark.parametrize("mask_kind", MASKS)
-def test_int8_amx_tiles_match_vnni_bit_for_bit(monkeypatch, dtype, s, d, mask_kind):
-    """At the amx level both matmuls run on INT8 tiles (rows in 16-row tiles, keys in 64-key steps
-    past a block's last kept key, head dims padded to 64): the products are exact integers, so the
-    output is the VNNI kernel's to the bit, with query blocks of 1-3 tiles, several key blocks,
-    skipped and partly masked ones, and head dims that are no multiple of 64."""
-    b, h = 3, 2
-    q, k, v = qkv(b, h, s, d, dtype)
-    mask = make_mask(mask_kind, b, h, s, s, dtype)
-    if mask_kind == "padding":  # a sequence with no kept key, one with all, one cut mid-block
-        mask = padding_mask(b, s, [0, s, (s + 1) // 2])
-    outs = {}
-    for level in ("avx512bf16", "amx"):
-        monkeypatch.setenv("SPARSEBERT_ISA", level)
-        outs[level] = attention(q, k, v, mask, precision="int8")
-    assert torch.equal(outs["amx"], outs["avx512bf16"])
-    assert_int8_close(outs["amx"], q, k, v, mask)
-
-
-@pytest.mark.skipif("amx" not in supported_isas(), reason="CPU lacks amx")
-def test_int8_amx_varlen_and_nan_match_vnni(monkeypatch):
-    """Packed sequences of 0 to 300 tokens, and NaNs in q, k and v, give the VNNI kernel's bits."""
-    q, k, v, cu = packed([5, 0, 130, 1, 64, 97, 300, 16, 17], 3, 64)
-    q[140, 1, 3] = k[300, 2, 0] = v[7, 0, 9] = float("nan")
-    outs = {}
-    for level in ("avx512bf16", "amx"):
-        monkeypatch.setenv("SPARSEBERT_ISA", level)
-        outs[level] = attention_varlen(q, k, v, cu, 300, precision="int8")
-    assert torch.equal(outs["amx"].nan_to_num(7.0), outs["avx512bf16"].nan_to_num(7.0))
-    assert outs["amx"][140, 1].isnan().all() and outs["amx"][5:135, 0, 9].isnan().all()
-    assert not outs["amx"][136:140].isnan().any()
 
 
 def test_int8_reference_is_inference_only():

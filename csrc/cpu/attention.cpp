@@ -25,14 +25,12 @@ constexpr int64_t kMaxHeadDim = 256;
 // bf16 inputs on AMX: tiles (both precisions; the tiles round P as the dot-product kernel does),
 // and fp32 inputs at precision="bf16" too. precision="bf16" elsewhere: bf16 dot products where
 // the CPU has them, else the fp32 kernel on inputs rounded to bf16 as they are packed
-// (args.round_bf16). precision="int8": AMX tiles at the amx level, vpdpbusd where the INT8
-// kernels use AVX512_VNNI (active_int8_dot), the same numbers in plain C++ elsewhere.
+// (args.round_bf16). precision="int8": vpdpbusd where the INT8 kernels use AVX512_VNNI
+// (active_int8_dot), the same numbers in plain C++ elsewhere.
 cpu::AttentionFn select_kernel(const cpu::AttentionArgs& a) {
   const Isa isa = active_isa();
-  if (a.int8) {
-    if (isa == Isa::kAmx) return cpu::attention_int8_amx;
+  if (a.int8)
     return active_int8_dot(isa) == Int8Dot::kVnni512 ? cpu::attention_int8_avx512vnni : cpu::attention_int8_scalar;
-  }
   switch (isa) {
     case Isa::kAmx:
       // fp32 inputs at precision="bf16" too: BERT-base 8x128 (12 heads of 64), Xeon with AMX, 2

@@ -62,7 +62,7 @@ inline uint16_t bf16_of(float v) { return f32_to_bf16_bits(v); }
 
 // noipa: compiled on its own, never inlined or cloned for the caller's thread_local scratch (a
 // clone re-derives the scratch's address with __tls_get_addr calls in the inner loops, which
-// clobber every vector register; see attention_int8_impl.h).
+// clobber every vector register; see attention_int8_avx512vnni.cpp).
 template <class TE>
 __attribute__((noipa)) void run_task_amx(const AttentionArgs& a, int64_t task, AmxScratch& w, Scratch& blocks) {
   const TaskView t = task_view(a, task);

@@ -113,7 +113,7 @@ inline void pv_cols_dp(float* o, int64_t dp, const uint16_t* p, const uint32_t* 
 
 // noipa: compiled on its own, never inlined or cloned for the caller's thread_local scratch (a
 // clone re-derives the scratch's address with __tls_get_addr calls in the inner loops, which
-// clobber every vector register; see attention_int8_impl.h).
+// clobber every vector register; see attention_int8_avx512vnni.cpp).
 __attribute__((noipa)) void run_task_dp(const AttentionArgs& a, int64_t task, DpScratch& w, Scratch& blocks) {
   const TaskView t = task_view(a, task);
   if (t.lq == 0) return;

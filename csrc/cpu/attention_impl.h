@@ -309,7 +309,7 @@ inline float scale_mask_row_max(const AttentionArgs& a, const TaskView& t, const
 
 // noipa: compiled on its own, never inlined or cloned for the caller's thread_local scratch (a
 // clone re-derives the scratch's address with __tls_get_addr calls in the inner loops, which
-// clobber every vector register; see attention_int8_impl.h).
+// clobber every vector register; see attention_int8_avx512vnni.cpp).
 __attribute__((noipa)) inline void run_task(const AttentionArgs& a, int64_t task, Scratch& w) {
   const TaskView t = task_view(a, task);
   const int64_t lq = t.lq, lk = t.lk, qoff = t.qoff, koff = t.koff, voff = t.voff, ooff = t.ooff;

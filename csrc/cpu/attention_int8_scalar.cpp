@@ -1,5 +1,5 @@
 // attention at precision="int8" for CPUs without AVX-512 VNNI (the avx512, avx2 and scalar levels):
-// the integers and formulas of the VNNI kernel (attention_int8_impl.h, where they are
+// the integers and formulas of the VNNI kernel (attention_int8_avx512vnni.cpp, where they are
 // documented) in plain C++, for correctness on every CPU rather than speed. Built for baseline
 // x86-64; the helpers come from attention_impl.h at W = 4.
 #define SPARSEBERT_ATTN_W 4
@@ -45,7 +45,7 @@ inline float quantize(const float* x, int64_t n, int64_t stride, T* q) {
 
 // noipa: compiled on its own, never inlined or cloned for the caller's thread_local scratch (a
 // clone re-derives the scratch's address with __tls_get_addr calls in the inner loops, which
-// clobber every vector register; see attention_int8_impl.h).
+// clobber every vector register; see attention_int8_avx512vnni.cpp).
 __attribute__((noipa)) void run_task_i8(const AttentionArgs& a, int64_t task, I8Rows& w, Scratch& blocks) {
   const TaskView t = task_view(a, task);
   if (t.lq == 0) return;

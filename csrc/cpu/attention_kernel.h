@@ -23,7 +23,7 @@ struct AttentionArgs {
   // the bf16 dot-product kernels also round P. Otherwise fp32 inputs are used as they are.
   bool round_bf16;
   // precision="int8": q, k, v quantized to int8 in the op and both matmuls in int32 (see
-  // attention_int8_impl.h); the softmax of a query block then spans every key at once.
+  // attention_int8_avx512vnni.cpp); the softmax of a query block then spans every key at once.
   bool int8;
 
   int64_t B;   // sequences
@@ -66,8 +66,6 @@ void attention_dpbf16_avx512bf16(const AttentionArgs& args, const int64_t* tasks
 // AVX512_VNNI), and the same numbers in plain C++ below them.
 void attention_int8_avx512vnni(const AttentionArgs& args, const int64_t* tasks, int64_t n);
 void attention_int8_scalar(const AttentionArgs& args, const int64_t* tasks, int64_t n);
-// precision="int8" at the amx level: the same numbers with both matmuls on AMX INT8 tiles.
-void attention_int8_amx(const AttentionArgs& args, const int64_t* tasks, int64_t n);
 // bf16 inputs, and fp32 ones at precision="bf16" (rounded as they are packed): both matmuls on AMX
 // tiles (bf16 x bf16 -> fp32), the softmax in AVX-512 fp32.
 void attention_bf16_amx(const AttentionArgs& args, const int64_t* tasks, int64_t n);
