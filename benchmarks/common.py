@@ -86,7 +86,8 @@ def keep_freed_memory_for_timing() -> dict[str, str]:
 
 
 PEAK_KINDS = {"fp32_fma": "fp32 FMA", "bf16_dot": "bf16 vdpbf16ps", "int8_vnni": "INT8 vpdpbusd",
-              "bf16_amx": "bf16 AMX TDPBF16PS", "int8_amx": "INT8 AMX TDPBUSD"}
+              "bf16_amx": "bf16 AMX TDPBF16PS", "int8_amx": "INT8 AMX TDPBUSD",
+              "int8_amx_loaded": "INT8 AMX TDPBUSD with 2 A + 2 B tile loads per 4"}
 
 
 def cpu_peaks(threads: int, repeats: int = 5, dram_mib: int = 512) -> dict[str, float | None]:

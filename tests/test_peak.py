@@ -58,9 +58,11 @@ def test_int8_peak_follows_the_dot_product_in_use(monkeypatch):
             assert ops == 10 * 16 * 64 * 2 * threads
 
 
-@pytest.mark.parametrize("kind, per_tile_op", [("int8_amx", 16 * 16 * 64 * 2), ("bf16_amx", 16 * 16 * 32 * 2)])
+@pytest.mark.parametrize("kind, per_tile_op", [("int8_amx", 16 * 16 * 64 * 2), ("bf16_amx", 16 * 16 * 32 * 2),
+                                                ("int8_amx_loaded", 16 * 16 * 64 * 2)])
 def test_amx_peaks(monkeypatch, kind, per_tile_op):
-    """Four accumulator tiles, one tile multiply each per iteration; the amx level only."""
+    """Four accumulator tiles, one tile multiply each per iteration (int8_amx_loaded: with the
+    kernel's two A and two B tile loads between them); the amx level only."""
     if not level_at_least("amx"):
         with pytest.raises(ValueError, match=f"{kind} peak needs the amx ISA level; the active level is "):
             _C.peak_ops(kind, 10)

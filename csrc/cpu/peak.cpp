@@ -30,12 +30,14 @@ PeakMeasurement measure_peak(const std::string& kind, int64_t iters) {
     fn = dot == Int8Dot::kVnni512 ? cpu::peak_int8_vnni_avx512vnni
          : dot == Int8Dot::kVnni256 ? (cpu_has_avx_vnni() ? cpu::peak_int8_vnni256_avxvnni : cpu::peak_int8_vnni256_evex)
                                     : nullptr;
-  } else if (kind == "int8_amx" || kind == "bf16_amx") {
+  } else if (kind == "int8_amx" || kind == "bf16_amx" || kind == "int8_amx_loaded") {
     needs = Isa::kAmx;
-    if (isa == Isa::kAmx) fn = kind == "int8_amx" ? cpu::peak_int8_amx : cpu::peak_bf16_amx;
+    if (isa == Isa::kAmx)
+      fn = kind == "int8_amx" ? cpu::peak_int8_amx : kind == "bf16_amx" ? cpu::peak_bf16_amx : cpu::peak_int8_amx_loaded;
   } else {
     throw std::invalid_argument("kind='" + kind +
-                                "' is not a peak; use fp32_fma, bf16_dot, int8_vnni, int8_amx or bf16_amx");
+                                "' is not a peak; use fp32_fma, bf16_dot, int8_vnni, int8_amx, bf16_amx or "
+                                "int8_amx_loaded");
   }
   if (fn == nullptr)
     throw std::invalid_argument("the " + kind + " peak needs the " + isa_name(needs) + " ISA level" +

@@ -26,6 +26,9 @@ PeakResult peak_int8_vnni256_evex(int64_t iters);
 // AMX tile multiplies (TDPBUSD, TDPBF16PS), four accumulator tiles; the amx level only.
 PeakResult peak_int8_amx(int64_t iters);
 PeakResult peak_bf16_amx(int64_t iters);
+// TDPBUSD with two A and two B tile loads from L1 per four multiplies, as the AMX INT8 kernel's
+// inner loop issues them; the amx level only.
+PeakResult peak_int8_amx_loaded(int64_t iters);
 
 }  // namespace cpu
 }  // namespace sparsebert
