@@ -13,17 +13,22 @@ namespace sparsebert {
 namespace cpu {
 namespace {
 
-// The products of 1 * 1 (int8) or 1.0 * 1.0 (bf16) stay exact for far more iterations than run:
-// int32 wraps after 2^25 int8 iterations (64 per output each), and an fp32 sum of whole numbers
-// stops growing at 2^24, which changes the sink but not the work.
-template <bool kInt8>
-PeakResult amx_peak(int64_t iters) {
+// Eight tiles of 16 rows x 64 bytes, as the kernels configure them.
+inline void load_full_tiles() {
   TileConfig cfg;
   for (int t = 0; t < 8; ++t) {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
   _tile_loadconfig(&cfg);
+}
+
+// The products of 1 * 1 (int8) or 1.0 * 1.0 (bf16) stay exact for far more iterations than run:
+// int32 wraps after 2^25 int8 iterations (64 per output each), and an fp32 sum of whole numbers
+// stops growing at 2^24, which changes the sink but not the work.
+template <bool kInt8>
+PeakResult amx_peak(int64_t iters) {
+  load_full_tiles();
   alignas(64) uint8_t ones[16 * 64];
   for (int i = 0; i < 16 * 64; ++i)
     ones[i] = kInt8 ? 1 : (i % 2 ? 0x3f : 0x80);  // int8 1, or the bf16 1.0 (0x3f80) little-endian
@@ -67,12 +72,7 @@ PeakResult amx_peak(int64_t iters) {
 // multiplies alone. (Tile rows must lie on 64-byte lines: 16 bytes off, every row split over two
 // lines, the same loop ran at about a third of the multiplies-only rate there.)
 PeakResult amx_int8_loaded_peak(int64_t iters) {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  _tile_loadconfig(&cfg);
+  load_full_tiles();
   alignas(64) uint8_t x[4][32 * 64];  // four k steps of 32 rows: A tiles at rows 0 and 16
   alignas(64) int8_t w[4][16 * 128];  // four k steps of a 32-output block row: B tiles at 0 and 64
   std::memset(x, 1, sizeof x);
