@@ -212,6 +212,7 @@ Int8Prep prepare_int8(const at::Tensor& x, const at::Tensor& values, const at::T
   args.col_scale = p.cs.data_ptr<float>();
   args.col_sum = p.sums.data_ptr<int32_t>();
   args.activation = act;
+  args.symmetric = !p.aq.asymmetric;
   return p;
 }
 
@@ -304,14 +305,16 @@ at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
   const int64_t xbytes = bf16 ? 2 : 4;
   // Rows [m0, m1) of x into `out` (row m0 first) and their scales and zero points from sp + m0,
   // zp + m0. A row with Inf or NaN keeps its NaN scale (the call raises once the region is over);
-  // its zero point and values are zeroed so that nothing reads unwritten memory before that.
+  // its values are set to its mode's zero point (a row of zeros) so that nothing reads unwritten
+  // memory before that.
+  const uint8_t bad_zero = aq.asymmetric ? 0 : 128;
   const auto quantize_rows = [&](int64_t m0, int64_t m1, uint8_t* out) {
     const void* x0 = static_cast<const char*>(xp) + m0 * lda * xbytes;
     kern.quantize(x0, lda, bf16, 0, m1 - m0, K, out, ldq, sp + m0, zp + m0, aq.asymmetric, rp);
     for (int64_t m = m0; m < m1; ++m) {
       if (std::isnan(sp[m])) {
-        zp[m] = 0;
-        std::memset(out + (m - m0) * ldq, 0, ldq);
+        zp[m] = bad_zero;
+        std::memset(out + (m - m0) * ldq, bad_zero, ldq);
       }
     }
   };
@@ -489,11 +492,12 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
     const auto quantize = [&](const Int8Prep& p, const void* src, int64_t ld, int64_t k, uint8_t* q, float* sc,
                               int32_t* zp, int64_t c0, int64_t rows, std::atomic<int64_t>& bad) {
       p.kern.quantize(src, ld, bf16, 0, rows, k, q, p.ldq, sc, zp, p.aq.asymmetric, nullptr);
+      const uint8_t bad_zero = p.aq.asymmetric ? 0 : 128;  // a row of zeros in its mode
       for (int64_t r = 0; r < rows; ++r)
         if (std::isnan(sc[r])) {
           note(bad, c0 + r);
-          zp[r] = 0;
-          std::memset(q + r * p.ldq, 0, p.ldq);
+          zp[r] = bad_zero;
+          std::memset(q + r * p.ldq, bad_zero, p.ldq);
         }
     };
     // p's layer on `rows` quantized rows q, every block row, into out (ldy apart).

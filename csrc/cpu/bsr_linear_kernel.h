@@ -45,6 +45,9 @@ struct BsrLinearArgs {
   // with acc the exact int32 sum of x_u8 * w_s8.
   const float* row_scale = nullptr;  // [M] activation scale per token
   const int32_t* row_zero = nullptr; // [M] activation zero point per token (128 if symmetric)
+  // Every row_zero is 128 (the symmetric modes, rows that cannot be quantized included): a kernel
+  // may then take the correction as 128 * col_sum[n], the same integers without a multiply.
+  bool symmetric = false;
   const float* col_scale = nullptr;  // [N] weight scale per output channel
   const int32_t* col_sum = nullptr;  // [N] sum over k of the int8 weights of output n
   // Write whole vectors of y with non-temporal stores (AVX-512 variants; the others ignore it):
