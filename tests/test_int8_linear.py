@@ -359,12 +359,18 @@ def test_bad_weight_scale(bad):
         int8_linear(torch.randn(2, 64), packed, s, sums, b, (32, 64))
 
 
-def test_non_finite_activations():
-    packed, s, sums, b = dense_case(32, 64, torch.float32)
-    x = torch.randn(3, 64)
-    x[1, 5] = float("inf")
-    with pytest.raises(ValueError, match="x holds Inf or NaN in row 1"):
-        int8_linear(x, packed, s, sums, b, (32, 64))
+# The vector quantizers find a row's range 64 values at a time and the rest of the row 16 at a
+# time (the last vector partial): a non-finite value in either part, of either sign, fails the
+# row it is in, whichever row and dtype.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("row,col", [(1, 5), (0, 63), (2, 64), (1, 99)])
+def test_non_finite_activations(isa, dtype, bad, row, col):
+    packed, s, sums, b = dense_case(32, 100, dtype)
+    x = torch.randn(3, 100)
+    x[row, col] = bad
+    with pytest.raises(ValueError, match=f"x holds Inf or NaN in row {row}"):
+        int8_linear(x.to(dtype), packed, s, sums, b, (32, 100))
 
 
 def test_wrong_shapes_and_dtypes():
