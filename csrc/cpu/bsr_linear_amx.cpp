@@ -131,6 +131,16 @@ void amx_rows(const BsrLinearArgs& a, int64_t rb0, int64_t rb1, int64_t m0, int6
   // (rows of x in panels of 384 KiB, every block row passing over a whole panel while the next
   // block row's weights are prefetched to L2): dense 768->3072 / 3072->768 at 128 rows with
   // cold weights 0.304-0.321 / 0.317-0.332 ms against 0.313-0.325 / 0.304-0.339 this way.
+  // Where the time goes (probes removing one part each, a loop of one dense layer, 2 threads, Xeon
+  // with AMX; ns per tile multiply per thread, the loaded peak of peak_ops being 5.6): 768->3072 at
+  // 128 rows 19.2 as built, 12.7 without the epilogue, 9.6 with the B tiles also from one fixed
+  // address; the epilogue into a block of L1 instead of y 16.5-17.8 where as built took 22-23 in
+  // that (slower) phase. So with 768 inputs the epilogue is a third of the layer, mostly its stores
+  // into y. 3072->768: 20.3 as built, 19.0 without the epilogue, 14.4 with fixed B tiles too (the
+  // quantizer, before this kernel, is a fifth of the op there). Not kept: prefetchw of the next
+  // unit's lines of y during the tile multiplies (2-10% slower), unmasked stores of whole vectors
+  // (slower), an L2 prefetch of the weights 4-16 KiB ahead on the first pass over them (48
+  // BERT-base layers in sequence at 128 rows 9.1-9.8 ms against 9.5-9.7: none).
 
   TileConfig cfg;
   for (int t = 0; t < 4; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
