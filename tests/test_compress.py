@@ -497,6 +497,16 @@ def test_ladder_keeps_int8_modes_and_drops_dominated_formats():
     assert [c.label() for c in pruned] == labels[:2] + ["dense"]  # weight-only: slower than fp32, less exact
     kept = compress_mod._prune_ladder(ladder, {"int8": 1.0, "int8_weight_only": 1.2, "dense": 1.5})
     assert [c.label() for c in kept] == labels
+    # Within LADDER_MIN_GAIN of fp32 a less exact rung is not worth its error: a timing's noise
+    # must not decide it.
+    gain = compress_mod.LADDER_MIN_GAIN
+    close = compress_mod._prune_ladder(ladder, {"int8": 1.0, "int8_weight_only": 2.0, "dense": 2.0 * (1 + gain) * 0.999})
+    assert [c.label() for c in close] == labels[:2] + ["dense"]
+    clear = compress_mod._prune_ladder(ladder, {"int8": 1.0, "int8_weight_only": 2.0, "dense": 2.0 * (1 + gain) * 1.001})
+    assert [c.label() for c in clear] == labels
+    # INT8 only marginally faster than fp32: the SmoothQuant rung goes too, the first rung stays.
+    marginal = compress_mod._prune_ladder(ladder, {"int8": 1.0, "int8_weight_only": 2.0, "dense": 1.05})
+    assert [c.label() for c in marginal] == [labels[0], "dense"]
     assert [c.label() for c in compress_mod._ladder("sparse_int8", True, "per_token")] == [
         "sparse_int8 per_token", "sparse_int8 per_token_asym smoothquant", "sparse"]
 
