@@ -151,6 +151,10 @@ int64_t pipeline_chunk_rows(int64_t ldq, int64_t tile_rows) {
 
 struct ActQuant {
   bool per_tensor, asymmetric;
+  // The zero point of every row in the symmetric modes; a row that cannot be quantized is filled
+  // with its mode's zero point (this, or 0 when asymmetric), a row of zeros either way.
+  static constexpr uint8_t kSymmetricZero = 128;
+  uint8_t bad_row_zero() const { return asymmetric ? 0 : kSymmetricZero; }
 };
 
 ActQuant parse_act_quant(c10::string_view mode) {
@@ -307,7 +311,7 @@ at::Tensor run_int8(Int8Prep& prep, const NormEpilogue* norm = nullptr) {
   // zp + m0. A row with Inf or NaN keeps its NaN scale (the call raises once the region is over);
   // its values are set to its mode's zero point (a row of zeros) so that nothing reads unwritten
   // memory before that.
-  const uint8_t bad_zero = aq.asymmetric ? 0 : 128;
+  const uint8_t bad_zero = aq.bad_row_zero();
   const auto quantize_rows = [&](int64_t m0, int64_t m1, uint8_t* out) {
     const void* x0 = static_cast<const char*>(xp) + m0 * lda * xbytes;
     kern.quantize(x0, lda, bf16, 0, m1 - m0, K, out, ldq, sp + m0, zp + m0, aq.asymmetric, rp);
@@ -492,7 +496,7 @@ at::Tensor bsr_int8_ffn_cpu(const at::Tensor& x, const at::Tensor& up_values, co
     const auto quantize = [&](const Int8Prep& p, const void* src, int64_t ld, int64_t k, uint8_t* q, float* sc,
                               int32_t* zp, int64_t c0, int64_t rows, std::atomic<int64_t>& bad) {
       p.kern.quantize(src, ld, bf16, 0, rows, k, q, p.ldq, sc, zp, p.aq.asymmetric, nullptr);
-      const uint8_t bad_zero = p.aq.asymmetric ? 0 : 128;  // a row of zeros in its mode
+      const uint8_t bad_zero = p.aq.bad_row_zero();
       for (int64_t r = 0; r < rows; ++r)
         if (std::isnan(sc[r])) {
           note(bad, c0 + r);
